@@ -1,0 +1,146 @@
+"""ModelOperator: the shared shape of every operator that runs a neural embedding model.
+
+A model operator splits its work in three: ``preprocess`` (items -> batched model-input
+arrays, numpy), the model itself (run by a *runner*: torch eager, torch.compile, ONNX Runtime or
+TensorRT, chosen by the ``format`` param), and ``postprocess`` (model output -> items).
+Subclasses describe the torch model once; every format is derived from it.
+
+Like ``_operator.py`` this module is copied into generated Triton repositories: relative
+imports and third-party packages only.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Any, ClassVar, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ._operator import Operator, TensorSpec
+from . import _runners
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInput:
+    """One input tensor of the model (after preprocessing), with ``-1`` for dynamic axes.
+
+    Axis 0 is always the batch axis; ``dynamic_axes`` names the other dynamic axes for ONNX
+    export (e.g. ``{1: 'sequence'}`` for token ids).
+    """
+
+    name: str
+    dtype: str
+    shape: Tuple[int, ...]
+    dynamic_axes: Tuple[Tuple[int, str], ...] = ()
+
+
+class ModelOperator(Operator):
+    """Base class of the embedding operators (timm, CLIP, sentence-transformers).
+
+    Params understood by every model operator:
+      ``checkpoint_path``: weights file (``.safetensors``, ``.pt``/``.pth`` state dict); relative
+        paths are resolved against ``artifact_dir`` (the model directory inside Triton);
+      ``seed``: seed for random initialisation when no checkpoint is given (default 0), so that
+        the same params build the same model in every process;
+      ``format``: ``torch`` (default), ``torch_compile``, ``onnx``, ``onnx_int8`` or
+        ``tensorrt``;
+      ``model_file``: the exported ONNX file or TensorRT engine for the non-torch formats;
+      ``num_threads``: intra-op threads for the CPU runtimes (default: all cores).
+    """
+
+    is_model: ClassVar[bool] = True
+    outputs: ClassVar[List[TensorSpec]] = [TensorSpec("embedding", "float32", (-1,))]
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.runner: Optional[_runners.Runner] = None
+        self._torch_module = None
+
+    # -- to implement in subclasses --------------------------------------------------------
+    def build_torch_module(self):
+        """Return the ``torch.nn.Module`` (random or default init) mapping model inputs to embeddings."""
+        raise NotImplementedError
+
+    def model_inputs(self) -> List[ModelInput]:
+        """Describe the model's input tensors, in the module's positional order."""
+        raise NotImplementedError
+
+    def preprocess(self, batch: Dict[str, List[Any]]) -> Dict[str, np.ndarray]:
+        """Turn a batch of operator input items into batched model-input arrays."""
+        raise NotImplementedError
+
+    def example_inputs(self, batch_size: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
+        """Random model inputs of ``batch_size`` for export and parity checks."""
+        raise NotImplementedError
+
+    def postprocess(self, output: np.ndarray) -> List[np.ndarray]:
+        """Split the model's batched output into per-item embeddings."""
+        return list(np.asarray(output, dtype=np.float32))
+
+    # -- shared machinery -------------------------------------------------------------------
+    def torch_module(self):
+        """The torch model with its weights loaded (built once, eval mode, no grad)."""
+        if self._torch_module is None:
+            import torch
+
+            with _seeded(int(self.params.get("seed", 0))):
+                module = self.build_torch_module()
+            path = self.resolve_path(self.params.get("checkpoint_path"))
+            if path:
+                module.load_state_dict(load_state_dict(path), strict=True)
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+            self._torch_module = module
+        return self._torch_module
+
+    def resolve_path(self, path: Optional[str]) -> Optional[str]:
+        """Resolve a relative file param against ``artifact_dir`` when one is set."""
+        if not path:
+            return None
+        if not os.path.isabs(path) and self.artifact_dir:
+            return os.path.join(self.artifact_dir, path)
+        return path
+
+    def setup(self, device: str = "cpu") -> None:
+        super().setup(device)
+        fmt = self.params.get("format", "torch")
+        threads = self.params.get("num_threads")
+        if fmt in ("torch", "torch_compile"):
+            self.runner = _runners.TorchRunner(self.torch_module(), device,
+                                               compile=fmt == "torch_compile",
+                                               num_threads=threads)
+        else:
+            model_file = self.resolve_path(self.params.get("model_file"))
+            if not model_file:
+                raise ValueError(f"{self.name}: format {fmt!r} needs the 'model_file' param")
+            self.runner = _runners.make_file_runner(fmt, model_file, device, num_threads=threads)
+
+    def process_batch(self, batch: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
+        inputs = self.preprocess(batch)
+        output = self.runner.run(inputs)
+        return {self.outputs[0].name: self.postprocess(output)}
+
+
+def load_state_dict(path: str) -> Dict[str, Any]:
+    """Load a state dict from ``.safetensors`` or a torch file (weights only, never pickled code)."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    import torch
+
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed torch's CPU generator for model construction without disturbing the caller's."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+

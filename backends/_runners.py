@@ -1,0 +1,79 @@
+"""Runners: execute a model in one format on batched numpy inputs, returning a numpy array.
+
+Copied into generated Triton repositories: relative imports and third-party packages only;
+heavy packages are imported when a runner is built, with an install hint when missing.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import numpy as np
+
+
+class Runner:
+    """Runs a model: ``run({input name: batched array}) -> batched output array``."""
+
+    format: str = ""
+
+    def run(self, inputs: Dict[str, np.ndarray]) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TorchRunner(Runner):
+    """Eager torch (or ``torch.compile``) on CPU or CUDA; inputs are passed positionally."""
+
+    format = "torch"
+
+    def __init__(self, module, device: str = "cpu", compile: bool = False,
+                 num_threads: Optional[int] = None):
+        import torch
+
+        if num_threads:
+            torch.set_num_threads(int(num_threads))
+        self.device = torch.device(device)
+        self.module = module.to(self.device)
+        if compile:
+            self.format = "torch_compile"
+            self.module = torch.compile(self.module)
+
+    def run(self, inputs: Dict[str, np.ndarray]) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+                       for a in inputs.values()]
+            out = self.module(*tensors)
+        return out.float().cpu().numpy()
+
+
+def make_file_runner(fmt: str, path: str, device: str = "cpu",
+                     num_threads: Optional[int] = None) -> Runner:
+    """Build the runner for an exported model file (``onnx``, ``onnx_int8``, ``tensorrt``)."""
+    if fmt in ("onnx", "onnx_int8"):
+        return OnnxRunner(path, device, num_threads=num_threads, fmt=fmt)
+    raise ValueError(f"unknown model format {fmt!r}; expected torch, torch_compile, onnx, "
+                     "onnx_int8 or tensorrt")
+
+
+class OnnxRunner(Runner):
+    """ONNX Runtime: CUDA provider when asked for a GPU and available, CPU provider otherwise."""
+
+    def __init__(self, path: str, device: str = "cpu", num_threads: Optional[int] = None,
+                 fmt: str = "onnx"):
+        import onnxruntime as ort
+
+        self.format = fmt
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = int(num_threads)
+            options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
+            index = int(device.split(":")[1]) if ":" in device else 0
+            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def run(self, inputs: Dict[str, np.ndarray]) -> np.ndarray:
+        feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
+        return self.session.run(None, feed)[0]

@@ -1,0 +1,1 @@
+"""towhee_rt: serve embedding pipelines on NVIDIA Triton Inference Server from Python."""
