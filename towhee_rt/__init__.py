@@ -1,1 +1,48 @@
-"""towhee_rt: serve embedding pipelines on NVIDIA Triton Inference Server from Python."""
+"""towhee_rt: serve embedding pipelines on NVIDIA Triton Inference Server from Python.
+
+The public API follows Towhee's "Triton in Towhee" guide::
+
+    import towhee_rt as towhee
+    pipe = (towhee.dummy_input()
+            .image_decode.cv2_rgb()
+            .image_embedding.timm(model_name='resnet50')
+            .as_function())
+"""
+from .datacollection import DataCollection, dc
+from .errors import (ClientError, ConfigError, DockerError, FormatError, ItemError,
+                     PipelineError, ServerError, TowheeRTError)
+from .operator import Operator, OperatorInputError, TensorSpec
+from .pipeline import Pipeline, PipelineBuilder, dummy_input
+from .triton.docker import build_docker_image
+from .triton.repository import ModelRepository, build_model_repo
+
+__version__ = "0.1.0"
+
+
+
+def serve(model_repository, **kwargs):
+    """Start tritonserver on ``model_repository`` and wait until every model is ready.
+
+    Returns a running server usable as a context manager; see :mod:`towhee_rt.serve`.
+    """
+    from .serve import serve as _serve
+
+    return _serve(model_repository, **kwargs)
+
+
+def __getattr__(name):
+    # Client pulls in tritonclient; import it only when asked for.
+    if name == "Client":
+        from .client import Client
+
+        return Client
+    raise AttributeError(f"module 'towhee_rt' has no attribute {name!r}")
+
+
+__all__ = [
+    "dummy_input", "dc", "Pipeline", "PipelineBuilder", "DataCollection",
+    "build_model_repo", "ModelRepository", "build_docker_image", "serve", "Client",
+    "Operator", "OperatorInputError", "TensorSpec",
+    "TowheeRTError", "ConfigError", "ItemError", "PipelineError", "ServerError",
+    "ClientError", "DockerError", "FormatError",
+]

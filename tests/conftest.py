@@ -1,0 +1,42 @@
+"""Shared fixtures: the shared test images and the expected decoded shapes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("TOWHEE_RT_SHARED", REPO_ROOT.parent / "shared"))
+IMAGES = SHARED / "testdata" / "images"
+
+#: good/ file -> decoded (H, W, 3), from shared/testdata/README.md
+GOOD_SHAPES = {
+    "astronaut.jpg": (512, 512, 3),
+    "chelsea.jpg": (300, 451, 3),
+    "coffee.jpg": (400, 600, 3),
+    "rocket.jpg": (427, 640, 3),
+    "coffee_1920x1280.jpg": (1280, 1920, 3),
+    "chelsea_progressive.jpg": (300, 451, 3),
+    "chelsea_exif_rot90.jpg": (451, 300, 3),
+    "astronaut_cmyk.jpg": (512, 512, 3),
+    "camera_gray.jpg": (512, 512, 3),
+    "camera_gray.png": (512, 512, 3),
+    "chelsea_rgba.png": (300, 451, 3),
+    "rocket.webp": (427, 640, 3),
+}
+BAD_FILES = ["empty.jpg", "not_an_image.jpg", "truncated.jpg", "corrupted_scan.jpg",
+             "bomb_50000x50000.png"]
+
+
+@pytest.fixture(scope="session")
+def good_dir() -> Path:
+    path = IMAGES / "good"
+    if not path.is_dir():
+        pytest.fail(f"shared test images not found at {path}; set TOWHEE_RT_SHARED")
+    return path
+
+
+@pytest.fixture(scope="session")
+def bad_dir() -> Path:
+    return IMAGES / "bad"

@@ -1,0 +1,89 @@
+"""pipeline_config / op_config validation and merging."""
+import pytest
+
+import towhee_rt as towhee
+from towhee_rt import op_config as cfg
+from towhee_rt.errors import ConfigError
+
+
+def test_op_config_overrides_pipeline_config():
+    pipe = (towhee.dummy_input()
+            .pipeline_config(parallel=3, chunksize=4, format_priority=["onnx"])
+            .image_decode.cv2_rgb()
+            .image_embedding.timm(model_name="test_resnet",
+                                  op_config={"chunksize": 2, "instance_count": 2,
+                                             "dynamic_batching": True})
+            .as_function())
+    decode, embed = pipe.configs
+    assert (decode.parallel, decode.chunksize, decode.format_priority) == (3, 4, ())
+    assert (embed.parallel, embed.chunksize, embed.format_priority) == (3, 2, ("onnx",))
+    assert embed.instances == 2 and decode.instances == 3  # parallel is the default count
+    assert embed.dynamic_batching == cfg.DynamicBatching()
+
+
+@pytest.mark.parametrize("values, fragment", [
+    ({"paralel": 2}, "valid keys are: parallel, chunksize, jit, format_priority"),
+    ({"parallel": 0}, "positive integer"),
+    ({"chunksize": "8"}, "positive integer"),
+    ({"jit": "numba"}, "'towhee', 'torch'"),
+    ({"format_priority": ["onnx", "tflite"]}, "valid formats are: tensorrt, onnx_int8, onnx"),
+    ({"format_priority": []}, "non-empty list"),
+])
+def test_pipeline_config_rejects_bad_values(values, fragment):
+    with pytest.raises(ConfigError, match=".*") as info:
+        towhee.dummy_input().pipeline_config(**values)
+    assert fragment in str(info.value)
+
+
+@pytest.mark.parametrize("op_config, fragment", [
+    ({"instance_cout": 2}, "valid keys are: parallel, chunksize, jit, format_priority, "
+                           "dynamic_batching, device_ids, instance_count"),
+    ({"device_ids": 0}, "list of GPU indices"),
+    ({"device_ids": [-1]}, "list of GPU indices"),
+    ({"instance_count": True}, "positive integer"),
+    ({"dynamic_batching": {"max_batch": 4}}, "valid keys are: max_batch_size"),
+    ({"dynamic_batching": {"max_batch_size": 4, "preferred_batch_size": [8]}},
+     "exceeds max_batch_size"),
+    ({"dynamic_batching": "yes"}, "True, False or a dict"),
+    ("parallel=2", "op_config must be a dict"),
+])
+def test_op_config_rejects_bad_values(op_config, fragment):
+    with pytest.raises(ConfigError) as info:
+        towhee.dummy_input().image_decode.cv2_rgb(op_config=op_config)
+    assert fragment in str(info.value)
+    assert "image_decode.cv2_rgb" in str(info.value)
+
+
+def test_model_only_keys_rejected_on_decode_operator():
+    with pytest.raises(ConfigError, match="only applies to model operators"):
+        towhee.dummy_input().image_decode.cv2_rgb(op_config={"jit": "towhee"}).as_function()
+
+
+def test_dynamic_batching_dict_is_normalised():
+    values = cfg.validate_op_config({"dynamic_batching": {
+        "max_batch_size": 8, "preferred_batch_size": 4, "max_queue_delay_microseconds": 0}},
+        "x")
+    assert values["dynamic_batching"] == cfg.DynamicBatching(8, (4,), 0)
+
+
+def test_unknown_names_list_the_choices():
+    with pytest.raises(ConfigError, match="valid namespaces are: image_decode, image_embedding"):
+        towhee.dummy_input().image_decoder
+    with pytest.raises(ConfigError, match="operators in 'image_decode' are: cv2_rgb, dali, nvjpeg"):
+        towhee.dummy_input().image_decode.pil()
+
+
+def test_params_must_be_json_serialisable():
+    with pytest.raises(ConfigError, match="JSON-serialisable"):
+        towhee.dummy_input().image_embedding.timm(model_name=object())
+
+
+def test_chain_type_mismatch_is_reported():
+    with pytest.raises(ConfigError, match="cannot feed"):
+        (towhee.dummy_input().image_embedding.timm(model_name="test_resnet")
+         .text_embedding.sentence_transformers().as_function())
+
+
+def test_empty_pipeline_is_rejected():
+    with pytest.raises(ConfigError, match="no operators"):
+        towhee.dummy_input().as_function()

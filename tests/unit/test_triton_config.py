@@ -1,0 +1,76 @@
+"""config.pbtxt generation: golden files, round trip, and each op_config key's effect."""
+from pathlib import Path
+
+import pytest
+
+from towhee_rt.backends._operator import TensorSpec
+from towhee_rt.op_config import DynamicBatching, OpConfig
+from towhee_rt.triton import config as tc
+
+GOLDEN = Path(__file__).parent / "golden"
+DECODE_IO = ((TensorSpec("image", "bytes"),), (TensorSpec("image", "uint8", (-1, -1, 3)),))
+EMBED_IO = ((TensorSpec("image", "uint8", (-1, -1, 3)),),
+            (TensorSpec("embedding", "float32", (-1,)),))
+
+
+def _model(name, operator, io, config, params=None, fmt=""):
+    module, cls = {"image_decode.cv2_rgb": ("image_decode", "CV2RGBDecode"),
+                   "image_embedding.timm": ("image_embedding", "TimmImageEmbedding")}[operator]
+    return tc.OperatorModel(name, operator, module, cls, params or {}, io[0], io[1], config, fmt)
+
+
+DECODE = _model("pipeline_0_image_decode_cv2_rgb", "image_decode.cv2_rgb", DECODE_IO,
+                OpConfig(instance_count=2))
+EMBED = _model("pipeline_1_image_embedding_timm", "image_embedding.timm", EMBED_IO,
+               OpConfig(device_ids=(0,), dynamic_batching=DynamicBatching(8, (4, 8), 500)),
+               params={"model_name": "resnet50"}, fmt="onnx")
+
+
+@pytest.mark.parametrize("name, config", [
+    ("decode.pbtxt", lambda: tc.operator_model_config(DECODE)),
+    ("embed.pbtxt", lambda: tc.operator_model_config(EMBED)),
+    ("ensemble.pbtxt", lambda: tc.ensemble_config("pipeline", [DECODE, EMBED])),
+])
+def test_configs_match_golden_files(name, config):
+    assert tc.to_pbtxt(config()) == (GOLDEN / name).read_text()
+
+
+def test_round_trip_through_triton_protobuf():
+    config = tc.operator_model_config(EMBED)
+    assert tc.parse_pbtxt(tc.to_pbtxt(config)) == config
+    assert tc.read_parameters(config)["towhee_params"] == '{"model_name": "resnet50"}'
+
+
+def test_parse_rejects_unknown_fields():
+    with pytest.raises(Exception, match="instance_groups"):
+        tc.parse_pbtxt('name: "x"\ninstance_groups { count: 1 }\n')
+
+
+def test_instance_count_and_kind():
+    cpu = tc.operator_model_config(DECODE).instance_group[0]
+    gpu = tc.operator_model_config(EMBED).instance_group[0]
+    assert (cpu.count, tc.pb.ModelInstanceGroup.Kind.Name(cpu.kind)) == (2, "KIND_CPU")
+    assert (gpu.count, list(gpu.gpus)) == (1, [0])
+    assert tc.pb.ModelInstanceGroup.Kind.Name(gpu.kind) == "KIND_GPU"
+
+
+def test_gpu_models_keep_tensors_on_gpu_and_cpu_models_do_not_ask():
+    assert tc.read_parameters(tc.operator_model_config(EMBED))[
+        "FORCE_CPU_ONLY_INPUT_TENSORS"] == "no"
+    assert "FORCE_CPU_ONLY_INPUT_TENSORS" not in tc.read_parameters(
+        tc.operator_model_config(DECODE))
+
+
+def test_ensemble_batch_size_is_the_smallest_step():
+    ensemble = tc.ensemble_config("pipeline", [DECODE, EMBED])
+    assert ensemble.max_batch_size == 8
+    assert not ensemble.instance_group
+    steps = ensemble.ensemble_scheduling.step
+    assert dict(steps[0].output_map) == {"image": "step0_image"}
+    assert dict(steps[1].input_map) == {"image": "step0_image"}
+    assert dict(steps[1].output_map) == {"embedding": "embedding"}
+
+
+def test_variable_shape_inputs_are_ragged_only_with_dynamic_batching():
+    assert tc.operator_model_config(EMBED).input[0].allow_ragged_batch
+    assert not tc.operator_model_config(DECODE).input[0].allow_ragged_batch

@@ -1,0 +1,91 @@
+"""``dc([...])``: a list of items with an operator chain, run locally or on a served pipeline.
+
+Example::
+
+    import towhee_rt as towhee
+    vecs = towhee.dc(['a.jpg', 'b.jpg']).image_decode.cv2_rgb() \\
+        .image_embedding.timm(model_name='test_resnet').to_list()
+    vecs = towhee.dc(['a.jpg']).remote(url='127.0.0.1:8001', mode='infer', protocol='grpc')
+"""
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator, List, Optional
+
+from .errors import ConfigError
+from .pipeline import PipelineBuilder
+
+
+class DataCollection:
+    """Items plus an (optional) operator chain; nothing runs until ``to_list`` or ``remote``."""
+
+    def __init__(self, items: Iterable[Any], builder: Optional[PipelineBuilder] = None):
+        self._items = list(items)
+        self._builder = builder or PipelineBuilder()
+
+    def pipeline_config(self, **values: Any) -> "DataCollection":
+        """Same as :meth:`PipelineBuilder.pipeline_config`."""
+        return DataCollection(self._items, self._builder.pipeline_config(**values))
+
+    def __getattr__(self, namespace: str) -> "_DCNamespace":
+        if namespace.startswith("_"):
+            raise AttributeError(namespace)
+        return _DCNamespace(self._items, getattr(self._builder, namespace))
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self._items)
+
+    def to_list(self, errors: str = "raise") -> List[Any]:
+        """Run the chain locally over the items (the items themselves if there is no chain)."""
+        if not self._builder.steps:
+            return list(self._items)
+        pipe = self._builder.as_function()
+        try:
+            return pipe.batch(self._items, errors=errors)
+        finally:
+            pipe.close()
+
+    def remote(self, url: str = "127.0.0.1:8001", mode: str = "infer", protocol: str = "grpc",
+               model_name: str = "pipeline", batch_size: int = 1, concurrency: int = 4,
+               errors: str = "raise", timeout: float = 60.0):
+        """Send the items to a pipeline served by tritonserver and return results in order.
+
+        ``mode``: ``'infer'`` (one request at a time), ``'async_infer'`` (``concurrency``
+        requests in flight) or ``'stream'`` (an iterator of ``(index, result)`` as results
+        arrive). Local files are sent as bytes, URLs as strings. ``errors='return'`` puts an
+        :class:`~towhee_rt.errors.ItemError` in place of each failed item.
+        """
+        if self._builder.steps:
+            raise ConfigError("remote() sends items to the pipeline already served by "
+                              "tritonserver; drop the operator chain before .remote(...)")
+        from .client import Client
+
+        client = Client(url, model_name=model_name, protocol=protocol, timeout=timeout)
+        if mode == "stream":
+            return client.stream(self._items, batch_size=batch_size, concurrency=concurrency,
+                                 close=True)
+        try:
+            return client.infer(self._items, mode=mode, batch_size=batch_size,
+                                concurrency=concurrency, errors=errors)
+        finally:
+            client.close()
+
+
+class _DCNamespace:
+    def __init__(self, items: List[Any], namespace):
+        self._items, self._namespace = items, namespace
+
+    def __getattr__(self, name: str):
+        add = getattr(self._namespace, name)
+
+        def add_to_collection(op_config=None, **params: Any) -> DataCollection:
+            return DataCollection(self._items, add(op_config=op_config, **params))
+
+        return add_to_collection
+
+
+def dc(items: Iterable[Any]) -> DataCollection:
+    """Wrap ``items`` (paths, URLs, bytes or strings) in a :class:`DataCollection`."""
+    return DataCollection(items)

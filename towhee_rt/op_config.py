@@ -1,0 +1,175 @@
+"""Pipeline and operator configuration: the seed's keys, validated at build time.
+
+``pipeline_config(...)`` sets defaults for every operator; ``op_config={...}`` on one operator
+overrides them. Everything is checked when the pipeline is built, with messages that list the
+valid choices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
+
+from .errors import ConfigError
+
+#: Model formats ``format_priority`` may name, best first when the hardware allows.
+FORMATS = ("tensorrt", "onnx_int8", "onnx", "torch")
+#: ``jit`` values: ``'towhee'`` (the seed's name) maps to the best available, torch.compile here.
+JIT_CHOICES = ("towhee", "torch")
+PIPELINE_KEYS = ("parallel", "chunksize", "jit", "format_priority")
+OP_KEYS = PIPELINE_KEYS + ("dynamic_batching", "device_ids", "instance_count")
+DYNAMIC_BATCHING_KEYS = ("max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds")
+#: Keys that only affect the Triton repository (stored for the builder, unused locally).
+SERVER_ONLY_KEYS = ("dynamic_batching", "instance_count")
+
+DEFAULT_CHUNKSIZE = 8
+DEFAULT_MAX_BATCH_SIZE = 16
+DEFAULT_QUEUE_DELAY_US = 2000
+
+
+@dataclasses.dataclass(frozen=True)
+class DynamicBatching:
+    """Triton dynamic batching for one operator's model."""
+
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    preferred_batch_size: Tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = DEFAULT_QUEUE_DELAY_US
+
+
+@dataclasses.dataclass(frozen=True)
+class OpConfig:
+    """The resolved configuration of one operator (pipeline defaults + its op_config)."""
+
+    parallel: int = 1
+    chunksize: int = DEFAULT_CHUNKSIZE
+    jit: Optional[str] = None
+    format_priority: Tuple[str, ...] = ()
+    dynamic_batching: Optional[DynamicBatching] = None
+    device_ids: Tuple[int, ...] = ()
+    instance_count: Optional[int] = None
+
+    @property
+    def instances(self) -> int:
+        """Triton instance count: ``instance_count``, else the pipeline's ``parallel``."""
+        return self.instance_count or self.parallel
+
+    @property
+    def device(self) -> str:
+        """The device the operator runs on locally: the first of ``device_ids``, else CPU."""
+        return f"cuda:{self.device_ids[0]}" if self.device_ids else "cpu"
+
+
+def validate_pipeline_config(values: Mapping[str, Any]) -> Dict[str, Any]:
+    """Check ``pipeline_config(**values)`` and return the normalised values."""
+    return _validate(values, PIPELINE_KEYS, "pipeline_config")
+
+
+def validate_op_config(values: Optional[Mapping[str, Any]], operator: str) -> Dict[str, Any]:
+    """Check one operator's ``op_config`` and return the normalised values."""
+    if values is None:
+        return {}
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{operator}: op_config must be a dict, got {type(values).__name__}")
+    return _validate(values, OP_KEYS, f"{operator}: op_config")
+
+
+def resolve(pipeline_values: Mapping[str, Any], op_values: Mapping[str, Any],
+            operator: str, is_model: bool) -> OpConfig:
+    """Merge pipeline defaults with one operator's overrides into an :class:`OpConfig`."""
+    for key in ("jit", "format_priority"):
+        if key in op_values and op_values[key] and not is_model:
+            raise ConfigError(f"{operator}: op_config key {key!r} only applies to model "
+                              "operators (image_embedding.*, image_text_embedding.*, "
+                              "text_embedding.*); remove it from this operator")
+    merged = {**pipeline_values, **op_values}
+    if not is_model:
+        merged.pop("jit", None)
+        merged.pop("format_priority", None)
+    return OpConfig(**merged)
+
+
+def _validate(values: Mapping[str, Any], allowed: Tuple[str, ...], where: str) -> Dict[str, Any]:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                          f"valid keys are: {', '.join(allowed)}")
+    out: Dict[str, Any] = {}
+    for key, value in values.items():
+        out[key] = _CHECKS[key](value, f"{where}[{key!r}]")
+    return out
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{where} must be a positive integer, got {value!r}")
+    return value
+
+
+def _jit(value: Any, where: str) -> Optional[str]:
+    if value is None or value is False:
+        return None
+    if value not in JIT_CHOICES:
+        raise ConfigError(f"{where} must be one of {', '.join(map(repr, JIT_CHOICES))} or "
+                          f"None, got {value!r}")
+    return value
+
+
+def _format_priority(value: Any, where: str) -> Tuple[str, ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise ConfigError(f"{where} must be a non-empty list of formats from "
+                          f"{', '.join(FORMATS)}, got {value!r}")
+    bad = [v for v in value if v not in FORMATS]
+    if bad:
+        raise ConfigError(f"{where}: unknown format(s) {', '.join(map(repr, bad))}; "
+                          f"valid formats are: {', '.join(FORMATS)}")
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{where} lists a format twice: {list(value)!r}")
+    return tuple(value)
+
+
+def _device_ids(value: Any, where: str) -> Tuple[int, ...]:
+    if not isinstance(value, (list, tuple)) or not all(
+            isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value):
+        raise ConfigError(f"{where} must be a list of GPU indices such as [0] or [0, 1], "
+                          f"got {value!r}")
+    return tuple(value)
+
+
+def _dynamic_batching(value: Any, where: str) -> Optional[DynamicBatching]:
+    if value is None or value is False:
+        return None
+    if value is True:
+        return DynamicBatching()
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{where} must be True, False or a dict with keys "
+                          f"{', '.join(DYNAMIC_BATCHING_KEYS)}, got {value!r}")
+    unknown = sorted(set(value) - set(DYNAMIC_BATCHING_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
+                          f"valid keys are: {', '.join(DYNAMIC_BATCHING_KEYS)}")
+    max_batch = _positive_int(value.get("max_batch_size", DEFAULT_MAX_BATCH_SIZE),
+                              f"{where}['max_batch_size']")
+    preferred: Union[int, list] = value.get("preferred_batch_size", [])
+    preferred = [preferred] if isinstance(preferred, int) else list(preferred)
+    for size in preferred:
+        _positive_int(size, f"{where}['preferred_batch_size']")
+        if size > max_batch:
+            raise ConfigError(f"{where}: preferred_batch_size {size} exceeds max_batch_size "
+                              f"{max_batch}")
+    delay = value.get("max_queue_delay_microseconds", DEFAULT_QUEUE_DELAY_US)
+    if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
+        raise ConfigError(f"{where}['max_queue_delay_microseconds'] must be an integer >= 0, "
+                          f"got {delay!r}")
+    return DynamicBatching(max_batch, tuple(preferred), delay)
+
+
+_CHECKS = {
+    "parallel": _positive_int,
+    "chunksize": _positive_int,
+    "instance_count": _positive_int,
+    "jit": _jit,
+    "format_priority": _format_priority,
+    "device_ids": _device_ids,
+    "dynamic_batching": _dynamic_batching,
+}

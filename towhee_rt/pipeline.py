@@ -1,0 +1,195 @@
+"""The fluent pipeline builder of Towhee's guide and the pipeline it produces.
+
+Example::
+
+    import towhee_rt as towhee
+    pipe = (towhee.dummy_input()
+            .image_decode.cv2_rgb()
+            .image_embedding.timm(model_name='test_resnet')
+            .as_function())
+    vec = pipe('photo.jpg')            # one input -> one result
+    vecs = pipe(['a.jpg', 'b.jpg'])    # a list -> a list, in order
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from . import op_config as cfg
+from .accel import formats
+from .errors import ConfigError, ItemError, PipelineError
+from .operator import OPERATORS, Operator, namespaces, operator_class
+from .runner import LocalStep, run_local
+
+ERROR_MODES = ("raise", "return")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+    """One operator in a pipeline: its registered name, params and validated op_config."""
+
+    name: str
+    params: Mapping[str, Any]
+    op_values: Mapping[str, Any]
+
+
+class PipelineBuilder:
+    """Immutable builder: every call returns a new builder with one more step or setting."""
+
+    def __init__(self, steps: Tuple[StepSpec, ...] = (),
+                 pipeline_values: Optional[Mapping[str, Any]] = None):
+        self._steps = steps
+        self._pipeline_values = dict(pipeline_values or {})
+
+    def pipeline_config(self, **values: Any) -> "PipelineBuilder":
+        """Set ``parallel``, ``chunksize``, ``jit`` or ``format_priority`` for every operator."""
+        merged = {**self._pipeline_values, **cfg.validate_pipeline_config(values)}
+        return type(self)(self._steps, merged)
+
+    def add_operator(self, name: str, op_config: Optional[Mapping[str, Any]] = None,
+                     **params: Any) -> "PipelineBuilder":
+        """Append operator ``name`` (e.g. ``'image_embedding.timm'``) with its params."""
+        if name not in OPERATORS:
+            operator_class(name)  # raises the ConfigError that lists the choices
+        _check_json(name, params)
+        step = StepSpec(name, dict(params), cfg.validate_op_config(op_config, name))
+        return type(self)(self._steps + (step,), self._pipeline_values)
+
+    def __getattr__(self, namespace: str) -> "_Namespace":
+        if namespace.startswith("_"):
+            raise AttributeError(namespace)
+        known = namespaces()
+        if namespace not in known:
+            raise ConfigError(f"unknown operator namespace {namespace!r}; valid namespaces "
+                              f"are: {', '.join(known)}")
+        return _Namespace(self, namespace, known[namespace])
+
+    @property
+    def steps(self) -> Tuple[StepSpec, ...]:
+        return self._steps
+
+    def as_function(self) -> "Pipeline":
+        """Validate the chain and return a callable :class:`Pipeline`."""
+        return Pipeline(self._steps, self._pipeline_values)
+
+
+class _Namespace:
+    """``builder.image_decode`` -> ``builder.image_decode.cv2_rgb(...)``."""
+
+    def __init__(self, builder: PipelineBuilder, namespace: str, names: List[str]):
+        self._builder, self._namespace, self._names = builder, namespace, names
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._names:
+            raise ConfigError(f"unknown operator '{self._namespace}.{name}'; operators in "
+                              f"{self._namespace!r} are: {', '.join(self._names)}")
+        full = f"{self._namespace}.{name}"
+
+        def add(op_config: Optional[Mapping[str, Any]] = None, **params: Any):
+            return self._builder.add_operator(full, op_config=op_config, **params)
+
+        add.__name__ = name
+        add.__doc__ = f"Append operator {full}."
+        return add
+
+
+class Pipeline:
+    """A validated chain of operators, callable locally and buildable into a Triton repo.
+
+    ``pipe(x)`` runs one input and returns its result (raising :class:`ItemError` if it
+    fails); ``pipe([x, y])`` returns a list in input order. ``errors='return'`` puts an
+    :class:`ItemError` in place of each failed item instead of raising
+    :class:`PipelineError` (which carries every item's outcome in ``.results``).
+    """
+
+    def __init__(self, steps: Sequence[StepSpec], pipeline_values: Mapping[str, Any]):
+        if not steps:
+            raise ConfigError("the pipeline has no operators; add one, e.g. "
+                              "dummy_input().image_decode.cv2_rgb()")
+        self.steps: Tuple[StepSpec, ...] = tuple(steps)
+        self.pipeline_values = dict(pipeline_values)
+        classes = [operator_class(s.name) for s in self.steps]
+        self.configs: Tuple[cfg.OpConfig, ...] = tuple(
+            cfg.resolve(self.pipeline_values, s.op_values, s.name, c.is_model)
+            for s, c in zip(self.steps, classes))
+        _check_chain(self.steps, classes)
+        self.operators: List[Operator] = [c(**s.params) for c, s in zip(classes, self.steps)]
+        self._formats = [formats.select_format(op, conf) if op.is_model else ""
+                         for op, conf in zip(self.operators, self.configs)]
+        self._local = [LocalStep(op, conf) for op, conf in zip(self.operators, self.configs)]
+
+    def __call__(self, inputs: Any, errors: str = "raise") -> Any:
+        if errors not in ERROR_MODES:
+            raise ConfigError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+        if isinstance(inputs, (list, tuple)):
+            return self.batch(inputs, errors=errors)
+        result = run_local(self._local, [inputs])[0]
+        if isinstance(result, ItemError) and errors == "raise":
+            raise result
+        return result
+
+    def batch(self, inputs: Sequence[Any], errors: str = "raise") -> List[Any]:
+        """Run a list of inputs; see the class docstring for ``errors``."""
+        results = run_local(self._local, list(inputs))
+        failed = [r for r in results if isinstance(r, ItemError)]
+        if failed and errors == "raise":
+            raise PipelineError(failed, results)
+        return results
+
+    def formats(self) -> Dict[str, str]:
+        """The model format chosen for each model operator, keyed by ``'<index>:<name>'``."""
+        return {f"{i}:{s.name}": f for i, (s, f) in enumerate(zip(self.steps, self._formats)) if f}
+
+    def format_of(self, index: int) -> str:
+        """The model format of operator ``index`` (``''`` for operators without a model)."""
+        return self._formats[index]
+
+    def export_model_files(self, index: int, directory: str) -> Dict[str, Any]:
+        """Write operator ``index``'s model files into ``directory``; return the params for them."""
+        return formats.export_model_files(self.operators[index], self._formats[index], directory)
+
+    @property
+    def input_specs(self):
+        """The pipeline's inputs: the first operator's input specs."""
+        return list(self.operators[0].inputs)
+
+    @property
+    def output_specs(self):
+        """The pipeline's outputs: the last operator's output specs."""
+        return list(self.operators[-1].outputs)
+
+    def close(self) -> None:
+        """Stop the local worker pools."""
+        for step in self._local:
+            step.close()
+
+    def __repr__(self) -> str:
+        chain = " -> ".join(f"{s.name}({dict(s.params)})" for s in self.steps)
+        return f"Pipeline({chain})"
+
+
+def dummy_input() -> PipelineBuilder:
+    """Start a pipeline, as in Towhee's guide: ``dummy_input().image_decode.cv2_rgb()...``."""
+    return PipelineBuilder()
+
+
+def _check_json(name: str, params: Mapping[str, Any]) -> None:
+    try:
+        json.dumps(params)
+    except TypeError as exc:
+        raise ConfigError(f"{name}: params must be JSON-serialisable (they are stored in the "
+                          f"Triton model config): {exc}") from None
+
+
+def _check_chain(steps: Sequence[StepSpec], classes: Sequence[type]) -> None:
+    """Each operator's outputs must feed the next one's inputs, position by position."""
+    for (a, ca), (b, cb) in zip(zip(steps, classes), zip(steps[1:], classes[1:])):
+        outs, ins = ca.outputs, cb.inputs
+        if len(outs) != len(ins) or any(o.dtype != i.dtype for o, i in zip(outs, ins)):
+            raise ConfigError(
+                f"{a.name} cannot feed {b.name}: it outputs "
+                f"{[(o.name, o.dtype) for o in outs]} but {b.name} expects "
+                f"{[(i.name, i.dtype) for i in ins]}")

@@ -1,0 +1,128 @@
+"""Triton model configs, built through Triton's own protobuf (never by string concatenation).
+
+One small function per config section; :func:`to_pbtxt` and :func:`parse_pbtxt` round-trip a
+config so tests can compare against golden files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+
+from ..backends._operator import TensorSpec
+from ..op_config import DEFAULT_MAX_BATCH_SIZE, OpConfig
+
+#: Model parameter names read by the generic Python-backend adapter (model.py).
+PARAM_OPERATOR = "towhee_operator"
+PARAM_PARAMS = "towhee_params"
+PARAM_FORMAT = "towhee_format"
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorModel:
+    """Everything needed to write one operator's Triton model."""
+
+    model_name: str
+    operator: str          # registered name, e.g. "image_embedding.timm"
+    module: str            # backend module file (without .py) inside the model directory
+    class_name: str
+    params: Mapping[str, Any]
+    inputs: Tuple[TensorSpec, ...]
+    outputs: Tuple[TensorSpec, ...]
+    config: OpConfig
+    format: str = ""
+
+
+def max_batch_size(config: OpConfig) -> int:
+    """The model's max batch size: the dynamic batching limit, else the default."""
+    return config.dynamic_batching.max_batch_size if config.dynamic_batching else \
+        DEFAULT_MAX_BATCH_SIZE
+
+
+def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
+    """The Python-backend config of one operator model."""
+    config = pb.ModelConfig(name=model.model_name, backend="python",
+                            max_batch_size=max_batch_size(model.config))
+    ragged = model.config.dynamic_batching is not None
+    for spec in model.inputs:
+        _add_tensor(config.input, spec, allow_ragged=ragged and not spec.is_fixed_shape)
+    for spec in model.outputs:
+        _add_tensor(config.output, spec)
+    _set_instance_group(config, model.config)
+    _set_dynamic_batching(config, model.config)
+    _set_parameters(config, model)
+    return config
+
+
+def ensemble_config(name: str, models: Sequence[OperatorModel]) -> pb.ModelConfig:
+    """The ensemble that chains ``models`` in order, output i feeding input i of the next."""
+    config = pb.ModelConfig(name=name, platform="ensemble",
+                            max_batch_size=min(max_batch_size(m.config) for m in models))
+    for spec in models[0].inputs:
+        _add_tensor(config.input, spec)
+    for spec in models[-1].outputs:
+        _add_tensor(config.output, spec)
+    tensor_names: List[str] = [spec.name for spec in models[0].inputs]
+    for index, model in enumerate(models):
+        step = config.ensemble_scheduling.step.add(model_name=model.model_name, model_version=-1)
+        for spec, source in zip(model.inputs, tensor_names):
+            step.input_map[spec.name] = source
+        last = index == len(models) - 1
+        tensor_names = [spec.name if last else f"step{index}_{spec.name}"
+                        for spec in model.outputs]
+        for spec, target in zip(model.outputs, tensor_names):
+            step.output_map[spec.name] = target
+    return config
+
+
+def to_pbtxt(config: pb.ModelConfig) -> str:
+    """Serialise a config as Triton's text format."""
+    return text_format.MessageToString(config)
+
+
+def parse_pbtxt(text: str) -> pb.ModelConfig:
+    """Parse a ``config.pbtxt`` (validating every field name and type)."""
+    return text_format.Parse(text, pb.ModelConfig())
+
+
+def read_parameters(config: pb.ModelConfig) -> Dict[str, str]:
+    """The config's ``parameters`` as a plain dict of strings."""
+    return {key: value.string_value for key, value in config.parameters.items()}
+
+
+def _add_tensor(field, spec: TensorSpec, allow_ragged: bool = False) -> None:
+    tensor = field.add(name=spec.name, data_type=pb.DataType.Value(spec.triton_type),
+                       dims=list(spec.shape) or [1])
+    if allow_ragged:
+        tensor.allow_ragged_batch = True
+
+
+def _set_instance_group(config: pb.ModelConfig, op: OpConfig) -> None:
+    if op.device_ids:
+        config.instance_group.add(count=op.instances, kind=pb.ModelInstanceGroup.KIND_GPU,
+                                  gpus=list(op.device_ids))
+    else:
+        config.instance_group.add(count=op.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
+
+
+def _set_dynamic_batching(config: pb.ModelConfig, op: OpConfig) -> None:
+    batching = op.dynamic_batching
+    if batching is None:
+        return
+    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
+    config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_size)
+
+
+def _set_parameters(config: pb.ModelConfig, model: OperatorModel) -> None:
+    operator = {"name": model.operator, "module": model.module, "class": model.class_name}
+    config.parameters[PARAM_OPERATOR].string_value = json.dumps(operator, sort_keys=True)
+    config.parameters[PARAM_PARAMS].string_value = json.dumps(dict(model.params),
+                                                              sort_keys=True)
+    if model.format:
+        config.parameters[PARAM_FORMAT].string_value = model.format
+    if model.config.device_ids:
+        # Keep GPU tensors on the GPU between ensemble steps (inputs may then be on either device).
+        config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"

@@ -1,0 +1,144 @@
+"""Pipeline -> Triton model repository on disk.
+
+Layout written for a pipeline named ``pipeline`` with two operators::
+
+    repo/
+      README.md                              what each model is, how to start and debug it
+      pipeline/config.pbtxt, pipeline/1/     the ensemble that chains the operators
+      pipeline_0_image_decode_cv2_rgb/
+        config.pbtxt                         operator name + params as JSON in `parameters`
+        1/model.py                           the generic adapter (model_repo_templates/model.py)
+        1/towhee_ops/*.py                    the operator source (a copy of towhee_rt/backends)
+      pipeline_1_image_embedding_timm/
+        ...  1/weights.safetensors           model files live beside the code
+
+Nothing in the repository imports towhee_rt or is pickled: it runs in any tritonserver whose
+Python has the third-party packages.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import string
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from .. import backends as _backends_pkg
+from .. import model_repo_templates as _templates_pkg
+from ..backends._operator import cpu_threads_per_instance
+from ..errors import ConfigError
+from ..operator import OPERATORS
+from . import config as triton_config
+from .config import OperatorModel
+
+BACKENDS_DIR = Path(_backends_pkg.__file__).parent
+TEMPLATES_DIR = Path(_templates_pkg.__file__).parent
+OPS_PACKAGE = "towhee_ops"
+_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRepository:
+    """A written repository: its path, ensemble name and operator models in order."""
+
+    path: Path
+    model_name: str
+    models: Tuple[OperatorModel, ...]
+
+    @property
+    def model_names(self) -> List[str]:
+        """Every model in the repository, the ensemble last."""
+        return [m.model_name for m in self.models] + [self.model_name]
+
+
+def plan_models(pipe, model_name: str = "pipeline") -> List[OperatorModel]:
+    """Describe the operator models of ``pipe`` without touching the disk (pure)."""
+    if not _NAME_RE.match(model_name):
+        raise ConfigError(f"model_name {model_name!r} must start with a letter and contain only "
+                          "letters, digits, '_' and '-' (it becomes a directory name)")
+    models = []
+    for index, (step, conf, op) in enumerate(zip(pipe.steps, pipe.configs, pipe.operators)):
+        module, class_name = OPERATORS[step.name]
+        params = dict(step.params)
+        if op.is_model:
+            params.setdefault("num_threads", cpu_threads_per_instance(conf.instances))
+        models.append(OperatorModel(
+            model_name=f"{model_name}_{index}_{step.name.replace('.', '_')}",
+            operator=step.name, module=module, class_name=class_name, params=params,
+            inputs=tuple(op.inputs), outputs=tuple(op.outputs), config=conf,
+            format=pipe.format_of(index) if op.is_model else ""))
+    return models
+
+
+def build_model_repo(pipe, path, model_name: str = "pipeline",
+                     overwrite: bool = False) -> ModelRepository:
+    """Write ``pipe`` as a Triton model repository at ``path`` and return its description.
+
+    ``path`` must not exist or be empty unless ``overwrite=True`` (then models of the same
+    names are replaced and other models in the directory are kept, so several pipelines can
+    share one repository).
+    """
+    root = Path(path)
+    if root.exists() and any(root.iterdir()) and not overwrite:
+        raise ConfigError(f"{root} is not empty; pass overwrite=True to replace the models of "
+                          f"pipeline {model_name!r} in it, or choose a new directory")
+    models = plan_models(pipe, model_name)
+    root.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index, model in enumerate(models):
+        model_dir = _fresh_dir(root / model.model_name)
+        version_dir = model_dir / "1"
+        _copy_operator_source(version_dir)
+        extra_params = _write_model_files(pipe, index, version_dir)
+        model = dataclasses.replace(model, params={**model.params, **extra_params})
+        _write_config(model_dir, triton_config.operator_model_config(model))
+        written.append(model)
+    ensemble_dir = _fresh_dir(root / model_name)
+    (ensemble_dir / "1").mkdir()
+    _write_config(ensemble_dir, triton_config.ensemble_config(model_name, written))
+    repo = ModelRepository(root, model_name, tuple(written))
+    (root / "README.md").write_text(render_readme(repo))
+    return repo
+
+
+def _fresh_dir(path: Path) -> Path:
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def _copy_operator_source(version_dir: Path) -> None:
+    """model.py plus every backend module: small files, and no dependency analysis to go wrong."""
+    shutil.copy2(TEMPLATES_DIR / "model.py", version_dir / "model.py")
+    ops_dir = version_dir / OPS_PACKAGE
+    ops_dir.mkdir()
+    for source in sorted(BACKENDS_DIR.glob("*.py")):
+        shutil.copy2(source, ops_dir / source.name)
+
+
+def _write_model_files(pipe, index: int, version_dir: Path) -> Dict[str, str]:
+    """Write the operator's model files into ``version_dir``; return the params that point at them."""
+    op = pipe.operators[index]
+    if not op.is_model:
+        return {}
+    return pipe.export_model_files(index, str(version_dir))
+
+
+def _write_config(model_dir: Path, config) -> None:
+    (model_dir / "config.pbtxt").write_text(triton_config.to_pbtxt(config))
+
+
+def render_readme(repo: ModelRepository) -> str:
+    """The repository's README.md: its models, how to start it and how to debug it."""
+    rows = "\n".join(
+        f"| `{m.model_name}` | `{m.operator}` | {m.format or '-'} | "
+        f"{m.config.instances} x {'GPU ' + str(list(m.config.device_ids)) if m.config.device_ids else 'CPU'} | "
+        f"{'on' if m.config.dynamic_batching else 'off'} |"
+        for m in repo.models)
+    template = string.Template((TEMPLATES_DIR / "README.md.template").read_text())
+    return template.substitute(
+        ensemble=repo.model_name, rows=rows,
+        inputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[0].inputs),
+        outputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[-1].outputs))
