@@ -51,6 +51,8 @@ def make_file_runner(fmt: str, path: str, device: str = "cpu",
     """Build the runner for an exported model file (``onnx``, ``onnx_int8``, ``tensorrt``)."""
     if fmt in ("onnx", "onnx_int8"):
         return OnnxRunner(path, device, num_threads=num_threads, fmt=fmt)
+    if fmt in ("tensorrt", "tensorrt_fp16"):
+        return TensorRTRunner(path, device)
     raise ValueError(f"unknown model format {fmt!r}; expected torch, torch_compile, onnx, "
                      "onnx_int8 or tensorrt")
 
@@ -77,3 +79,60 @@ class OnnxRunner(Runner):
     def run(self, inputs: Dict[str, np.ndarray]) -> np.ndarray:
         feed = {name: np.ascontiguousarray(inputs[name]) for name in self.input_names}
         return self.session.run(None, feed)[0]
+
+
+class TensorRTRunner(Runner):
+    """A TensorRT engine (TensorRT 10/11 named-tensor API) with torch CUDA buffers.
+
+    Inputs may be numpy arrays or torch CUDA tensors (e.g. handed over by DLPack from the
+    previous Triton model); they are used in place when already on the right device.
+    """
+
+    format = "tensorrt"
+
+    def __init__(self, path: str, device: str = "cuda:0"):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise ImportError("format 'tensorrt' needs TensorRT: pip install 'towhee_rt[gpu]'")
+        import torch
+
+        if not device.startswith("cuda"):
+            raise ValueError("format 'tensorrt' needs a GPU: set op_config device_ids=[0]")
+        self.device = torch.device(device)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        with open(path, "rb") as f:
+            self.engine = trt.Runtime(self._logger).deserialize_cuda_engine(f.read())
+        if self.engine is None:
+            raise RuntimeError(f"cannot load TensorRT engine {path} (built for another GPU or "
+                               "TensorRT version?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names
+                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.outputs = [n for n in names if n not in self.inputs]
+
+    def run(self, inputs):
+        import torch
+
+        with torch.cuda.device(self.device):
+            stream = torch.cuda.current_stream()
+            keep = []
+            for name in self.inputs:
+                value = inputs[name]
+                tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(
+                    np.ascontiguousarray(value))
+                tensor = tensor.to(self.device, non_blocking=True).contiguous()
+                keep.append(tensor)
+                self.context.set_input_shape(name, tuple(tensor.shape))
+                self.context.set_tensor_address(name, tensor.data_ptr())
+            out_name = self.outputs[0]
+            shape = tuple(self.context.get_tensor_shape(out_name))
+            dtype = torch.float16 if "HALF" in str(self.engine.get_tensor_dtype(out_name)) \
+                else torch.float32
+            output = torch.empty(shape, dtype=dtype, device=self.device)
+            self.context.set_tensor_address(out_name, output.data_ptr())
+            if not self.context.execute_async_v3(stream.cuda_stream):
+                raise RuntimeError("TensorRT execution failed")
+            stream.synchronize()
+        return output.float().cpu().numpy()

@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from .errors import ConfigError
 
 #: Model formats ``format_priority`` may name, best first when the hardware allows.
-FORMATS = ("tensorrt", "onnx_int8", "onnx", "torch")
+FORMATS = ("tensorrt", "tensorrt_fp16", "onnx", "torch")
 #: ``jit`` values: ``'towhee'`` (the seed's name) maps to the best available, torch.compile here.
 JIT_CHOICES = ("towhee", "torch")
 PIPELINE_KEYS = ("parallel", "chunksize", "jit", "format_priority")

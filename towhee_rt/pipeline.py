@@ -117,7 +117,7 @@ class Pipeline:
             for s, c in zip(self.steps, classes))
         _check_chain(self.steps, classes)
         self.operators: List[Operator] = [c(**s.params) for c, s in zip(classes, self.steps)]
-        self._formats = [formats.select_format(op, conf) if op.is_model else ""
+        self._formats = [formats.select_format(op, conf) if op.is_model else None
                          for op, conf in zip(self.operators, self.configs)]
         self._local = [LocalStep(op, conf) for op, conf in zip(self.operators, self.configs)]
 
@@ -140,11 +140,16 @@ class Pipeline:
         return results
 
     def formats(self) -> Dict[str, str]:
-        """The model format chosen for each model operator, keyed by ``'<index>:<name>'``."""
-        return {f"{i}:{s.name}": f for i, (s, f) in enumerate(zip(self.steps, self._formats)) if f}
+        """The model format chosen for each model operator, keyed by ``'<index>:<name>'``.
 
-    def format_of(self, index: int) -> str:
-        """The model format of operator ``index`` (``''`` for operators without a model)."""
+        >>> pipe.formats()   # doctest: +SKIP
+        {'1:image_embedding.timm': 'onnx'}
+        """
+        return {f"{i}:{s.name}": c.format
+                for i, (s, c) in enumerate(zip(self.steps, self._formats)) if c}
+
+    def format_choice(self, index: int) -> Optional[formats.FormatChoice]:
+        """How operator ``index``'s format was chosen (``None`` for operators without a model)."""
         return self._formats[index]
 
     def export_model_files(self, index: int, directory: str) -> Dict[str, Any]:

@@ -26,7 +26,7 @@ def test_op_config_overrides_pipeline_config():
     ({"parallel": 0}, "positive integer"),
     ({"chunksize": "8"}, "positive integer"),
     ({"jit": "numba"}, "'towhee', 'torch'"),
-    ({"format_priority": ["onnx", "tflite"]}, "valid formats are: tensorrt, onnx_int8, onnx"),
+    ({"format_priority": ["onnx", "tflite"]}, "valid formats are: tensorrt, tensorrt_fp16, onnx, torch"),
     ({"format_priority": []}, "non-empty list"),
 ])
 def test_pipeline_config_rejects_bad_values(values, fragment):

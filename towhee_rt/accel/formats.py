@@ -1,30 +1,132 @@
-"""Model formats: choose one per model operator, and write its files into a model directory."""
+"""Choose a model format per operator (format_priority, jit) and write its files.
+
+For each format in ``format_priority`` the first one that is available here, exports, and
+passes a parity check against the torch model is used; every skipped format is logged once with
+its reason. torch comes last (``torch.compile`` first when ``jit`` is set, itself checked).
+"""
 from __future__ import annotations
 
+import dataclasses
+import logging
 import os
-from typing import Any, Dict
+import shutil
+from typing import Any, Dict, List, Optional, Tuple
 
-from ..backends._operator import Operator
+from ..backends._model import ModelOperator
+from ..backends._runners import TorchRunner, make_file_runner
+from ..errors import FormatError
 from ..op_config import OpConfig
+from . import parity
 
+log = logging.getLogger("towhee_rt")
 WEIGHTS_FILE = "weights.safetensors"
+MODEL_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan", "tensorrt_fp16": "model.plan"}
+_logged: set = set()
 
 
-def select_format(op: Operator, config: OpConfig) -> str:
-    """The format ``op`` runs in, from ``config.format_priority`` and ``config.jit``."""
-    op.params.setdefault("format", "torch")
-    return op.params["format"]
+@dataclasses.dataclass
+class FormatChoice:
+    """The format chosen for one operator, why others were skipped, and its parity error."""
+
+    format: str
+    model_file: Optional[str] = None
+    relative_error: Optional[float] = None
+    skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+
+    def summary(self) -> str:
+        """E.g. ``onnx (rel. err 1.6e-07; skipped tensorrt: module not installed)``."""
+        text = self.format
+        if self.relative_error is not None:
+            text += f" (parity rel. err {self.relative_error:.1e})"
+        if self.skipped:
+            text += "; skipped " + "; ".join(f"{f}: {why}" for f, why in self.skipped)
+        return text
 
 
-def export_model_files(op: Operator, fmt: str, directory: str) -> Dict[str, Any]:
-    """Write ``op``'s model in format ``fmt`` into ``directory``; return the params that load it.
+def select_format(op: ModelOperator, config: OpConfig) -> FormatChoice:
+    """Pick ``op``'s format, set its ``format``/``model_file`` params, and return the choice."""
+    choice, skipped = FormatChoice("torch"), []
+    for fmt in config.format_priority:
+        if fmt == "torch":
+            break
+        try:
+            choice = _try_file_format(op, fmt, config)
+            break
+        except FormatError as exc:
+            _skip(op, skipped, fmt, str(exc))
+        except Exception as exc:  # noqa: BLE001 - an unexpected failure also means "skip"
+            _skip(op, skipped, fmt, _first_line(exc))
+    choice.skipped = skipped
+    if choice.format == "torch" and config.jit:
+        try:
+            error = parity.check_parity(op, TorchRunner(op.torch_module(), "cpu", compile=True))
+            choice.format, choice.relative_error = "torch_compile", error
+        except Exception as exc:  # noqa: BLE001 - compile errors come in many types
+            _skip(op, skipped, f"jit={config.jit!r} (torch.compile)", _first_line(exc))
+    op.params["format"] = choice.format
+    if choice.model_file:
+        op.params["model_file"] = choice.model_file
+    return choice
 
-    The torch formats store the state dict (so served weights equal local ones, even when
-    they were randomly initialised).
+
+def _try_file_format(op: ModelOperator, fmt: str, config: OpConfig) -> FormatChoice:
+    if fmt in ("tensorrt", "tensorrt_fp16"):
+        from . import tensorrt_build
+
+        reason = tensorrt_build.unavailable_reason(config.device_ids)
+        if reason:
+            raise FormatError(reason)
+        path, precision = tensorrt_build.build_engine(op, config, fp16=fmt.endswith("fp16")), \
+            "fp16" if fmt.endswith("fp16") else "fp32"
+        device = config.device
+    elif fmt == "onnx":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise FormatError("module onnxruntime not installed (pip install onnxruntime)")
+        from .onnx_export import export_onnx
+
+        path, precision, device = export_onnx(op), "fp32", config.device
+    else:
+        raise FormatError(f"format {fmt!r} is not supported by this operator")
+    try:
+        runner = make_file_runner("tensorrt" if fmt.startswith("tensorrt") else fmt, str(path),
+                                  device)
+    except Exception as exc:  # noqa: BLE001 - the runtime refused the file
+        raise FormatError(f"could not load {path.name}: {_first_line(exc)}") from None
+    error = parity.check_parity(op, runner, precision)
+    return FormatChoice(fmt, str(path), error)
+
+
+def _skip(op: ModelOperator, skipped: list, fmt: str, reason: str) -> None:
+    skipped.append((fmt, reason))
+    key = (op.name, repr(op.params.get("model_name")), fmt, reason)
+    if key not in _logged:
+        _logged.add(key)
+        log.warning("%s: %s skipped: %s", op.name, fmt, reason)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
+
+
+def export_model_files(op: ModelOperator, choice: FormatChoice, directory: str) -> Dict[str, Any]:
+    """Write ``op``'s model in the chosen format into ``directory``; return the params to load it.
+
+    The torch formats store the state dict (so served weights equal local ones even when they
+    were randomly initialised); the others copy the exported ONNX file or TensorRT engine.
     """
+    params: Dict[str, Any] = {"format": choice.format}
+    if choice.model_file:
+        name = MODEL_FILES[choice.format]
+        shutil.copy2(choice.model_file, os.path.join(directory, name))
+        params["model_file"] = name
+        return params
     from safetensors.torch import save_file
 
-    module = op.torch_module()
-    state = {k: v.detach().contiguous().clone() for k, v in module.state_dict().items()}
+    state = {k: v.detach().cpu().contiguous().clone()
+             for k, v in op.torch_module().state_dict().items()}
     save_file(state, os.path.join(directory, WEIGHTS_FILE))
-    return {"checkpoint_path": WEIGHTS_FILE, "format": fmt}
+    params["checkpoint_path"] = WEIGHTS_FILE
+    return params

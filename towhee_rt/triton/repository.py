@@ -67,8 +67,12 @@ def plan_models(pipe, model_name: str = "pipeline") -> List[OperatorModel]:
             model_name=f"{model_name}_{index}_{step.name.replace('.', '_')}",
             operator=step.name, module=module, class_name=class_name, params=params,
             inputs=tuple(op.inputs), outputs=tuple(op.outputs), config=conf,
-            format=pipe.format_of(index) if op.is_model else ""))
+            format=_format_summary(pipe.format_choice(index))))
     return models
+
+
+def _format_summary(choice) -> str:
+    return choice.summary() if choice else ""
 
 
 def build_model_repo(pipe, path, model_name: str = "pipeline",

@@ -1,0 +1,72 @@
+"""torch -> ONNX export of a model operator, with dynamic batch (and sequence) axes, cached."""
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ..backends._model import ModelOperator
+from ..errors import FormatError
+from . import cache
+
+log = logging.getLogger("towhee_rt")
+OPSET = 18
+EXPORT_LIBRARIES = ("torch", "onnx", "timm", "open_clip_torch", "sentence-transformers",
+                    "transformers")
+
+
+def onnx_cache_key(op: ModelOperator) -> str:
+    """Key of ``op``'s ONNX export: operator, model params, weights and library versions."""
+    return cache.cache_key(operator=type(op).__name__, params=cache.model_params(op.params),
+                           weights=cache.weights_digest(op.torch_module()),
+                           versions=cache.library_versions(EXPORT_LIBRARIES), opset=OPSET)
+
+
+def export_onnx(op: ModelOperator) -> Path:
+    """The ONNX file of ``op``'s torch model (exported once, then reused from the cache)."""
+    return cache.cached_file("onnx", onnx_cache_key(op), ".onnx", lambda p: _export(op, p))
+
+
+def _export(op: ModelOperator, path: Path) -> None:
+    import torch
+
+    module = op.torch_module()
+    specs = op.model_inputs()
+    example = op.example_inputs(2, np.random.default_rng(0))
+    args = tuple(torch.from_numpy(example[s.name]) for s in specs)
+    names = [s.name for s in specs]
+    dynamic_axes = {s.name: {0: "batch", **dict(s.dynamic_axes)} for s in specs}
+    dynamic_axes["embedding"] = {0: "batch"}
+    errors = []
+    for dynamo in (False, True):  # the TorchScript exporter is faster; dynamo is the fallback
+        try:
+            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+                warnings.simplefilter("ignore")
+                kwargs = {"dynamic_axes": dynamic_axes} if not dynamo else {
+                    "dynamic_shapes": tuple(_dims(s) for s in specs)}
+                torch.onnx.export(module, args, str(path), input_names=names,
+                                  output_names=["embedding"], opset_version=OPSET,
+                                  dynamo=dynamo, **kwargs)
+            _check(path)
+            return
+        except Exception as exc:  # noqa: BLE001 - try the other exporter, then report both
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: "
+                          f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+    raise FormatError("onnx export failed: " + "; ".join(errors))
+
+
+def _dims(spec):
+    import torch
+
+    dims = {0: torch.export.Dim("batch", min=1, max=4096)}
+    for axis, name in spec.dynamic_axes:
+        dims[axis] = torch.export.Dim(name, min=1, max=8192)
+    return dims
+
+
+def _check(path: Path) -> None:
+    import onnx
+
+    onnx.checker.check_model(str(path))
