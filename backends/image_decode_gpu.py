@@ -131,12 +131,12 @@ class NvJpegDecode(Operator):
 
         try:
             return one_batch(tensors)
-        except RuntimeError:  # one item spoiled the batch: retry one by one, None on failure
+        except (RuntimeError, ValueError):  # one bad item spoils the batch: retry one by one
             results: List[Optional[np.ndarray]] = []
             for t in tensors:
                 try:
                     results.append(one_batch([t])[0])
-                except RuntimeError:
+                except (RuntimeError, ValueError):
                     results.append(None)
             return results
 

@@ -93,6 +93,7 @@ def build_model_repo(pipe, path, model_name: str = "pipeline",
     for index, model in enumerate(models):
         model_dir = _fresh_dir(root / model.model_name)
         version_dir = model_dir / "1"
+        version_dir.mkdir()
         _copy_operator_source(version_dir)
         extra_params = _write_model_files(pipe, index, version_dir)
         model = dataclasses.replace(model, params={**model.params, **extra_params})
