@@ -142,7 +142,9 @@ class Client:
             return list(zip(batch, rows))
         except ItemError as error:
             if len(batch) == 1:
-                return [(batch[0], ItemError(batch[0], error.operator, error.message))]
+                index = batch[0]
+                message = _name_local_file(items[index], error.message)
+                return [(index, ItemError(index, error.operator, message))]
         return [pair for i in batch for pair in self._run_batch(items, [i])]
 
     def _send(self, values: List[Any]) -> List[Any]:
@@ -189,6 +191,13 @@ def encode_item(value: Any) -> bytes:
         with open(path, "rb") as f:
             return f.read()
     return value.encode("utf-8")
+
+
+def _name_local_file(item: Any, message: str) -> str:
+    """Put the local path back in place of the server's ``<encoded image, N bytes>``."""
+    if isinstance(item, (str, os.PathLike)) and message.startswith("<encoded"):
+        return f"{os.fspath(item)}{message[message.index('>') + 1:]}"
+    return message
 
 
 def _parse_error(exc: Exception) -> Tuple[Optional[str], str]:

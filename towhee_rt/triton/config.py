@@ -63,19 +63,26 @@ def ensemble_config(name: str, models: Sequence[OperatorModel]) -> pb.ModelConfi
                             max_batch_size=min(max_batch_size(m.config) for m in models))
     for spec in models[0].inputs:
         _add_tensor(config.input, spec)
-    for spec in models[-1].outputs:
-        _add_tensor(config.output, spec)
+    input_names = {spec.name for spec in models[0].inputs}
+    output_names = [ensemble_output_name(spec.name, input_names) for spec in models[-1].outputs]
+    for spec, name in zip(models[-1].outputs, output_names):
+        _add_tensor(config.output, dataclasses.replace(spec, name=name))
     tensor_names: List[str] = [spec.name for spec in models[0].inputs]
     for index, model in enumerate(models):
         step = config.ensemble_scheduling.step.add(model_name=model.model_name, model_version=-1)
         for spec, source in zip(model.inputs, tensor_names):
             step.input_map[spec.name] = source
         last = index == len(models) - 1
-        tensor_names = [spec.name if last else f"step{index}_{spec.name}"
-                        for spec in model.outputs]
+        tensor_names = output_names if last else [f"step{index}_{spec.name}"
+                                                  for spec in model.outputs]
         for spec, target in zip(model.outputs, tensor_names):
             step.output_map[spec.name] = target
     return config
+
+
+def ensemble_output_name(name: str, input_names) -> str:
+    """An ensemble output keeps its operator's name unless an ensemble input already has it."""
+    return f"{name}_output" if name in input_names else name
 
 
 def to_pbtxt(config: pb.ModelConfig) -> str:
