@@ -78,6 +78,14 @@ class ModelOperator(Operator):
         """Split the model's batched output into per-item embeddings."""
         return list(np.asarray(output, dtype=np.float32))
 
+    def adapt_state_dict(self, state: Dict[str, Any], module) -> Dict[str, Any]:
+        """Map a loaded checkpoint onto ``module``'s keys before the strict load (default: as is).
+
+        Lets an operator accept its library's own checkpoints (e.g. a timm state dict with its
+        classifier, a full open_clip state dict) as well as the module's own ``state_dict()``.
+        """
+        return state
+
     # -- shared machinery -------------------------------------------------------------------
     def torch_module(self):
         """The torch model with its weights loaded (built once, eval mode, no grad)."""
@@ -88,7 +96,8 @@ class ModelOperator(Operator):
                 module = self.build_torch_module()
             path = self.resolve_path(self.params.get("checkpoint_path"))
             if path:
-                module.load_state_dict(load_state_dict(path), strict=True)
+                state = self.adapt_state_dict(load_state_dict(path), module)
+                module.load_state_dict(state, strict=True)
             module.eval()
             for p in module.parameters():
                 p.requires_grad_(False)

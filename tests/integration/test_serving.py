@@ -1,0 +1,109 @@
+"""Served output equals local output, for every README pipeline, over gRPC and HTTP.
+
+One real tritonserver serves one repository holding four pipelines (image decode + timm, CLIP
+image, CLIP text, MiniLM), with dynamic batching and two instances of the model operators.
+"""
+import numpy as np
+import pytest
+
+import towhee_rt as towhee
+from towhee_rt.errors import ItemError, PipelineError
+
+from ..conftest import BAD_FILES, GOOD_SHAPES
+
+pytestmark = pytest.mark.integration
+
+MAX_RELATIVE_ERROR = 1e-5
+SENTENCES = ["Triton serves embeddings.", "a photo of a cat", "", "naïve café, 東京",
+             "word " * 300]
+MODEL_OPS = {"dynamic_batching": {"max_batch_size": 8, "max_queue_delay_microseconds": 1000},
+             "instance_count": 2}
+
+
+def _pipelines():
+    image = (towhee.dummy_input().image_decode.cv2_rgb(op_config={"instance_count": 2})
+             .image_embedding.timm(model_name="test_resnet", op_config=MODEL_OPS).as_function())
+    clip_image = (towhee.dummy_input().image_decode.cv2_rgb()
+                  .image_text_embedding.clip_image(model_name="clip_vit_base_patch32",
+                                                   op_config=MODEL_OPS).as_function())
+    clip_text = (towhee.dummy_input()
+                 .image_text_embedding.clip_text(model_name="clip_vit_base_patch32",
+                                                 op_config={"dynamic_batching": True})
+                 .as_function())
+    minilm = (towhee.dummy_input()
+              .text_embedding.sentence_transformers(op_config=MODEL_OPS).as_function())
+    return {"image": image, "clip_image": clip_image, "clip_text": clip_text, "minilm": minilm}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, good_dir):
+    pipes = _pipelines()
+    repo_dir = tmp_path_factory.mktemp("repo")
+    for name, pipe in pipes.items():
+        towhee.build_model_repo(pipe, repo_dir, model_name=name, overwrite=True)
+    images = [str(good_dir / n) for n in GOOD_SHAPES]
+    local = {name: pipe(SENTENCES if "text" in name or name == "minilm" else images)
+             for name, pipe in pipes.items()}
+    with towhee.serve(repo_dir, grpc_port=0, http_port=0, metrics_port=0) as server:
+        yield server, local, images
+
+
+def _assert_close(served, local):
+    assert len(served) == len(local)
+    for got, want in zip(served, local):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        scale = float(np.max(np.abs(want))) or 1.0
+        assert float(np.max(np.abs(got - want))) / scale <= MAX_RELATIVE_ERROR
+
+
+@pytest.mark.parametrize("name", ["image", "clip_image", "clip_text", "minilm"])
+@pytest.mark.parametrize("protocol, mode", [("grpc", "infer"), ("http", "async_infer"),
+                                            ("grpc", "async_infer")])
+def test_served_equals_local(served, name, protocol, mode):
+    server, local, images = served
+    items = SENTENCES if name in ("clip_text", "minilm") else images
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    results = towhee.dc(items).remote(url=url, mode=mode, protocol=protocol, model_name=name,
+                                      concurrency=4)
+    _assert_close(results, local[name])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_text_batches_of_several_items_per_request(served, protocol):
+    server, local, _ = served
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    results = towhee.dc(SENTENCES).remote(url=url, protocol=protocol, model_name="minilm",
+                                          batch_size=2, mode="async_infer")
+    _assert_close(results, local["minilm"])
+
+
+def test_stream_yields_every_index_once(served):
+    server, local, images = served
+    client = towhee.Client(server.grpc_url, model_name="image")
+    seen = dict(client.stream(images, concurrency=4, close=True))
+    assert sorted(seen) == list(range(len(images)))
+    _assert_close([seen[i] for i in range(len(images))], local["image"])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_bad_images_get_named_errors_and_good_ones_survive(served, bad_dir, protocol):
+    server, local, images = served
+    items = [images[0]] + [str(bad_dir / b) for b in BAD_FILES] + [images[1]]
+    url = server.grpc_url if protocol == "grpc" else server.http_url
+    results = towhee.dc(items).remote(url=url, protocol=protocol, model_name="image",
+                                      mode="async_infer", errors="return", batch_size=3)
+    _assert_close([results[0], results[-1]], local["image"][:2])
+    for index, name in enumerate(BAD_FILES, start=1):
+        error = results[index]
+        assert isinstance(error, ItemError), (name, error)
+        assert (error.index, error.operator) == (index, "image_decode.cv2_rgb")
+        assert name in error.message
+    with pytest.raises(PipelineError, match="empty.jpg"):
+        towhee.dc(items).remote(url=url, protocol=protocol, model_name="image")
+    assert server.models_ready()
+
+
+def test_unknown_model_gives_a_clear_client_error(served):
+    server, _, _ = served
+    with pytest.raises(towhee.ClientError, match="cannot read model 'nope'"):
+        towhee.Client(server.grpc_url, model_name="nope")
