@@ -112,11 +112,18 @@ class ModelOperator(Operator):
             return os.path.join(self.artifact_dir, path)
         return path
 
+    def use_runner(self, runner: "_runners.Runner", device: str) -> None:
+        """Run with an already-built runner for ``device`` (e.g. one a parity check verified)."""
+        self._prepared = (runner, device)
+
     def setup(self, device: str = "cpu") -> None:
         super().setup(device)
         fmt = self.params.get("format", "torch")
         threads = self.params.get("num_threads")
-        if fmt in ("torch", "torch_compile"):
+        prepared = getattr(self, "_prepared", None)
+        if prepared and prepared[0].format == fmt and prepared[1] == device:
+            self.runner = prepared[0]
+        elif fmt in ("torch", "torch_compile"):
             self.runner = _runners.TorchRunner(self.torch_module(), device,
                                                compile=fmt == "torch_compile",
                                                num_threads=threads)

@@ -59,8 +59,10 @@ def select_format(op: ModelOperator, config: OpConfig) -> FormatChoice:
     choice.skipped = skipped
     if choice.format == "torch" and config.jit:
         try:
-            error = parity.check_parity(op, TorchRunner(op.torch_module(), "cpu", compile=True))
+            compiled = TorchRunner(op.torch_module(), "cpu", compile=True)
+            error = parity.check_parity(op, compiled)
             choice.format, choice.relative_error = "torch_compile", error
+            op.use_runner(compiled, "cpu")
         except Exception as exc:  # noqa: BLE001 - compile errors come in many types
             _skip(op, skipped, f"jit={config.jit!r} (torch.compile)", _first_line(exc))
     op.params["format"] = choice.format
@@ -95,6 +97,7 @@ def _try_file_format(op: ModelOperator, fmt: str, config: OpConfig) -> FormatCho
     except Exception as exc:  # noqa: BLE001 - the runtime refused the file
         raise FormatError(f"could not load {path.name}: {_first_line(exc)}") from None
     error = parity.check_parity(op, runner, precision)
+    op.use_runner(runner, device)
     return FormatChoice(fmt, str(path), error)
 
 
