@@ -13,21 +13,12 @@ from .errors import (ClientError, ConfigError, DockerError, FormatError, ItemErr
                      PipelineError, ServerError, TowheeRTError)
 from .operator import Operator, OperatorInputError, TensorSpec
 from .pipeline import Pipeline, PipelineBuilder, dummy_input
+# Imported eagerly: importing the submodule later would otherwise replace this attribute.
+from .serve import serve
 from .triton.docker import build_docker_image
 from .triton.repository import ModelRepository, build_model_repo
 
 __version__ = "0.1.0"
-
-
-
-def serve(model_repository, **kwargs):
-    """Start tritonserver on ``model_repository`` and wait until every model is ready.
-
-    Returns a running server usable as a context manager; see :mod:`towhee_rt.serve`.
-    """
-    from .serve import serve as _serve
-
-    return _serve(model_repository, **kwargs)
 
 
 def __getattr__(name):

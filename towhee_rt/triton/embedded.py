@@ -1,0 +1,168 @@
+"""The tritonserver carried by the ``nvidia-pytriton`` wheel, made runnable on the host.
+
+The wheel ships Triton (``pytriton/tritonserver/bin/tritonserver``), the Python backend and one
+``triton_python_backend_stub`` per Python version under ``python_backend_stubs/X.Y/``. To run
+it outside PyTriton, :func:`prepare_embedded_tritonserver`
+
+1. copies the wheel's ``tritonserver/`` tree once into a cache directory (atomically: a
+   temporary directory renamed into place, so concurrent first runs are safe),
+2. puts the stub matching the running interpreter at ``backends/python/triton_python_backend_stub``,
+3. builds the environment: ``LD_LIBRARY_PATH`` starts with this interpreter's ``LIBDIR`` (where
+   its ``libpython3.X.so`` lives; without it the stub embeds the system libpython with the
+   venv's standard library and fails in odd places), then the wheel's ``nvidia_pytriton.libs``;
+   ``PATH`` starts with the interpreter's ``bin/`` so the stub's Python sees the venv's packages.
+
+Example::
+
+    binary, backend_dir, env = prepare_embedded_tritonserver()
+    subprocess.run([str(binary), "--help"], env=env)
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+from ..errors import ServerError
+
+log = logging.getLogger("towhee_rt")
+
+WHEEL = "nvidia-pytriton"
+MIN_GLIBC = (2, 35)
+STUB_NAME = "triton_python_backend_stub"
+INSTALL_HINT = f"pip install {WHEEL}==0.7.0"
+SYSTEM_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"  # where NGC images have it
+
+
+def python_tag() -> str:
+    """``'3.11'`` for the running interpreter."""
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def wheel_paths() -> Tuple[str, Path, Path]:
+    """(version, ``pytriton/tritonserver`` dir, ``nvidia_pytriton.libs`` dir) of the wheel."""
+    try:
+        dist = metadata.distribution(WHEEL)
+    except metadata.PackageNotFoundError:
+        raise ServerError(f"no tritonserver: the {WHEEL} package, which carries one, is not "
+                          f"installed. Install it ({INSTALL_HINT}), or pass the path of a "
+                          "tritonserver binary (--tritonserver PATH), or a Docker image "
+                          "(--docker IMAGE).") from None
+    server_dir = Path(dist.locate_file("pytriton")) / "tritonserver"
+    libs_dir = Path(dist.locate_file(f"{WHEEL.replace('-', '_')}.libs"))
+    if not (server_dir / "bin" / "tritonserver").is_file():
+        raise ServerError(f"{WHEEL} {dist.version} is installed but {server_dir}/bin/tritonserver"
+                          f" is missing; reinstall it ({INSTALL_HINT} --force-reinstall)")
+    return dist.version, server_dir, libs_dir
+
+
+def check_glibc(minimum: Tuple[int, int] = MIN_GLIBC) -> None:
+    """Raise :class:`ServerError` unless the C library is glibc >= ``minimum``."""
+    try:
+        name, version = os.confstr("CS_GNU_LIBC_VERSION").split()
+        found = tuple(int(part) for part in version.split(".")[:2])
+    except (ValueError, OSError, AttributeError):
+        name, found = "unknown", (0, 0)
+    if name != "glibc" or found < minimum:
+        raise ServerError(f"the embedded tritonserver needs glibc >= {minimum[0]}.{minimum[1]} "
+                          f"(found {name} {'.'.join(map(str, found))}); run it in a container "
+                          "instead (--docker IMAGE) or pass --tritonserver PATH")
+
+
+def libpython_dir() -> Path:
+    """The directory holding this interpreter's ``libpython3.X.so.1.0`` (needed by the stub)."""
+    libdir = Path(sysconfig.get_config_var("LIBDIR") or "")
+    soname = sysconfig.get_config_var("INSTSONAME") or f"libpython{python_tag()}.so.1.0"
+    if (libdir / soname).exists() or (libdir / f"libpython{python_tag()}.so.1.0").exists():
+        return libdir
+    raise ServerError(f"the Python backend stub needs libpython{python_tag()}.so.1.0, which is "
+                      f"not in {libdir} (this interpreter was built without --enable-shared); "
+                      "use a Python built with shared libraries (e.g. PYTHON_CONFIGURE_OPTS="
+                      "--enable-shared for pyenv) or the system package libpython3.X")
+
+
+def default_cache_dir() -> Path:
+    """``$TOWHEE_RT_CACHE`` or ``$XDG_CACHE_HOME/towhee_rt`` (``~/.cache/towhee_rt``)."""
+    if os.environ.get("TOWHEE_RT_CACHE"):
+        return Path(os.environ["TOWHEE_RT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "towhee_rt"
+
+
+def _install_tree(source: Path, stub: Path, target: Path) -> None:
+    """Copy ``source`` with ``stub`` in place to ``target``, atomically."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        tree = tmp / "tritonserver"
+        shutil.copytree(source, tree, ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copy2(stub, tree / "backends" / "python" / STUB_NAME)
+        try:
+            os.rename(tree, target)
+        except OSError as exc:
+            if not (target / "backends" / "python" / STUB_NAME).is_file():  # not a lost race
+                raise ServerError(f"could not install tritonserver into {target} ({exc}); "
+                                  "remove that directory and try again") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prepare_embedded_tritonserver(work_dir: Optional[Path] = None
+                                  ) -> Tuple[Path, Path, Dict[str, str]]:
+    """Make the wheel's tritonserver runnable; return ``(binary, backend_dir, env)``.
+
+    ``work_dir`` is where the runnable copy lives (default: ``<cache>/tritonserver-<wheel
+    version>-py<X.Y>``); an existing copy is reused. ``env`` is a full environment for
+    :class:`subprocess.Popen`, based on ``os.environ``.
+    """
+    version, server_dir, libs_dir = wheel_paths()
+    check_glibc()
+    stub = server_dir / "python_backend_stubs" / python_tag() / STUB_NAME
+    if not stub.is_file():
+        have = sorted(p.name for p in (server_dir / "python_backend_stubs").iterdir())
+        raise ServerError(f"{WHEEL} {version} has no Python backend stub for Python "
+                          f"{python_tag()} (it has: {', '.join(have)}); use one of those Python "
+                          "versions, or pass --tritonserver PATH / --docker IMAGE")
+    pydir = libpython_dir()
+    target = Path(work_dir) if work_dir else (
+        default_cache_dir() / f"tritonserver-{version}-py{python_tag()}")
+    binary = target / "bin" / "tritonserver"
+    if not (target / "backends" / "python" / STUB_NAME).is_file():
+        _install_tree(server_dir, stub, target)
+    env = dict(os.environ)
+    ld_path = [str(pydir), str(libs_dir)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(
+        os.pathsep) if p]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(ld_path)
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = os.pathsep.join([bin_dir] + [p for p in env.get("PATH", "").split(os.pathsep)
+                                               if p and p != bin_dir])
+    return binary, target / "backends", env
+
+
+def find_tritonserver(explicit: Optional[os.PathLike] = None
+                      ) -> Tuple[Path, Optional[Path], Dict[str, str]]:
+    """``(binary, backend dir or None for Triton's default, env)`` of the tritonserver to run.
+
+    ``explicit`` (a path or a name on ``PATH``) wins; then the wheel's embedded server; then a
+    ``tritonserver`` on ``PATH`` or in ``/opt/tritonserver`` (inside NGC images).
+    """
+    if explicit:
+        found = shutil.which(str(explicit))
+        if not found:
+            raise ServerError(f"tritonserver binary {explicit} does not exist or is not "
+                              "executable; pass the path of a tritonserver binary")
+        return Path(found), None, dict(os.environ)
+    try:
+        return prepare_embedded_tritonserver()
+    except ServerError:
+        system = shutil.which("tritonserver") or shutil.which(SYSTEM_TRITONSERVER)
+        if not system:
+            raise
+        log.warning("embedded tritonserver unavailable; using %s", system, exc_info=True)
+        return Path(system), None, dict(os.environ)

@@ -1,0 +1,441 @@
+"""Start a tritonserver on a model repository, wait until it is ready, stop it.
+
+The server is, by precedence: ``docker_image`` (``docker run --rm --gpus=all --shm-size=1g
+--net=host IMAGE tritonserver --model-repository=/workspace/models ...`` as in Towhee's guide),
+``tritonserver`` (that binary), else the one carried by ``nvidia-pytriton``
+(:mod:`towhee_rt.triton.embedded`). Endpoints bind ``host`` (default ``127.0.0.1``; Triton
+alone binds ``0.0.0.0``). The child dies with the parent (``PR_SET_PDEATHSIG``: with the
+*thread* that started it, so start servers from a long-lived thread), runs in its own session
+so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote. Example::
+
+    with TritonServer("repo/") as server:   # free loopback ports
+        print(server.grpc_url, server.model_states())
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+from ..errors import ServerError
+from .embedded import find_tritonserver
+
+PathLike = Union[str, os.PathLike]
+
+#: Python backend shared memory per model instance, and its growth step. Triton's 1 MiB
+#: default makes every large image grow the pool in many small steps.
+PYTHON_SHM_DEFAULT_BYTES = 16 * 1024 * 1024
+PYTHON_SHM_GROWTH_BYTES = 16 * 1024 * 1024
+#: tritonserver's own grace period for in-flight requests and open client connections (an
+#: idle keep-alive client delays every graceful stop by this much); below stop()'s timeout.
+EXIT_TIMEOUT_SECS = 5
+LOG_TAIL_LINES = 40
+CONTAINER_REPOSITORY = "/workspace/models"
+_PORT_FLAGS = {"gRPC": "--grpc-port", "HTTP": "--http-port", "metrics": "--metrics-port"}
+_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.M)
+_FAILED_ONLY = re.compile(r"failed to load '([^']+)'\"?$", re.M)
+_LOADING = re.compile(r"\"loading: ([^:\"]+):\d+\"")
+_LOADED = re.compile(r"successfully loaded '([^']+)'")
+
+
+class ServerStartError(ServerError):
+    """tritonserver exited or timed out before it was ready.
+
+    ``failed_models`` maps each model Triton could not load to its reason; ``log_file`` is the
+    server's log and ``log_tail`` its last lines, also quoted in the message.
+    """
+
+    def __init__(self, message: str, *, failed_models: Optional[Dict[str, str]] = None,
+                 log_file: Optional[Path] = None, log_tail: str = ""):
+        self.failed_models = dict(failed_models or {})
+        self.log_file = log_file
+        self.log_tail = log_tail
+        super().__init__(message)
+
+
+# ---------------------------------------------------------------------------------- ports
+def find_free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port on ``host`` that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def check_port_free(host: str, port: int, label: str = "TCP") -> None:
+    """Raise :class:`ServerError` if ``port`` on ``host`` is already bound by another process."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not busy
+        try:
+            sock.bind((host, port))
+        except OSError:
+            flag = _PORT_FLAGS.get(label, "--port")
+            raise ServerError(f"{label} port {port} on {host} is already in use; choose another "
+                              f"with {flag} or stop the process using it") from None
+
+
+def _resolve_ports(host: str, requested: Mapping[str, Optional[int]]) -> Dict[str, int]:
+    """Check the requested ports; replace ``None``/``0`` by distinct free ports."""
+    ports: Dict[str, int] = {}
+    for label, port in requested.items():
+        if port:
+            if int(port) in ports.values():
+                raise ServerError(f"{label} port {port} is also given for another endpoint; "
+                                  "give each endpoint its own port")
+            check_port_free(host, int(port), label)
+            ports[label] = int(port)
+    for label in requested:
+        while label not in ports or list(ports.values()).count(ports[label]) > 1:
+            ports[label] = find_free_port(host)
+    return ports
+
+
+# -------------------------------------------------------------------------------- commands
+def triton_args(model_repository: str, *, host: str, grpc_port: int, http_port: int,
+                metrics_port: int, log_verbose: int = 0, gpu_metrics: bool = True
+                ) -> List[str]:
+    """The tritonserver flags shared by the host and the container commands."""
+    shm = (f"python,shm-default-byte-size={PYTHON_SHM_DEFAULT_BYTES}",
+           f"python,shm-growth-byte-size={PYTHON_SHM_GROWTH_BYTES}")
+    return [
+        f"--model-repository={model_repository}",
+        f"--grpc-address={host}", f"--grpc-port={grpc_port}",
+        f"--http-address={host}", f"--http-port={http_port}",
+        f"--metrics-address={host}", f"--metrics-port={metrics_port}",
+        "--allow-metrics=true", f"--allow-gpu-metrics={str(gpu_metrics).lower()}",
+        # Our configs are complete; auto-complete would launch one extra Python stub per model
+        # at load just to ask model.py for a config (1.4 s per model on this machine).
+        "--disable-auto-complete-config",
+        "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
+        f"--exit-timeout-secs={EXIT_TIMEOUT_SECS}", f"--log-verbose={int(log_verbose)}",
+        *(f"--backend-config={item}" for item in shm),
+    ]
+
+
+def build_command(binary: PathLike, model_repository: PathLike, *, host: str = "127.0.0.1",
+                  grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
+                  backend_directory: Optional[PathLike] = None, log_verbose: int = 0,
+                  gpu_metrics: bool = True, extra_args: Sequence[str] = ()) -> List[str]:
+    """The argv that runs ``binary`` on ``model_repository`` (made absolute: the Python
+    backend puts model directories on ``sys.path`` as given). Pure: starts nothing."""
+    argv = [str(binary)] + triton_args(
+        os.path.abspath(model_repository), host=host, grpc_port=grpc_port,
+        http_port=http_port, metrics_port=metrics_port, log_verbose=log_verbose,
+        gpu_metrics=gpu_metrics)
+    if backend_directory is not None:
+        argv.append(f"--backend-directory={backend_directory}")
+    return argv + list(extra_args)
+
+
+def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
+                   host: str = "127.0.0.1", grpc_port: int = 8001, http_port: int = 8000,
+                   metrics_port: int = 8002, shm_size: str = "1g", gpus: Optional[str] = "all",
+                   name: Optional[str] = None, log_verbose: int = 0,
+                   extra_args: Sequence[str] = ()) -> List[str]:
+    """The ``docker run`` argv serving ``image``'s ``/workspace/models`` (or
+    ``model_repository`` mounted there read-only) with host networking. Pure: starts nothing."""
+    argv = ["docker", "run", "--rm"]
+    if gpus:
+        argv.append(f"--gpus={gpus}")
+    argv += [f"--shm-size={shm_size}", "--net=host"]
+    if name:
+        argv.append(f"--name={name}")
+    if model_repository is not None:
+        argv += ["-v", f"{os.path.abspath(model_repository)}:{CONTAINER_REPOSITORY}:ro"]
+    return argv + [image, "tritonserver"] + triton_args(
+        CONTAINER_REPOSITORY, host=host, grpc_port=grpc_port, http_port=http_port,
+        metrics_port=metrics_port, log_verbose=log_verbose) + list(extra_args)
+
+
+# --------------------------------------------------------------------------------- helpers
+def parse_failed_models(log_text: str) -> Dict[str, str]:
+    """Model name -> Triton's reason (one line), from ``failed to load 'm' ...`` log lines."""
+    failed: Dict[str, str] = {}
+    for match in _FAILED_LOAD.finditer(log_text):
+        reason = match.group(2).replace("\\n", "\n").replace('\\"', '"').strip()
+        failed.setdefault(match.group(1), re.sub(r"\n+", " | ", reason))
+    for match in _FAILED_ONLY.finditer(log_text):
+        failed.setdefault(match.group(1), "")
+    return failed
+
+
+def loading_models(log_text: str) -> List[str]:
+    """Models whose ``loading: m:1`` log line has no ``successfully loaded``/``failed`` yet."""
+    started = dict.fromkeys(_LOADING.findall(log_text))
+    done = set(_LOADED.findall(log_text)) | set(parse_failed_models(log_text))
+    return [name for name in started if name not in done]
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> List[str]:
+    """The last ``lines`` lines of a server log, without Triton's server-options table."""
+    kept: List[str] = []
+    in_options = False
+    for line in text.splitlines():
+        if line.startswith("| Option "):
+            in_options = True
+            kept = kept[:-1] if kept and kept[-1].startswith("+") else kept
+        elif in_options and not line.startswith(("|", "+")):
+            in_options = False
+        if not in_options:
+            kept.append(line)
+    return kept[-lines:]
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
+
+
+class TritonServer:
+    """One tritonserver process on ``model_repository``: start, wait ready, query, stop.
+
+    Ports left ``None`` (or 0) get free loopback ports; a port given explicitly must be free.
+    ``extra_args`` are appended to the tritonserver flags, ``env`` overrides environment
+    variables. ``log_file`` defaults to a kept temporary file whose path errors quote.
+    """
+
+    def __init__(self, model_repository: Optional[PathLike], *, host: str = "127.0.0.1",
+                 grpc_port: Optional[int] = None, http_port: Optional[int] = None,
+                 metrics_port: Optional[int] = None, tritonserver: Optional[PathLike] = None,
+                 docker_image: Optional[str] = None, log_file: Optional[PathLike] = None,
+                 log_verbose: int = 0, ready_timeout: float = 120.0,
+                 extra_args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
+                 shm_size: str = "1g"):
+        if model_repository is None and docker_image is None:
+            raise ServerError("no model repository given; build one with "
+                              "towhee_rt.build_model_repo(pipe, 'repo/') and pass its path")
+        self.model_repository = Path(model_repository) if model_repository else None
+        self.host = host
+        self.tritonserver = Path(tritonserver) if tritonserver else None
+        self.docker_image = docker_image
+        self.log_verbose = log_verbose
+        self.ready_timeout = ready_timeout
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.shm_size = shm_size
+        self._requested = {"gRPC": grpc_port, "HTTP": http_port, "metrics": metrics_port}
+        self.ports: Dict[str, int] = {}
+        self.log_file = Path(log_file) if log_file else None
+        self._process: Optional[subprocess.Popen] = None
+        self._container: Optional[str] = None
+        self.command: List[str] = []  # the argv of the last start()
+        self._stopped = False
+
+    # ------------------------------------------------------------------ endpoints
+    @property
+    def grpc_url(self) -> str:
+        """``'127.0.0.1:8001'``: what tritonclient.grpc and ``dc(...).remote(url=...)`` take."""
+        return self._endpoint("gRPC")
+
+    @property
+    def http_url(self) -> str:
+        """``'127.0.0.1:8000'``: what tritonclient.http takes."""
+        return self._endpoint("HTTP")
+
+    @property
+    def metrics_url(self) -> str:
+        """``'http://127.0.0.1:8002/metrics'``: Prometheus metrics."""
+        return f"http://{self._endpoint('metrics')}/metrics"
+
+    @property
+    def pid(self) -> Optional[int]:
+        """The process id of tritonserver (or of ``docker run``), once started."""
+        return self._process.pid if self._process else None
+
+    def _endpoint(self, label: str) -> str:
+        if label not in self.ports:
+            raise ServerError("the server is not started: call start() first")
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"{host}:{self.ports[label]}"
+
+    # ------------------------------------------------------------------ lifecycle
+    def _prepare(self) -> Tuple[List[str], Dict[str, str]]:
+        """The argv and environment for this server's ports and mode."""
+        ports = dict(grpc_port=self.ports["gRPC"], http_port=self.ports["HTTP"],
+                     metrics_port=self.ports["metrics"])
+        if self.docker_image:
+            return self._docker_argv(ports), {**os.environ, **self.env}
+        binary, backend_dir, env = find_tritonserver(self.tritonserver)
+        argv = build_command(binary, self.model_repository, host=self.host,
+                             backend_directory=backend_dir, log_verbose=self.log_verbose,
+                             gpu_metrics=os.path.exists("/dev/nvidiactl"),
+                             extra_args=self.extra_args, **ports)
+        return argv, {**env, **self.env}
+
+    def _docker_argv(self, ports: Dict[str, int]) -> List[str]:
+        from .docker import docker_engine_available
+
+        name = f"towhee_rt-{os.getpid()}-{ports['grpc_port']}"
+        argv = docker_command(self.docker_image, model_repository=self.model_repository,
+                              host=self.host, shm_size=self.shm_size, name=name,
+                              log_verbose=self.log_verbose, extra_args=self.extra_args, **ports)
+        if not docker_engine_available():
+            raise ServerError("cannot run the container: no Docker engine is reachable (is "
+                              "docker installed and its daemon running?). Command: "
+                              + " ".join(argv))
+        self._container = name
+        return argv
+
+    def _check_repository(self) -> None:
+        repo = self.model_repository
+        if repo is None:
+            return
+        if not repo.is_dir():
+            raise ServerError(f"model repository {repo} does not exist or is not a directory; "
+                              "build one with towhee_rt.build_model_repo(pipe, "
+                              f"'{repo}') or pass the right path")
+        if not any(child.is_dir() for child in repo.iterdir()):
+            raise ServerError(f"model repository {repo} has no model directories")
+
+    def start(self) -> "TritonServer":
+        """Launch the process (returns at once; see :meth:`wait_ready`)."""
+        if self._process is not None and self._process.poll() is None:
+            raise ServerError(f"tritonserver is already running (pid {self._process.pid})")
+        self._check_repository()
+        self.ports = _resolve_ports(self.host, self._requested)
+        argv, env = self._prepare()
+        if self.log_file is None:
+            fd, name = tempfile.mkstemp(prefix="towhee_rt-tritonserver-", suffix=".log")
+            os.close(fd)
+            self.log_file = Path(name)
+        self.command = argv
+        self._stopped = False
+        with open(self.log_file, "wb") as log:
+            self._process = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+        return self
+
+    def wait_ready(self, timeout: Optional[float] = None) -> "TritonServer":
+        """Block until the server and every model in its repository are ready.
+
+        Raises :class:`ServerStartError` (log tail, failing models) when the process exits
+        first or ``timeout`` (default ``ready_timeout``) passes.
+        """
+        if self._process is None:
+            raise ServerError("the server is not started: call start() first")
+        deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise self._start_error(f"tritonserver exited with code "
+                                        f"{self._process.returncode} before it was ready")
+            if self.models_ready():
+                return self
+            time.sleep(0.1)
+        loading = loading_models(self.log_text())
+        detail = f" (still loading: {', '.join(loading)})" if loading else ""
+        raise self._start_error(f"tritonserver was not ready after {timeout or self.ready_timeout}"
+                                f" s{detail}; raise ready_timeout (--ready-timeout) if the "
+                                "models are slow to load")
+
+    def _start_error(self, headline: str) -> ServerStartError:
+        text = self.log_text()
+        failed = parse_failed_models(text)
+        tail = "\n".join(log_tail(text))
+        parts = [headline]
+        if failed:
+            parts.append("failed models:\n" + "\n".join(
+                f"  {name}: {reason}" for name, reason in failed.items()))
+        if self.docker_image:
+            parts.append("command: " + " ".join(self.command))
+        parts.append(f"last {LOG_TAIL_LINES} lines of {self.log_file}:\n{tail}")
+        return ServerStartError("\n".join(parts), failed_models=failed,
+                                log_file=self.log_file, log_tail=tail)
+
+    def is_alive(self) -> bool:
+        """Whether the process is running."""
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> Optional[int]:
+        """Stop gracefully (SIGTERM), then SIGKILL the whole process group after ``timeout``
+        seconds; return the exit code (``None`` if never started). Safe to call twice."""
+        process = self._process
+        if process is None or self._stopped:
+            return process.returncode if process else None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._kill_group()  # stubs left behind by a crash or a forced stop
+        self._stopped = True
+        return process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL tritonserver and its Python stubs (or the container) now."""
+        if self._process is not None and not self._stopped:
+            self._kill_group()
+            self._process.wait()
+
+    def _kill_group(self) -> None:
+        try:  # start_new_session: the group id is the server's pid
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self._container:  # killing `docker run` leaves its container running
+            subprocess.run(["docker", "rm", "-f", self._container], capture_output=True,
+                           timeout=60, check=False)
+            self._container = None
+
+    def __enter__(self) -> "TritonServer":
+        if not self.is_alive():
+            self.start()
+        try:
+            return self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ queries
+    def _http(self, method: str, path: str, timeout: float = 2.0) -> Tuple[int, bytes]:
+        url = f"http://{self.http_url}{path}"
+        data = b"{}" if method == "POST" else None
+        request = urllib.request.Request(url, data=data, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (urllib.error.URLError, OSError):
+            return 0, b""
+
+    def model_states(self) -> Dict[str, str]:
+        """Model name -> Triton state (``'READY'``, ``'UNAVAILABLE'``, ``'LOADING'``...) from
+        the repository index; empty when the server does not answer."""
+        status, body = self._http("POST", "/v2/repository/index")
+        if status != 200:
+            return {}
+        return {entry["name"]: entry.get("state", "UNKNOWN") for entry in json.loads(body)}
+
+    def models_ready(self) -> bool:
+        """Whether the server is ready and every model in its repository answers ready."""
+        if not self.is_alive() or self._http("GET", "/v2/health/ready")[0] != 200:
+            return False
+        names = list(self.model_states())
+        return bool(names) and all(
+            self._http("GET", f"/v2/models/{name}/ready")[0] == 200 for name in names)
+
+    def log_text(self) -> str:
+        """Everything the server wrote so far (stdout and stderr)."""
+        if self.log_file is None or not self.log_file.exists():
+            return ""
+        return self.log_file.read_text(errors="replace")
+
+    def __repr__(self) -> str:
+        where = self.grpc_url if self.ports else "not started"
+        return f"TritonServer({str(self.model_repository)!r}, {where})"
