@@ -382,6 +382,10 @@ class TritonServer:
     def _kill_group(self) -> None:
         try:  # start_new_session: the group id is the server's pid
             os.killpg(self._process.pid, signal.SIGKILL)
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline:  # until the killed stubs are really gone
+                os.killpg(self._process.pid, 0)
+                time.sleep(0.05)
         except (ProcessLookupError, PermissionError):
             pass
         if self._container:  # killing `docker run` leaves its container running
