@@ -32,7 +32,12 @@ def _pipelines():
                  .as_function())
     minilm = (towhee.dummy_input()
               .text_embedding.sentence_transformers(op_config=MODEL_OPS).as_function())
-    return {"image": image, "clip_image": clip_image, "clip_text": clip_text, "minilm": minilm}
+    image_onnx = (towhee.dummy_input().pipeline_config(format_priority=["tensorrt", "onnx"])
+                  .image_decode.cv2_rgb()
+                  .image_embedding.timm(model_name="test_resnet", op_config=MODEL_OPS)
+                  .as_function())
+    return {"image": image, "clip_image": clip_image, "clip_text": clip_text, "minilm": minilm,
+            "image_onnx": image_onnx}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +106,15 @@ def test_bad_images_get_named_errors_and_good_ones_survive(served, bad_dir, prot
     with pytest.raises(PipelineError, match="empty.jpg"):
         towhee.dc(items).remote(url=url, protocol=protocol, model_name="image")
     assert server.models_ready()
+
+
+def test_onnx_format_is_served_within_the_parity_bound_of_torch(served):
+    server, local, images = served
+    results = towhee.dc(images).remote(url=server.grpc_url, model_name="image_onnx",
+                                       mode="async_infer")
+    _assert_close(results, local["image_onnx"])  # same runtime: equal to the local ONNX run
+    for got, want in zip(results, local["image"]):  # and within parity of the torch format
+        assert float(np.max(np.abs(got - want))) / float(np.max(np.abs(want))) <= 1e-4
 
 
 def test_unknown_model_gives_a_clear_client_error(served):

@@ -103,6 +103,16 @@ def test_minilm_in_onnx_still_matches_sentence_transformers():
     assert cosine.min() >= 0.9999
 
 
+@pytest.mark.parametrize("builder", [
+    lambda b: b.image_text_embedding.clip_image(model_name="ViT-S-32"),
+    lambda b: b.image_text_embedding.clip_text(model_name="ViT-S-32"),
+], ids=["clip_image", "clip_text"])
+def test_clip_operators_export_to_onnx_within_parity(builder):
+    pipe = builder(towhee.dummy_input().pipeline_config(format_priority=["onnx"])).as_function()
+    (choice,) = [pipe.format_choice(0)]
+    assert choice.format == "onnx" and choice.relative_error <= parity.TOLERANCE["fp32"]
+
+
 def test_jit_compiles_with_torch_compile_and_checks_parity(good_dir):
     pipe = (towhee.dummy_input().image_decode.cv2_rgb()
             .image_embedding.timm(model_name="test_resnet", op_config={"jit": "towhee"})
