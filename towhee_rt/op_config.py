@@ -12,12 +12,15 @@ from typing import Any, Dict, Mapping, Optional, Tuple, Union
 from .errors import ConfigError
 
 #: Model formats ``format_priority`` may name, best first when the hardware allows.
-FORMATS = ("tensorrt", "tensorrt_fp16", "onnx", "torch")
+FORMATS = ("tensorrt", "tensorrt_fp16", "onnx_int8", "onnx", "torch")
 #: ``jit`` values: ``'towhee'`` (the seed's name) maps to the best available, torch.compile here.
 JIT_CHOICES = ("towhee", "torch")
-PIPELINE_KEYS = ("parallel", "chunksize", "jit", "format_priority")
+PIPELINE_KEYS = ("parallel", "chunksize", "jit", "format_priority", "calibration_data",
+                 "int8_min_cosine")
 OP_KEYS = PIPELINE_KEYS + ("dynamic_batching", "device_ids", "instance_count")
 DYNAMIC_BATCHING_KEYS = ("max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds")
+#: Keys that only apply to model operators.
+MODEL_ONLY_KEYS = ("jit", "format_priority", "calibration_data", "int8_min_cosine")
 #: Keys that only affect the Triton repository (stored for the builder, unused locally).
 SERVER_ONLY_KEYS = ("dynamic_batching", "instance_count")
 
@@ -46,6 +49,8 @@ class OpConfig:
     dynamic_batching: Optional[DynamicBatching] = None
     device_ids: Tuple[int, ...] = ()
     instance_count: Optional[int] = None
+    calibration_data: Tuple[Any, ...] = ()
+    int8_min_cosine: float = 0.99
 
     @property
     def instances(self) -> int:
@@ -75,15 +80,15 @@ def validate_op_config(values: Optional[Mapping[str, Any]], operator: str) -> Di
 def resolve(pipeline_values: Mapping[str, Any], op_values: Mapping[str, Any],
             operator: str, is_model: bool) -> OpConfig:
     """Merge pipeline defaults with one operator's overrides into an :class:`OpConfig`."""
-    for key in ("jit", "format_priority"):
+    for key in MODEL_ONLY_KEYS:
         if key in op_values and op_values[key] and not is_model:
             raise ConfigError(f"{operator}: op_config key {key!r} only applies to model "
                               "operators (image_embedding.*, image_text_embedding.*, "
                               "text_embedding.*); remove it from this operator")
     merged = {**pipeline_values, **op_values}
     if not is_model:
-        merged.pop("jit", None)
-        merged.pop("format_priority", None)
+        for key in MODEL_ONLY_KEYS:
+            merged.pop(key, None)
     return OpConfig(**merged)
 
 
@@ -164,6 +169,19 @@ def _dynamic_batching(value: Any, where: str) -> Optional[DynamicBatching]:
     return DynamicBatching(max_batch, tuple(preferred), delay)
 
 
+def _calibration_data(value: Any, where: str) -> Tuple[Any, ...]:
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+        raise ConfigError(f"{where} must be a list of pipeline inputs (paths, URLs, bytes or "
+                          f"strings), got {type(value).__name__}")
+    return tuple(value)
+
+
+def _unit_interval(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ConfigError(f"{where} must be a number in (0, 1], got {value!r}")
+    return float(value)
+
+
 _CHECKS = {
     "parallel": _positive_int,
     "chunksize": _positive_int,
@@ -172,4 +190,6 @@ _CHECKS = {
     "format_priority": _format_priority,
     "device_ids": _device_ids,
     "dynamic_batching": _dynamic_batching,
+    "calibration_data": _calibration_data,
+    "int8_min_cosine": _unit_interval,
 }

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from . import op_config as cfg
@@ -23,6 +24,7 @@ from .operator import OPERATORS, Operator, namespaces, operator_class
 from .runner import LocalStep, run_local
 
 ERROR_MODES = ("raise", "return")
+log = logging.getLogger("towhee_rt")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,9 +119,11 @@ class Pipeline:
             for s, c in zip(self.steps, classes))
         _check_chain(self.steps, classes)
         self.operators: List[Operator] = [c(**s.params) for c, s in zip(classes, self.steps)]
-        self._formats = [formats.select_format(op, conf) if op.is_model else None
-                         for op, conf in zip(self.operators, self.configs)]
         self._local = [LocalStep(op, conf) for op, conf in zip(self.operators, self.configs)]
+        self._formats = [
+            formats.select_format(op, conf, lambda k=k: self._calibration_batches(k))
+            if op.is_model else None
+            for k, (op, conf) in enumerate(zip(self.operators, self.configs))]
 
     def __call__(self, inputs: Any, errors: str = "raise") -> Any:
         if errors not in ERROR_MODES:
@@ -138,6 +142,19 @@ class Pipeline:
         if failed and errors == "raise":
             raise PipelineError(failed, results)
         return results
+
+    def _calibration_batches(self, index: int) -> List[Dict[str, Any]]:
+        """Operator ``index``'s calibration_data, run through the operators before it and
+        preprocessed into model inputs (one batch per sample; failing samples are skipped)."""
+        op, samples = self.operators[index], list(self.configs[index].calibration_data)
+        upstream = run_local(self._local[:index], samples) if index else samples
+        batches = []
+        for number, value in enumerate(upstream):
+            if isinstance(value, ItemError):
+                log.warning("%s: calibration sample %d skipped: %s", op.name, number, value)
+                continue
+            batches.append(op.preprocess({op.inputs[0].name: [value]}))
+        return batches
 
     def formats(self) -> Dict[str, str]:
         """The model format chosen for each model operator, keyed by ``'<index>:<name>'``.

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import os
 import shutil
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ..backends._model import ModelOperator
 from ..backends._runners import TorchRunner, make_file_runner
@@ -20,7 +20,8 @@ from . import parity
 
 log = logging.getLogger("towhee_rt")
 WEIGHTS_FILE = "weights.safetensors"
-MODEL_FILES = {"onnx": "model.onnx", "tensorrt": "model.plan", "tensorrt_fp16": "model.plan"}
+MODEL_FILES = {"onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "tensorrt": "model.plan",
+               "tensorrt_fp16": "model.plan"}
 _logged: set = set()
 
 
@@ -31,6 +32,7 @@ class FormatChoice:
     format: str
     model_file: Optional[str] = None
     relative_error: Optional[float] = None
+    min_cosine: Optional[float] = None
     skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
@@ -38,19 +40,26 @@ class FormatChoice:
         text = self.format
         if self.relative_error is not None:
             text += f" (parity rel. err {self.relative_error:.1e})"
+        if self.min_cosine is not None:
+            text += f" (accuracy gate: min cosine to fp32 {self.min_cosine:.4f})"
         if self.skipped:
             text += "; skipped " + "; ".join(f"{f}: {why}" for f, why in self.skipped)
         return text
 
 
-def select_format(op: ModelOperator, config: OpConfig) -> FormatChoice:
-    """Pick ``op``'s format, set its ``format``/``model_file`` params, and return the choice."""
+def select_format(op: ModelOperator, config: OpConfig,
+                  samples: Optional[Callable[[], List[Dict[str, Any]]]] = None) -> FormatChoice:
+    """Pick ``op``'s format, set its ``format``/``model_file`` params, and return the choice.
+
+    ``samples()`` returns model-input batches made from ``config.calibration_data`` by the
+    pipeline's upstream operators (used by ``onnx_int8`` only, and only when it is tried).
+    """
     choice, skipped = FormatChoice("torch"), []
     for fmt in config.format_priority:
         if fmt == "torch":
             break
         try:
-            choice = _try_file_format(op, fmt, config)
+            choice = _try_file_format(op, fmt, config, samples)
             break
         except FormatError as exc:
             _skip(op, skipped, fmt, str(exc))
@@ -71,7 +80,10 @@ def select_format(op: ModelOperator, config: OpConfig) -> FormatChoice:
     return choice
 
 
-def _try_file_format(op: ModelOperator, fmt: str, config: OpConfig) -> FormatChoice:
+def _try_file_format(op: ModelOperator, fmt: str, config: OpConfig,
+                     samples: Optional[Callable[[], List[Dict[str, Any]]]]) -> FormatChoice:
+    if fmt == "onnx_int8":
+        return _try_int8(op, config, samples)
     if fmt in ("tensorrt", "tensorrt_fp16"):
         from . import tensorrt_build
 
@@ -99,6 +111,23 @@ def _try_file_format(op: ModelOperator, fmt: str, config: OpConfig) -> FormatCho
     error = parity.check_parity(op, runner, precision)
     op.use_runner(runner, device)
     return FormatChoice(fmt, str(path), error)
+
+
+def _try_int8(op: ModelOperator, config: OpConfig,
+              samples: Optional[Callable[[], List[Dict[str, Any]]]]) -> FormatChoice:
+    from . import quantize
+    from .onnx_export import export_onnx
+
+    batches = samples() if samples and config.calibration_data else []
+    if not batches:
+        log.warning("%s: onnx_int8: no calibration_data given; calibrating on %d random inputs. "
+                    "Pass pipeline_config(calibration_data=[...]) with real samples (some are "
+                    "held out for the accuracy gate)", op.name, quantize.RANDOM_SAMPLES)
+        batches = quantize.random_samples(op)
+    path, runner, cosine = quantize.int8_runner(op, export_onnx(op), batches,
+                                                config.int8_min_cosine)
+    op.use_runner(runner, "cpu")
+    return FormatChoice("onnx_int8", str(path), min_cosine=cosine)
 
 
 def _skip(op: ModelOperator, skipped: list, fmt: str, reason: str) -> None:

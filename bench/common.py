@@ -1,0 +1,265 @@
+"""Shared pieces of the benchmarks: inputs, the three pipelines, timing, machine description.
+
+Everything here is used by ``bench/run.py`` (the one-command comparison) and by the
+pytest-benchmark suites (``bench/test_bench_*.py``), so both measure the same things.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import os
+import platform
+import sysconfig
+import threading
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+IMAGES_DIR = ROOT.parent / "shared" / "testdata" / "images" / "good"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+PIPELINES = ("resnet50", "clip", "minilm")
+
+#: Sentences of mixed length (3 to ~110 words) for the text pipeline; 'decode' is tokenisation.
+SENTENCES = [
+    "Triton serves embeddings.",
+    "A cat sleeps on the warm windowsill.",
+    "How do I reset my password?",
+    "Vector databases index embeddings for fast nearest-neighbour search over millions of items.",
+    "The quarterly report shows revenue growth of twelve percent, driven mainly by subscription "
+    "renewals in the European market and a strong launch of the new mobile application.",
+    "OK.",
+    "Sentence embeddings map text of any length to a fixed-size vector.",
+    "Please find attached the signed contract; let me know if anything is missing before Friday.",
+    "The mitochondria is the powerhouse of the cell, producing most of the chemical energy needed "
+    "to power the biochemical reactions of the cell, stored in adenosine triphosphate.",
+    "Where is the nearest train station?",
+    "In 1969 the Apollo 11 mission landed the first humans on the Moon, and Neil Armstrong "
+    "stepped onto the lunar surface six hours after landing, describing it as one small step "
+    "for a man and one giant leap for mankind, while Michael Collins orbited above in the "
+    "command module Columbia, waiting for his two crewmates to return from the Sea of "
+    "Tranquility with samples of rock and soil that scientists would study for decades.",
+    "Dynamic batching groups concurrent requests into one model call.",
+    "Red sky at night, sailor's delight.",
+    "The recipe calls for two cups of flour, one egg, a pinch of salt and a little milk.",
+    "Error 503: the service is temporarily unavailable, please retry later.",
+    "Machine learning models trained on large corpora of text can capture surprisingly subtle "
+    "semantic relationships between words, phrases and whole documents, which makes them "
+    "useful for search, clustering, deduplication and recommendation systems.",
+]
+
+
+# ---------------------------------------------------------------------------------- inputs
+def image_files() -> List[Path]:
+    """The shared good test images (jpg, png, webp), sorted."""
+    files = sorted(p for p in IMAGES_DIR.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise FileNotFoundError(f"no test images in {IMAGES_DIR}")
+    return files
+
+
+def image_bytes() -> List[bytes]:
+    """The test images as encoded bytes (what a client sends)."""
+    return [p.read_bytes() for p in image_files()]
+
+
+def base_items(pipeline: str) -> List[Any]:
+    """One round of inputs for ``pipeline``: encoded images, or sentences."""
+    return list(SENTENCES) if pipeline == "minilm" else image_bytes()
+
+
+def items_for(pipeline: str, count: int) -> List[Any]:
+    """``count`` inputs for ``pipeline``, cycling through the base items."""
+    base = base_items(pipeline)
+    return [base[i % len(base)] for i in range(count)]
+
+
+# -------------------------------------------------------------------------------- pipelines
+def add_operators(builder, pipeline: str, decode_config: Optional[dict] = None,
+                  model_config: Optional[dict] = None, **model_params):
+    """Append ``pipeline``'s operators to a towhee_rt builder (decode op only for images)."""
+    if pipeline == "minilm":
+        return builder.text_embedding.sentence_transformers(op_config=model_config,
+                                                            **model_params)
+    builder = builder.image_decode.cv2_rgb(op_config=decode_config)
+    if pipeline == "resnet50":
+        return builder.image_embedding.timm(model_name="resnet50", op_config=model_config,
+                                            **model_params)
+    if pipeline == "clip":
+        return builder.image_text_embedding.clip_image(model_name="clip_vit_base_patch32",
+                                                       op_config=model_config, **model_params)
+    raise ValueError(f"unknown pipeline {pipeline!r}; choose from {PIPELINES}")
+
+
+def build_pipeline(pipeline: str, fmt: str = "torch", decode_config: Optional[dict] = None,
+                   model_config: Optional[dict] = None, **model_params):
+    """A towhee_rt ``Pipeline`` for ``pipeline`` with the torch format or ``format_priority=[fmt]``."""
+    import towhee_rt as towhee
+
+    builder = towhee.dummy_input()
+    if fmt != "torch":
+        builder = builder.pipeline_config(format_priority=[fmt])
+    return add_operators(builder, pipeline, decode_config, model_config,
+                         **model_params).as_function()
+
+
+def onnx_model_file(pipe) -> str:
+    """The ONNX file towhee_rt exported (and parity-checked) for the pipeline's model operator."""
+    choice = pipe.format_choice(len(pipe.steps) - 1)
+    if choice is None or choice.format != "onnx" or not choice.model_file:
+        raise RuntimeError(f"{pipe}: the model operator did not get the onnx format "
+                           f"({choice.summary() if choice else 'no model'})")
+    return choice.model_file
+
+
+def onnx_external_files(model_file: str) -> List[Path]:
+    """External-data files an ONNX model refers to (beside it), e.g. the dynamo exporter's."""
+    import onnx
+
+    model = onnx.load(model_file, load_external_data=False)
+    names = {entry.value for tensor in model.graph.initializer
+             for entry in tensor.external_data if entry.key == "location"}
+    return [Path(model_file).parent / name for name in sorted(names)]
+
+
+# ---------------------------------------------------------------------------------- timing
+@dataclasses.dataclass
+class Measurement:
+    """One measured point: how many items in how long, and per-request latencies (seconds)."""
+
+    system: str
+    pipeline: str
+    items: int
+    seconds: float
+    latencies: List[float]
+    items_per_request: int = 1
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> Optional[float]:
+        if not self.latencies:
+            return None
+        return float(np.percentile(np.asarray(self.latencies), q) * 1000.0)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"system": self.system, "pipeline": self.pipeline, "items": self.items,
+                "seconds": round(self.seconds, 4), "items_per_s": round(self.items_per_s, 2),
+                "p50_ms": _round(self.percentile_ms(50)), "p99_ms": _round(self.percentile_ms(99)),
+                "items_per_request": self.items_per_request, "settings": self.settings,
+                "note": self.note}
+
+
+def _round(value: Optional[float]) -> Optional[float]:
+    return None if value is None else round(value, 1)
+
+
+def time_loop(fn: Callable[[Any], Any], items: Sequence[Any]) -> (float, List[float]):
+    """Call ``fn`` on each item in turn; return (total seconds, per-call seconds)."""
+    latencies = []
+    start = time.perf_counter()
+    for item in items:
+        t0 = time.perf_counter()
+        fn(item)
+        latencies.append(time.perf_counter() - t0)
+    return time.perf_counter() - start, latencies
+
+
+class RequestTimer:
+    """Records the latency of every request a towhee_rt ``Client`` sends (thread-safe).
+
+    Wraps the client's per-request send method on the instance; the public ``infer`` call is
+    then used exactly as a user would use it.
+    """
+
+    def __init__(self, client):
+        self.latencies: List[float] = []
+        self._lock = threading.Lock()
+        send = getattr(client, "_send", None)
+        self.supported = callable(send)
+        if self.supported:
+            def timed(values, _send=send):
+                t0 = time.perf_counter()
+                try:
+                    return _send(values)
+                finally:
+                    elapsed = time.perf_counter() - t0
+                    with self._lock:
+                        self.latencies.append(elapsed)
+            client._send = timed
+
+    def reset(self) -> None:
+        with self._lock:
+            self.latencies = []
+
+
+# ---------------------------------------------------------------------------------- machine
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def machine_info() -> Dict[str, Any]:
+    """Machine, cores, date and library versions, stamped on every artifact."""
+    try:
+        import towhee_rt
+        towhee_rt_version = getattr(towhee_rt, "__version__", _version("towhee_rt"))
+    except ImportError:
+        towhee_rt_version = "-"
+    return {
+        "cpu": cpu_model(), "cores": cores(), "platform": platform.platform(),
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "versions": {
+            "towhee_rt": towhee_rt_version, "torch": _version("torch"),
+            "onnxruntime": _version("onnxruntime"),
+            "tritonserver": "2.51 (nvidia-pytriton %s)" % _version("nvidia-pytriton"),
+            "timm": _version("timm"), "open_clip": _version("open_clip_torch"),
+            "sentence-transformers": _version("sentence-transformers"),
+            "tritonclient": _version("tritonclient"), "numpy": _version("numpy"),
+        },
+    }
+
+
+def machine_line(info: Dict[str, Any]) -> str:
+    v = info["versions"]
+    return (f"{info['cpu']}, {info['cores']} cores, {info['date']}; towhee_rt {v['towhee_rt']}, "
+            f"torch {v['torch']}, onnxruntime {v['onnxruntime']}, tritonserver "
+            f"{v['tritonserver']}, timm {v['timm']}, open_clip {v['open_clip']}, "
+            f"sentence-transformers {v['sentence-transformers']}")
+
+
+def pytriton_env() -> Dict[str, str]:
+    """The environment PyTriton needs here: this interpreter's LIBDIR first on LD_LIBRARY_PATH.
+
+    Without it the Python backend stub embeds the system libpython with the venv's standard
+    library and fails with ``'_thread.RLock' object has no attribute '_recursion_count'``.
+    """
+    env = dict(os.environ)
+    libdir = sysconfig.get_config_var("LIBDIR") or ""
+    rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
+    env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + rest)
+    return env

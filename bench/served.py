@@ -1,0 +1,150 @@
+"""towhee_rt measured the way users run it: ``as_function()`` locally, and served on Triton.
+
+Served rows: ``build_model_repo`` + ``towhee_rt.serve`` (the embedded tritonserver 2.51 on free
+loopback ports), queried by ``towhee_rt.Client`` over gRPC with ``mode='async_infer'`` and a
+given number of requests in flight, one item per request. The model operator always uses the
+ONNX format there (``format_priority=['onnx']``).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Optional, Sequence
+
+from .common import (Measurement, RequestTimer, build_pipeline, onnx_external_files,
+                     onnx_model_file, time_loop)
+
+CONCURRENCY = (1, 4, 8, 16)
+
+
+# ---------------------------------------------------------------------------------- local
+def local(pipeline: str, fmt: str, items: Sequence[Any], latency_items: Sequence[Any],
+          pipe=None) -> Measurement:
+    """``pipe(items)`` (one call, chunks of 8) for items/s; ``pipe(item)`` one by one for latency."""
+    pipe = pipe or build_pipeline(pipeline, fmt)
+    pipe(list(items[:8]))  # warm-up (sets up the operators)
+    start = time.perf_counter()
+    pipe(list(items))
+    seconds = time.perf_counter() - start
+    _, latencies = time_loop(pipe, latency_items)
+    label = "towhee_rt local, torch" if fmt == "torch" else f"towhee_rt local, {fmt}"
+    return Measurement(label, pipeline, len(items), seconds, latencies,
+                       settings={"format": pipe.formats(), "chunksize": 8},
+                       note="items/s: one call on the list; latency: one item per call")
+
+
+# --------------------------------------------------------------------------------- served
+@dataclasses.dataclass(frozen=True)
+class ServedConfig:
+    """Settings of one served towhee_rt pipeline (what ``op_config`` and params can say)."""
+
+    label: str
+    model_instances: int = 1
+    decode_instances: int = 1
+    #: ONNX Runtime intra-op threads per model instance; None: the builder's default
+    #: (cores // model instances).
+    num_threads: Optional[int] = None
+    #: None (off), True (towhee_rt defaults) or a dict of dynamic_batching keys.
+    dynamic_batching: Any = None
+
+    def describe(self) -> Dict[str, Any]:
+        return {"model_instances": self.model_instances,
+                "decode_instances": self.decode_instances,
+                "num_threads": self.num_threads if self.num_threads else "default",
+                "dynamic_batching": self.dynamic_batching or "off"}
+
+
+def served_pipeline(pipeline: str, config: ServedConfig):
+    """The towhee_rt pipeline for ``config`` (ONNX format), ready for ``build_model_repo``."""
+    model_config: Dict[str, Any] = {"instance_count": config.model_instances}
+    if config.dynamic_batching:
+        model_config["dynamic_batching"] = config.dynamic_batching
+    params = {"num_threads": config.num_threads} if config.num_threads else {}
+    decode_config = {"instance_count": config.decode_instances}
+    return build_pipeline(pipeline, "onnx", decode_config=decode_config,
+                          model_config=model_config, **params)
+
+
+def copy_external_data(pipe, repo) -> List[str]:
+    """Copy the ONNX external-data files that ``build_model_repo`` left behind (see README).
+
+    towhee_rt copies ``model.onnx`` alone into the model directory; an export that keeps its
+    weights in an external-data file beside it (open_clip ViT-B-32 here) then cannot load in
+    Triton. Returns the files copied.
+    """
+    source = onnx_model_file(pipe)
+    copied = []
+    for extra in onnx_external_files(source):
+        target = Path(repo.path) / repo.models[-1].model_name / "1" / extra.name
+        if not target.exists():
+            shutil.copy2(extra, target)
+            copied.append(extra.name)
+    return copied
+
+
+@contextlib.contextmanager
+def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None) -> Iterator[Any]:
+    """Build the repository for ``config``, serve it, yield ``(server, client, notes)``; stop it."""
+    import towhee_rt as towhee
+    from towhee_rt.client import Client
+
+    pipe = served_pipeline(pipeline, config)
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{pipeline}-", dir=workdir))
+    try:
+        repo = towhee.build_model_repo(pipe, tmp / "repo")
+        notes = []
+        copied = copy_external_data(pipe, repo)
+        if copied:
+            notes.append("copied ONNX external data into the repository: " + ", ".join(copied))
+        t0 = time.perf_counter()
+        with towhee.serve(repo.path, grpc_port=0, http_port=0, metrics_port=0,
+                          log_file=tmp / "tritonserver.log") as server:
+            startup = time.perf_counter() - t0
+            client = Client(server.grpc_url, model_name=repo.model_name)
+            try:
+                yield server, client, {"notes": notes, "startup_s": round(startup, 1),
+                                       "repo": str(repo.path)}
+            finally:
+                client.close()
+        pipe.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def measure_client(system: str, pipeline: str, client, items: Sequence[Any], concurrency: int,
+                   warmup: Optional[int] = None, settings: Optional[dict] = None
+                   ) -> Measurement:
+    """Send ``items`` one per request, ``concurrency`` in flight (``mode='async_infer'``)."""
+    timer = getattr(client, "_bench_timer", None)
+    if timer is None:
+        timer = client._bench_timer = RequestTimer(client)
+    warm = list(items[:warmup if warmup is not None else max(4, 2 * concurrency)])
+    client.infer(warm, mode="async_infer", concurrency=concurrency)
+    timer.reset()
+    start = time.perf_counter()
+    client.infer(list(items), mode="async_infer", concurrency=concurrency)
+    seconds = time.perf_counter() - start
+    return Measurement(system, pipeline, len(items), seconds, list(timer.latencies),
+                       settings={"concurrency": concurrency, **(settings or {})})
+
+
+def sweep(pipeline: str, config: ServedConfig, items: Sequence[Any],
+          concurrencies: Sequence[int] = CONCURRENCY, system: Optional[str] = None,
+          workdir: Optional[Path] = None, on_server=None) -> List[Measurement]:
+    """One served configuration at each client concurrency (one server start)."""
+    system = system or f"towhee_rt served, {config.label}"
+    out = []
+    with served(pipeline, config, workdir) as (server, client, info):
+        for concurrency in concurrencies:
+            m = measure_client(system, pipeline, client, items, concurrency,
+                               settings={**config.describe(), "format": "onnx",
+                                         "startup_s": info["startup_s"]})
+            m.note = "; ".join(info["notes"])
+            out.append(m)
+        if on_server is not None:
+            on_server(server, client)
+    return out
