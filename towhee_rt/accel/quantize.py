@@ -55,7 +55,8 @@ def quantize(op: ModelOperator, fp32_onnx: Path, calibration: Sequence[ModelBatc
         for name in sorted(batch):
             digest.update(np.ascontiguousarray(batch[name]).tobytes())
     static = is_static(op)
-    key = cache.cache_key(fp32=fp32_onnx.name, method="static-qdq" if static else "dynamic",
+    method = "static-qdq-per-channel" if static else "dynamic-matmul-per-channel"
+    key = cache.cache_key(fp32=fp32_onnx.name, method=method,
                           calibration=digest.hexdigest() if static else "",
                           versions=cache.library_versions(["onnxruntime"]))
     return cache.cached_file("onnx_int8", key, ".onnx", lambda target: (
@@ -82,7 +83,10 @@ def _quantize_static(source: Path, target: Path, calibration: Sequence[ModelBatc
 def _quantize_dynamic(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
+    # Per-channel MatMul weights only: quantizing the embedding Gather as well costs MiniLM
+    # about 0.035 of cosine to fp32 (0.956 vs 0.992 on our test sentences).
+    quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul"])
 
 
 def min_cosine(candidate: Runner, reference: Runner, held_out: Sequence[ModelBatch]) -> float:

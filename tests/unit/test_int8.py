@@ -1,0 +1,97 @@
+"""onnx_int8: calibration through the pipeline, the accuracy gate, fallback and recording."""
+import json
+import logging
+
+import numpy as np
+import pytest
+
+import towhee_rt as towhee
+from towhee_rt.triton import config as tc
+
+from ..conftest import GOOD_SHAPES
+
+SENTENCES = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "A monkey is playing drums.",
+    "Two men pushed carts through the woods.", "Paris is the capital of France.",
+    "Someone in a gorilla costume is playing a set of drums.", "How do I reset my password?",
+    "Embeddings map text to vectors so that similar meanings are close.",
+    "The quick brown fox jumps over the lazy dog.",
+]
+HELD_OUT = ["Triton Inference Server serves models over gRPC and HTTP.",
+            "Quantization trades a little accuracy for a lot of speed on CPUs.",
+            "The weather today is sunny with a light breeze.",
+            "Stock markets fell sharply after the announcement."]
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TOWHEE_RT_CACHE", str(tmp_path / "cache"))
+
+
+def _image_pipe(good_dir, **config):
+    calibration = [str(good_dir / n) for n in GOOD_SHAPES]
+    return (towhee.dummy_input()
+            .pipeline_config(format_priority=["onnx_int8", "onnx"],
+                             calibration_data=calibration, **config)
+            .image_decode.cv2_rgb().image_embedding.timm(model_name="test_resnet")
+            .as_function())
+
+
+def test_image_int8_is_calibrated_gated_and_recorded(good_dir, tmp_path):
+    pipe = _image_pipe(good_dir)
+    choice = pipe.format_choice(1)
+    assert choice.format == "onnx_int8" and choice.min_cosine >= 0.99
+    files = [str(good_dir / "chelsea.jpg"), str(good_dir / "rocket.jpg")]
+    fp32 = (towhee.dummy_input().image_decode.cv2_rgb()
+            .image_embedding.timm(model_name="test_resnet").as_function())
+    for a, b in zip(pipe(files), fp32(files)):
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99
+    repo = towhee.build_model_repo(pipe, tmp_path / "repo")
+    model_dir = repo.path / repo.models[1].model_name
+    config = tc.parse_pbtxt((model_dir / "config.pbtxt").read_text())
+    params = json.loads(tc.read_parameters(config)["towhee_params"])
+    assert params["format"] == "onnx_int8" and (model_dir / "1" / params["model_file"]).is_file()
+    assert "min cosine to fp32 0.99" in tc.read_parameters(config)["towhee_format"]
+    assert "accuracy gate" in (repo.path / "README.md").read_text()
+
+
+def test_failed_gate_falls_back_to_the_next_format_with_the_reason(good_dir, caplog):
+    with caplog.at_level(logging.WARNING, logger="towhee_rt"):
+        pipe = _image_pipe(good_dir, int8_min_cosine=1.0)
+    assert pipe.formats() == {"1:image_embedding.timm": "onnx"}
+    assert "onnx_int8 skipped: accuracy gate failed: min cosine to fp32" in caplog.text
+
+
+def test_without_calibration_data_the_user_is_warned(caplog):
+    with caplog.at_level(logging.WARNING, logger="towhee_rt"):
+        (towhee.dummy_input().pipeline_config(format_priority=["onnx_int8", "onnx"])
+         .image_embedding.timm(model_name="test_resnet").as_function())
+    assert "no calibration_data given; calibrating on 12 random inputs" in caplog.text
+
+
+def test_bad_calibration_samples_are_skipped_with_a_warning(good_dir, bad_dir, caplog):
+    calibration = [str(good_dir / n) for n in GOOD_SHAPES] + [str(bad_dir / "empty.jpg")]
+    with caplog.at_level(logging.WARNING, logger="towhee_rt"):
+        pipe = (towhee.dummy_input()
+                .pipeline_config(format_priority=["onnx_int8"], calibration_data=calibration)
+                .image_decode.cv2_rgb().image_embedding.timm(model_name="test_resnet")
+                .as_function())
+    assert pipe.format_choice(1).format == "onnx_int8"
+    assert "calibration sample 12 skipped" in caplog.text and "empty.jpg" in caplog.text
+
+
+def test_minilm_int8_keeps_cosine_to_sentence_transformers_on_held_out_sentences():
+    from sentence_transformers import SentenceTransformer
+
+    from towhee_rt.backends.text_embedding import bundled_minilm_dir
+
+    pipe = (towhee.dummy_input()
+            .pipeline_config(format_priority=["onnx_int8"], calibration_data=SENTENCES)
+            .text_embedding.sentence_transformers().as_function())
+    assert pipe.format_choice(0).format == "onnx_int8"
+    ours = np.stack(pipe(HELD_OUT))
+    reference = SentenceTransformer(bundled_minilm_dir(), device="cpu").encode(HELD_OUT)
+    cosine = (ours * reference).sum(1) / (np.linalg.norm(ours, axis=1) *
+                                          np.linalg.norm(reference, axis=1))
+    assert cosine.min() >= 0.99
