@@ -111,6 +111,14 @@ def test_clip_operators_export_to_onnx_within_parity(builder):
     pipe = builder(towhee.dummy_input().pipeline_config(format_priority=["onnx"])).as_function()
     (choice,) = [pipe.format_choice(0)]
     assert choice.format == "onnx" and choice.relative_error <= parity.TOLERANCE["fp32"]
+    # One self-contained file (the repository copies it alone): no external-data files.
+    import onnx
+    from pathlib import Path
+
+    model = onnx.load(choice.model_file, load_external_data=False)
+    assert not any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    assert [p.name for p in Path(choice.model_file).parent.iterdir()] == [
+        Path(choice.model_file).name]
 
 
 def test_jit_compiles_with_torch_compile_and_checks_parity(good_dir):

@@ -44,8 +44,10 @@ def _export(op: ModelOperator, path: Path) -> None:
         try:
             with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
+                # One self-contained file: the cache renames it and the repository copies it
+                # alone, so weights must not sit in an external-data file beside it.
                 kwargs = {"dynamic_axes": dynamic_axes} if not dynamo else {
-                    "dynamic_shapes": tuple(_dims(s) for s in specs)}
+                    "dynamic_shapes": tuple(_dims(s) for s in specs), "external_data": False}
                 torch.onnx.export(module, args, str(path), input_names=names,
                                   output_names=["embedding"], opset_version=OPSET,
                                   dynamo=dynamo, **kwargs)
@@ -70,3 +72,7 @@ def _check(path: Path) -> None:
     import onnx
 
     onnx.checker.check_model(str(path))
+    model = onnx.load(str(path), load_external_data=False)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        raise FormatError("the export keeps weights in an external-data file (models over "
+                          "2 GB); such models are not supported by the onnx format yet")
