@@ -14,8 +14,13 @@ import json
 import os
 import sys
 
-import numpy as np
-import triton_python_backend_utils as pb_utils
+# Each instance is its own process and the operators size their runtimes' threads explicitly
+# (num_threads = cores / instances); OpenMP's default of one thread per core in every process
+# oversubscribes the CPU. Set before numpy/torch start their thread pools.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
