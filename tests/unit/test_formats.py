@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import towhee_rt as towhee
-from towhee_rt.accel import onnx_export, parity
+from towhee_rt.accel import formats, onnx_export, parity
 from towhee_rt.triton import config as tc
 
 SENTENCES = ["Triton serves embeddings.", "a photo of a cat", "", "naïve café, 東京",
@@ -16,6 +16,8 @@ SENTENCES = ["Triton serves embeddings.", "a photo of a cat", "", "naïve café,
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOWHEE_RT_CACHE", str(tmp_path / "cache"))
+    # Skips are logged once per process; start each test with none logged yet.
+    monkeypatch.setattr(formats, "_logged", set())
 
 
 def _image_pipe(**pipeline_config):

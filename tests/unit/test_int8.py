@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import towhee_rt as towhee
+from towhee_rt.accel import formats
 from towhee_rt.triton import config as tc
 
 from ..conftest import GOOD_SHAPES
@@ -27,6 +28,7 @@ HELD_OUT = ["Triton Inference Server serves models over gRPC and HTTP.",
 @pytest.fixture(autouse=True)
 def private_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TOWHEE_RT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(formats, "_logged", set())  # skips are logged once per process
 
 
 def _image_pipe(good_dir, **config):
