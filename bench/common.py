@@ -139,6 +139,10 @@ class Measurement:
     items_per_request: int = 1
     settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
     note: str = ""
+    #: CPU (cores) used by processes outside the benchmark while this point ran.
+    foreign_cores: Optional[float] = None
+    #: CPU (cores) used by each of the benchmark's processes while this point ran.
+    cpu_split: Dict[str, float] = dataclasses.field(default_factory=dict)
 
     @property
     def items_per_s(self) -> float:
@@ -154,11 +158,12 @@ class Measurement:
                 "seconds": round(self.seconds, 4), "items_per_s": round(self.items_per_s, 2),
                 "p50_ms": _round(self.percentile_ms(50)), "p99_ms": _round(self.percentile_ms(99)),
                 "items_per_request": self.items_per_request, "settings": self.settings,
+                "foreign_cores": _round(self.foreign_cores, 2), "cpu_split": self.cpu_split,
                 "note": self.note}
 
 
-def _round(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 1)
+def _round(value: Optional[float], digits: int = 1) -> Optional[float]:
+    return None if value is None else round(value, digits)
 
 
 def time_loop(fn: Callable[[Any], Any], items: Sequence[Any]) -> (float, List[float]):
@@ -198,6 +203,125 @@ class RequestTimer:
     def reset(self) -> None:
         with self._lock:
             self.latencies = []
+
+
+# ------------------------------------------------------------------ other work on the machine
+_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _busy_jiffies() -> int:
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    values = [int(v) for v in fields]
+    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+    return sum(values[:8]) - idle
+
+
+def _process_table() -> Dict[int, tuple]:
+    """pid -> (parent pid, utime+stime+cutime+cstime in jiffies) of every process."""
+    table: Dict[int, tuple] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            text = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), sum(int(v) for v in fields[11:15]))
+    return table
+
+
+def _tree(table: Dict[int, tuple], root: int) -> List[int]:
+    children: Dict[int, List[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        if pid in table and pid not in out:
+            out.append(pid)
+            stack.extend(children.get(pid, []))
+    return out
+
+
+def _process_tree_jiffies(root: int) -> int:
+    """CPU jiffies of ``root`` and every live descendant (with their waited-for children)."""
+    table = _process_table()
+    return sum(table[pid][1] for pid in _tree(table, root))
+
+
+def process_label(pid: int) -> str:
+    """A short name for one of the benchmark's processes (Triton stubs by model instance)."""
+    if pid == os.getpid():
+        return "bench process (client)"
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return f"pid {pid}"
+    argv = [a.decode(errors="replace") for a in argv]
+    name = os.path.basename(argv[0]) if argv else f"pid {pid}"
+    if name == "triton_python_backend_stub" and len(argv) >= 3:
+        return f"stub {argv[-2]}"
+    if "bench.peer_pytriton" in argv:
+        return "pytriton user process"
+    return name
+
+
+class CpuSplit:
+    """CPU used by each process of the benchmark's tree over a window, in cores."""
+
+    def __init__(self):
+        self._t = time.perf_counter()
+        table = _process_table()
+        self._start = {pid: table[pid][1] for pid in _tree(table, os.getpid())}
+
+    def cores(self) -> Dict[str, float]:
+        elapsed = time.perf_counter() - self._t
+        table = _process_table()
+        out: Dict[str, float] = {}
+        for pid in _tree(table, os.getpid()):
+            used = table[pid][1] - self._start.get(pid, 0)
+            if used > 0:
+                label = process_label(pid)
+                out[label] = round(out.get(label, 0.0) + used / _CLK_TCK / elapsed, 2)
+        return dict(sorted(out.items(), key=lambda kv: -kv[1]))
+
+
+class ForeignLoad:
+    """CPU used by processes outside this benchmark's process tree, in cores, over a window.
+
+    Other people's test runs on a 2-core machine move every figure; each point records this so
+    a reader (and ``run.py``, which re-measures noisy points) can tell.
+    """
+
+    def __init__(self):
+        self.start()
+
+    def start(self) -> None:
+        self._t = time.perf_counter()
+        self._busy = _busy_jiffies()
+        self._own = _process_tree_jiffies(os.getpid())
+
+    def cores(self) -> float:
+        """Average foreign CPU (cores) since :meth:`start`."""
+        elapsed = time.perf_counter() - self._t
+        if elapsed <= 0:
+            return 0.0
+        busy = _busy_jiffies() - self._busy
+        own = _process_tree_jiffies(os.getpid()) - self._own
+        return max(0.0, (busy - own) / _CLK_TCK / elapsed)
+
+
+def wait_for_quiet(threshold: float = 0.25, sample_s: float = 1.0, max_wait_s: float = 20.0
+                   ) -> float:
+    """Wait (up to ``max_wait_s``) until other processes use < ``threshold`` cores; return it."""
+    deadline = time.monotonic() + max_wait_s
+    while True:
+        probe = ForeignLoad()
+        time.sleep(sample_s)
+        load = probe.cores()
+        if load < threshold or time.monotonic() >= deadline:
+            return load
 
 
 # ---------------------------------------------------------------------------------- machine

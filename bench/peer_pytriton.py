@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -155,8 +156,10 @@ def start_peer(pipeline: str, model_file: str, threads: int = 2,
             "--onnx", model_file, "--grpc-port", str(ports[0]), "--http-port", str(ports[1]),
             "--metrics-port", str(ports[2]), "--threads", str(threads),
             "--queue-delay-us", str(queue_delay_us)]
-    if log_file:
-        argv += ["--log-file", log_file]
+    if log_file is None:  # keep Triton's log off stdout, where READY is announced
+        fd, log_file = tempfile.mkstemp(prefix="bench-pytriton-", suffix=".log")
+        os.close(fd)
+    argv += ["--log-file", log_file]
     env = pytriton_env()
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get(
         "PYTHONPATH", "").split(os.pathsep) if p])
@@ -172,7 +175,7 @@ def start_peer(pipeline: str, model_file: str, threads: int = 2,
         def pump():
             for line in proc.stdout:
                 lines.append(line.rstrip())
-                if line.startswith("READY"):
+                if "READY " in line:
                     ready.set()
 
         threading.Thread(target=pump, daemon=True).start()
@@ -180,7 +183,8 @@ def start_peer(pipeline: str, model_file: str, threads: int = 2,
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError("the PyTriton peer did not start:\n" + "\n".join(lines[-30:]))
         yield {"grpc_url": f"127.0.0.1:{ports[0]}", "pid": proc.pid,
-               "startup_s": round(time.perf_counter() - t0, 1), "log": lines}
+               "startup_s": round(time.perf_counter() - t0, 1), "log": lines,
+               "log_file": log_file}
     finally:
         if proc.poll() is None:
             with contextlib.suppress(Exception):

@@ -13,10 +13,10 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .common import (Measurement, RequestTimer, build_pipeline, onnx_external_files,
-                     onnx_model_file, time_loop)
+from .common import (CpuSplit, ForeignLoad, Measurement, RequestTimer, build_pipeline,
+                     onnx_external_files, onnx_model_file, time_loop)
 
 CONCURRENCY = (1, 4, 8, 16)
 
@@ -27,6 +27,7 @@ def local(pipeline: str, fmt: str, items: Sequence[Any], latency_items: Sequence
     """``pipe(items)`` (one call, chunks of 8) for items/s; ``pipe(item)`` one by one for latency."""
     pipe = pipe or build_pipeline(pipeline, fmt)
     pipe(list(items[:8]))  # warm-up (sets up the operators)
+    load = ForeignLoad()
     start = time.perf_counter()
     pipe(list(items))
     seconds = time.perf_counter() - start
@@ -34,7 +35,7 @@ def local(pipeline: str, fmt: str, items: Sequence[Any], latency_items: Sequence
     label = "towhee_rt local, torch" if fmt == "torch" else f"towhee_rt local, {fmt}"
     return Measurement(label, pipeline, len(items), seconds, latencies,
                        settings={"format": pipe.formats(), "chunksize": 8},
-                       note="items/s: one call on the list; latency: one item per call")
+                       foreign_cores=load.cores())
 
 
 # --------------------------------------------------------------------------------- served
@@ -50,12 +51,17 @@ class ServedConfig:
     num_threads: Optional[int] = None
     #: None (off), True (towhee_rt defaults) or a dict of dynamic_batching keys.
     dynamic_batching: Any = None
+    #: Environment variables for tritonserver and its stubs (``serve(..., env=...)``).
+    server_env: Tuple[Tuple[str, str], ...] = ()
 
     def describe(self) -> Dict[str, Any]:
-        return {"model_instances": self.model_instances,
-                "decode_instances": self.decode_instances,
-                "num_threads": self.num_threads if self.num_threads else "default",
-                "dynamic_batching": self.dynamic_batching or "off"}
+        out = {"model_instances": self.model_instances,
+               "decode_instances": self.decode_instances,
+               "num_threads": self.num_threads if self.num_threads else "default",
+               "dynamic_batching": self.dynamic_batching or "off"}
+        if self.server_env:
+            out["server_env"] = dict(self.server_env)
+        return out
 
 
 def served_pipeline(pipeline: str, config: ServedConfig):
@@ -87,8 +93,14 @@ def copy_external_data(pipe, repo) -> List[str]:
 
 
 @contextlib.contextmanager
-def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None) -> Iterator[Any]:
-    """Build the repository for ``config``, serve it, yield ``(server, client, notes)``; stop it."""
+def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
+           patch_repo=None) -> Iterator[Any]:
+    """Build the repository for ``config``, serve it, yield ``(server, client, info)``; stop it.
+
+    ``patch_repo(repo)``, for experiments only, may edit the written repository (e.g. its
+    ``towhee_ops/*.py`` copies) before the server starts: how a proposed towhee_rt change is
+    measured without changing towhee_rt.
+    """
     import towhee_rt as towhee
     from towhee_rt.client import Client
 
@@ -99,10 +111,14 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None) 
         notes = []
         copied = copy_external_data(pipe, repo)
         if copied:
-            notes.append("copied ONNX external data into the repository: " + ", ".join(copied))
+            notes.append("worked around: copied the ONNX external-data file into the repository "
+                         "(build_model_repo copies model.onnx alone; see bench/README.md)")
+        if patch_repo is not None:
+            notes.append(str(patch_repo(repo)))
         t0 = time.perf_counter()
         with towhee.serve(repo.path, grpc_port=0, http_port=0, metrics_port=0,
-                          log_file=tmp / "tritonserver.log") as server:
+                          log_file=tmp / "tritonserver.log",
+                          env=dict(config.server_env)) as server:
             startup = time.perf_counter() - t0
             client = Client(server.grpc_url, model_name=repo.model_name)
             try:
@@ -122,23 +138,26 @@ def measure_client(system: str, pipeline: str, client, items: Sequence[Any], con
     timer = getattr(client, "_bench_timer", None)
     if timer is None:
         timer = client._bench_timer = RequestTimer(client)
-    warm = list(items[:warmup if warmup is not None else max(4, 2 * concurrency)])
+    warm = list(items[:warmup if warmup is not None else max(4, concurrency)])
     client.infer(warm, mode="async_infer", concurrency=concurrency)
     timer.reset()
+    load, split = ForeignLoad(), CpuSplit()
     start = time.perf_counter()
     client.infer(list(items), mode="async_infer", concurrency=concurrency)
     seconds = time.perf_counter() - start
     return Measurement(system, pipeline, len(items), seconds, list(timer.latencies),
-                       settings={"concurrency": concurrency, **(settings or {})})
+                       settings={"concurrency": concurrency, **(settings or {})},
+                       foreign_cores=load.cores(), cpu_split=split.cores())
 
 
 def sweep(pipeline: str, config: ServedConfig, items: Sequence[Any],
           concurrencies: Sequence[int] = CONCURRENCY, system: Optional[str] = None,
-          workdir: Optional[Path] = None, on_server=None) -> List[Measurement]:
+          workdir: Optional[Path] = None, on_server=None, patch_repo=None
+          ) -> List[Measurement]:
     """One served configuration at each client concurrency (one server start)."""
     system = system or f"towhee_rt served, {config.label}"
     out = []
-    with served(pipeline, config, workdir) as (server, client, info):
+    with served(pipeline, config, workdir, patch_repo) as (server, client, info):
         for concurrency in concurrencies:
             m = measure_client(system, pipeline, client, items, concurrency,
                                settings={**config.describe(), "format": "onnx",
@@ -148,3 +167,91 @@ def sweep(pipeline: str, config: ServedConfig, items: Sequence[Any],
         if on_server is not None:
             on_server(server, client)
     return out
+
+
+# --------------------------------------------------------------------- the settings compared
+OMP_ONE_THREAD = (("OMP_NUM_THREADS", "1"),)
+
+#: The best settings found for the served resnet50 pipeline on 2 cores (see README): two model
+#: instances (so the builder gives each 1 ONNX Runtime thread: no intra-op thread pool, no
+#: spinning) and torch's OpenMP pool off in the stubs (it only runs the preprocessing
+#: transforms, and its spinning threads steal the cores ONNX Runtime needs).
+RECOMMENDED = ServedConfig("recommended: 2 model instances, OMP_NUM_THREADS=1",
+                           model_instances=2, server_env=OMP_ONE_THREAD)
+
+
+#: The runner-up: one model instance with 2 ONNX Runtime threads keeps the latency of a lone
+#: request low (about half of RECOMMENDED's) for a few percent less throughput under load.
+LOW_LATENCY = ServedConfig("dynamic batching + OMP_NUM_THREADS=1", dynamic_batching=True,
+                           server_env=OMP_ONE_THREAD)
+
+
+def patch_ort_no_spinning(repo) -> str:
+    """Experiment: the repository's copy of ``OnnxRunner`` with intra-op spinning off.
+
+    Measures the proposed towhee_rt change (``backends/_runners.py``, ``OnnxRunner.__init__``:
+    ``options.add_session_config_entry('session.intra_op.allow_spinning', '0')``) without
+    touching towhee_rt itself: only the generated repository's ``towhee_ops/_runners.py``.
+    """
+    anchor = "options.inter_op_num_threads = 1"
+    patched = 0
+    for path in Path(repo.path).glob("*/1/towhee_ops/_runners.py"):
+        text = path.read_text()
+        if anchor in text:
+            indent = text[:text.index(anchor)].rsplit("\n", 1)[1]
+            text = text.replace(anchor, anchor + "\n" + indent + "options.add_session_config_entry("
+                                "'session.intra_op.allow_spinning', '0')", 1)
+            path.write_text(text)
+            patched += 1
+    if not patched:
+        raise RuntimeError("patch_ort_no_spinning: OnnxRunner changed; update the experiment")
+    return f"experiment: ONNX Runtime intra-op spinning off in {patched} repository copies"
+
+
+def served_configs(pipeline: str, quick: bool = False, experiments: bool = False):
+    """(config, repository patch or None) pairs measured for ``pipeline``."""
+    if quick:
+        return [(ServedConfig("defaults: 1 instance, no dynamic batching"), None),
+                (RECOMMENDED, None)]
+    configs = [
+        (ServedConfig("defaults: 1 instance, no dynamic batching"), None),
+        (ServedConfig("dynamic batching (defaults: max 16, 2 ms)", dynamic_batching=True), None),
+        (ServedConfig("2 model instances", model_instances=2), None),
+        (ServedConfig("2 model instances + dynamic batching", model_instances=2,
+                      dynamic_batching=True), None),
+        (LOW_LATENCY, None),
+        (RECOMMENDED, None),
+    ]
+    if experiments and pipeline == "resnet50":
+        configs.append((ServedConfig(
+            "experiment: 2 model instances, torch 1 thread in preprocessing (code change)",
+            model_instances=2), patch_preprocess_one_thread))
+    return configs
+
+
+def patch_preprocess_one_thread(repo) -> str:
+    """Experiment: torch limited to 1 thread in the repository's preprocessing code.
+
+    Measures the proposed towhee_rt change (``backends/_model.py``, ``ModelOperator.setup``: for
+    the non-torch formats, ``torch.set_num_threads(1)`` once torch is imported, since torch
+    only runs the preprocessing transforms there) without touching towhee_rt itself.
+    """
+    anchor = "    tensors = [transform(to_pil_rgb(item)) for item in items]"
+    patched = 0
+    for path in Path(repo.path).glob("*/1/towhee_ops/_preprocess.py"):
+        text = path.read_text()
+        if anchor in text:
+            text = text.replace(anchor, "    import torch\n    if torch.get_num_threads() != 1:\n"
+                                "        torch.set_num_threads(1)\n" + anchor, 1)
+            path.write_text(text)
+            patched += 1
+    if not patched:
+        raise RuntimeError("patch_preprocess_one_thread: transform_images changed; update it")
+    return f"experiment: torch.set_num_threads(1) in {patched} preprocessing copies"
+
+
+def combine(*patches):
+    """Apply several repository patches in turn."""
+    def apply(repo) -> str:
+        return "; ".join(patch(repo) for patch in patches)
+    return apply

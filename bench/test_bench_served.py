@@ -1,0 +1,62 @@
+"""Servers: towhee_rt on the embedded tritonserver (ONNX format) and the PyTriton peer.
+
+Each server is queried by ``towhee_rt.Client`` over gRPC, ``mode='async_infer'``, 8 requests in
+flight, one item per request.
+"""
+from __future__ import annotations
+
+import pytest
+
+from .common import PIPELINES, items_for, onnx_model_file
+from .conftest import ITEMS, ROUNDS, record_rate
+from .served import RECOMMENDED, ServedConfig, served
+
+CONCURRENCY = 8
+SETTINGS = {
+    "defaults": ServedConfig("defaults: 1 instance, no dynamic batching"),
+    "dynamic_batching": ServedConfig("dynamic batching", dynamic_batching=True),
+    "recommended": RECOMMENDED,
+}
+
+
+@pytest.fixture(scope="module", params=[(p, s) for p in PIPELINES for s in SETTINGS],
+                ids=lambda ps: f"{ps[0]}-{ps[1]}")
+def towhee_rt_server(request):
+    pipeline, setting = request.param
+    with served(pipeline, SETTINGS[setting]) as (server, client, info):
+        yield pipeline, client
+
+
+@pytest.fixture(scope="module", params=PIPELINES)
+def pytriton_peer(request, onnx_pipes):
+    from towhee_rt.client import Client
+
+    from .peer_pytriton import start_peer
+
+    pipeline = request.param
+    with start_peer(pipeline, onnx_model_file(onnx_pipes(pipeline))) as peer:
+        client = Client(peer["grpc_url"], model_name="pipeline")
+        try:
+            yield pipeline, client
+        finally:
+            client.close()
+
+
+def _bench_client(benchmark, pipeline, client):
+    items = items_for(pipeline, ITEMS)
+    client.infer(items[:2 * CONCURRENCY], mode="async_infer", concurrency=CONCURRENCY)
+    results = benchmark.pedantic(client.infer, args=(items,),
+                                 kwargs={"mode": "async_infer", "concurrency": CONCURRENCY},
+                                 rounds=ROUNDS, iterations=1)
+    assert len(results) == len(items)
+    record_rate(benchmark, len(items))
+
+
+def test_towhee_rt_served(benchmark, towhee_rt_server):
+    pipeline, client = towhee_rt_server
+    _bench_client(benchmark, pipeline, client)
+
+
+def test_pytriton_peer(benchmark, pytriton_peer):
+    pipeline, client = pytriton_peer
+    _bench_client(benchmark, pipeline, client)
