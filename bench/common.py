@@ -346,6 +346,21 @@ def _version(dist: str) -> str:
         return "-"
 
 
+def git_commit() -> str:
+    """``abc1234`` (``+dirty`` when the work tree differs) of the checkout measured."""
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                              capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "towhee_rt", "backends",
+                                "model_repo_templates"], cwd=ROOT, text=True,
+                               capture_output=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "-"
+    return (head or "-") + ("+dirty" if dirty else "")
+
+
 def machine_info() -> Dict[str, Any]:
     """Machine, cores, date and library versions, stamped on every artifact."""
     try:
@@ -353,6 +368,7 @@ def machine_info() -> Dict[str, Any]:
         towhee_rt_version = getattr(towhee_rt, "__version__", _version("towhee_rt"))
     except ImportError:
         towhee_rt_version = "-"
+    towhee_rt_version += f" (git {git_commit()})"
     return {
         "cpu": cpu_model(), "cores": cores(), "platform": platform.platform(),
         "python": platform.python_version(),

@@ -171,19 +171,19 @@ def sweep(pipeline: str, config: ServedConfig, items: Sequence[Any],
 
 # --------------------------------------------------------------------- the settings compared
 OMP_ONE_THREAD = (("OMP_NUM_THREADS", "1"),)
+#: What the stubs got before model.py defaulted OMP_NUM_THREADS to 1 (one thread per core):
+#: an explicit environment wins over that default, so this measures the old behaviour.
+OMP_PER_CORE = (("OMP_NUM_THREADS", "2"),)
 
 #: The best settings found for the served resnet50 pipeline on 2 cores (see README): two model
-#: instances (so the builder gives each 1 ONNX Runtime thread: no intra-op thread pool, no
-#: spinning) and torch's OpenMP pool off in the stubs (it only runs the preprocessing
-#: transforms, and its spinning threads steal the cores ONNX Runtime needs).
-RECOMMENDED = ServedConfig("recommended: 2 model instances, OMP_NUM_THREADS=1",
-                           model_instances=2, server_env=OMP_ONE_THREAD)
-
+#: instances, so the builder gives each 1 ONNX Runtime thread (no intra-op pool, no spinning),
+#: with torch's OpenMP pool at 1 thread in the stubs (model.py's default since 5577898; before
+#: it, ``serve(..., env={'OMP_NUM_THREADS': '1'})`` was needed).
+RECOMMENDED = ServedConfig("recommended: 2 model instances", model_instances=2)
 
 #: The runner-up: one model instance with 2 ONNX Runtime threads keeps the latency of a lone
-#: request low (about half of RECOMMENDED's) for a few percent less throughput under load.
-LOW_LATENCY = ServedConfig("dynamic batching + OMP_NUM_THREADS=1", dynamic_batching=True,
-                           server_env=OMP_ONE_THREAD)
+#: request low (about 2/3 of RECOMMENDED's) for a few percent less throughput under load.
+LOW_LATENCY = ServedConfig("dynamic batching (defaults: max 16, 2 ms)", dynamic_batching=True)
 
 
 def patch_ort_no_spinning(repo) -> str:
@@ -210,48 +210,20 @@ def patch_ort_no_spinning(repo) -> str:
 
 def served_configs(pipeline: str, quick: bool = False, experiments: bool = False):
     """(config, repository patch or None) pairs measured for ``pipeline``."""
+    defaults = ServedConfig("defaults: 1 instance, no dynamic batching")
     if quick:
-        return [(ServedConfig("defaults: 1 instance, no dynamic batching"), None),
-                (RECOMMENDED, None)]
+        return [(defaults, None), (RECOMMENDED, None)]
     configs = [
-        (ServedConfig("defaults: 1 instance, no dynamic batching"), None),
-        (ServedConfig("dynamic batching (defaults: max 16, 2 ms)", dynamic_batching=True), None),
-        (ServedConfig("2 model instances", model_instances=2), None),
-        (ServedConfig("2 model instances + dynamic batching", model_instances=2,
-                      dynamic_batching=True), None),
+        (defaults, None),
         (LOW_LATENCY, None),
         (RECOMMENDED, None),
+        (ServedConfig("2 model instances + dynamic batching", model_instances=2,
+                      dynamic_batching=True), None),
+        (ServedConfig("2 model instances, OMP_NUM_THREADS=2 (the stubs before 5577898)",
+                      model_instances=2, server_env=OMP_PER_CORE), None),
     ]
     if experiments and pipeline == "resnet50":
         configs.append((ServedConfig(
-            "experiment: 2 model instances, torch 1 thread in preprocessing (code change)",
-            model_instances=2), patch_preprocess_one_thread))
+            "experiment: dynamic batching, ONNX Runtime spinning off (code change)",
+            dynamic_batching=True), patch_ort_no_spinning))
     return configs
-
-
-def patch_preprocess_one_thread(repo) -> str:
-    """Experiment: torch limited to 1 thread in the repository's preprocessing code.
-
-    Measures the proposed towhee_rt change (``backends/_model.py``, ``ModelOperator.setup``: for
-    the non-torch formats, ``torch.set_num_threads(1)`` once torch is imported, since torch
-    only runs the preprocessing transforms there) without touching towhee_rt itself.
-    """
-    anchor = "    tensors = [transform(to_pil_rgb(item)) for item in items]"
-    patched = 0
-    for path in Path(repo.path).glob("*/1/towhee_ops/_preprocess.py"):
-        text = path.read_text()
-        if anchor in text:
-            text = text.replace(anchor, "    import torch\n    if torch.get_num_threads() != 1:\n"
-                                "        torch.set_num_threads(1)\n" + anchor, 1)
-            path.write_text(text)
-            patched += 1
-    if not patched:
-        raise RuntimeError("patch_preprocess_one_thread: transform_images changed; update it")
-    return f"experiment: torch.set_num_threads(1) in {patched} preprocessing copies"
-
-
-def combine(*patches):
-    """Apply several repository patches in turn."""
-    def apply(repo) -> str:
-        return "; ".join(patch(repo) for patch in patches)
-    return apply

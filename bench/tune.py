@@ -19,41 +19,37 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .common import RESULTS_DIR, items_for, machine_info, machine_line, wait_for_quiet
-from .served import (OMP_ONE_THREAD, RECOMMENDED, ServedConfig, combine, patch_ort_no_spinning,
-                     patch_preprocess_one_thread, sweep)
+from .served import OMP_PER_CORE, RECOMMENDED, ServedConfig, patch_ort_no_spinning, sweep
 
 NO_SPIN = patch_ort_no_spinning
-TORCH1 = patch_preprocess_one_thread
+OLD = " (OMP_NUM_THREADS=2: the stubs before 5577898)"
 
 
 def settings() -> List[tuple]:
-    """(config, patch) pairs: product knobs first, then the proposed code changes."""
+    """(config, patch) pairs: product knobs first, then the old thread default, then the
+    proposed code changes. The generated model.py sets OMP_NUM_THREADS=1 unless the server's
+    environment says otherwise, so ``OMP_PER_CORE`` measures the behaviour before that."""
     db = True
     return [
         (ServedConfig("defaults (1 instance x 2 threads)"), None),
         (ServedConfig("dynamic batching", dynamic_batching=db), None),
-        (ServedConfig("2 instances (x 1 thread)", model_instances=2), None),
+        (RECOMMENDED, None),
         (ServedConfig("2 instances + dynamic batching", model_instances=2,
                       dynamic_batching=db), None),
         (ServedConfig("3 instances (x 1 thread)", model_instances=3), None),
-        (ServedConfig("OMP_NUM_THREADS=1", server_env=OMP_ONE_THREAD), None),
-        (ServedConfig("dynamic batching + OMP_NUM_THREADS=1", dynamic_batching=db,
-                      server_env=OMP_ONE_THREAD), None),
-        (RECOMMENDED, None),
-        (ServedConfig("2 instances + OMP_NUM_THREADS=1 + 2 decode instances", model_instances=2,
-                      decode_instances=2, server_env=OMP_ONE_THREAD), None),
-        (ServedConfig("3 instances + OMP_NUM_THREADS=1", model_instances=3,
-                      server_env=OMP_ONE_THREAD), None),
-        (ServedConfig("2 instances + dyn. batching (max 16, 10 ms, preferred 8) + OMP=1",
-                      model_instances=2, server_env=OMP_ONE_THREAD,
-                      dynamic_batching={"max_queue_delay_microseconds": 10000,
-                                        "preferred_batch_size": [8]}), None),
-        (ServedConfig("experiment: 2 instances, torch 1 thread in preprocessing",
-                      model_instances=2), TORCH1),
-        (ServedConfig("experiment: defaults, ORT spinning off + torch 1 thread"),
-         combine(NO_SPIN, TORCH1)),
-        (ServedConfig("experiment: dyn. batching, ORT spinning off + torch 1 thread",
-                      dynamic_batching=db), combine(NO_SPIN, TORCH1)),
+        (ServedConfig("2 instances + 2 decode instances", model_instances=2,
+                      decode_instances=2), None),
+        (ServedConfig("2 instances + dyn. batching (max 16, 10 ms, preferred 8)",
+                      model_instances=2, dynamic_batching={
+                          "max_queue_delay_microseconds": 10000, "preferred_batch_size": [8]}),
+         None),
+        (ServedConfig("defaults" + OLD, server_env=OMP_PER_CORE), None),
+        (ServedConfig("dynamic batching" + OLD, dynamic_batching=db, server_env=OMP_PER_CORE),
+         None),
+        (ServedConfig("2 instances" + OLD, model_instances=2, server_env=OMP_PER_CORE), None),
+        (ServedConfig("experiment: defaults, ONNX Runtime spinning off"), NO_SPIN),
+        (ServedConfig("experiment: dynamic batching, ONNX Runtime spinning off",
+                      dynamic_batching=db), NO_SPIN),
     ]
 
 

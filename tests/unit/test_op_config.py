@@ -91,3 +91,16 @@ def test_chain_type_mismatch_is_reported():
 def test_empty_pipeline_is_rejected():
     with pytest.raises(ConfigError, match="no operators"):
         towhee.dummy_input().as_function()
+
+
+def test_cpu_model_operators_default_to_two_single_threaded_instances():
+    pipe = (towhee.dummy_input().image_decode.cv2_rgb()
+            .image_embedding.timm(model_name="test_resnet").as_function())
+    decode, embed = pipe.configs
+    assert (decode.instances, embed.instances) == (1, cfg.DEFAULT_CPU_MODEL_INSTANCES)
+    explicit = (towhee.dummy_input().pipeline_config(parallel=1)
+                .image_embedding.timm(model_name="test_resnet").as_function())
+    assert explicit.configs[0].instances == 1
+    gpu = towhee.dummy_input().image_embedding.timm(
+        model_name="test_resnet", op_config={"device_ids": [0]}).as_function()
+    assert gpu.configs[0].instances == 1
