@@ -167,7 +167,7 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
 def profile_recommended(pipeline: str, server, client, rows: List[Measurement], out_dir: Path,
                         config: ServedConfig) -> Dict[str, Any]:
     """py-spy every stub of the recommended server under load (8 in flight)."""
-    from .profile import profile_server
+    from .profiling import profile_server
 
     rate = max((m.items_per_s for m in rows if m.settings.get("config") == config.label),
                default=20.0)
