@@ -35,7 +35,7 @@ from .served import (CONCURRENCY, RECOMMENDED, ServedConfig, local, measure_clie
                      served, served_configs)
 
 #: A point measured while other processes used more than this many cores is measured again.
-NOISY_CORES = 0.3
+NOISY_CORES = 0.15
 
 
 class Budget:
