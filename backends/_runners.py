@@ -69,6 +69,9 @@ class OnnxRunner(Runner):
         if num_threads:
             options.intra_op_num_threads = int(num_threads)
             options.inter_op_num_threads = 1
+        # Spinning threads burn the cores that decode, preprocessing and other instances need
+        # (bench/results/tuning.md: +8% served with one 2-thread instance).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if device.startswith("cuda") and "CUDAExecutionProvider" in ort.get_available_providers():
             index = int(device.split(":")[1]) if ":" in device else 0

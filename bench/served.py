@@ -44,7 +44,9 @@ class ServedConfig:
     """Settings of one served towhee_rt pipeline (what ``op_config`` and params can say)."""
 
     label: str
-    model_instances: int = 1
+    #: Triton instances of the model operator; None: the builder's default (2 on CPU since
+    #: 5bb4265, each with num_threads = cores // 2).
+    model_instances: Optional[int] = None
     decode_instances: int = 1
     #: ONNX Runtime intra-op threads per model instance; None: the builder's default
     #: (cores // model instances).
@@ -55,7 +57,7 @@ class ServedConfig:
     server_env: Tuple[Tuple[str, str], ...] = ()
 
     def describe(self) -> Dict[str, Any]:
-        out = {"model_instances": self.model_instances,
+        out = {"model_instances": self.model_instances or "default",
                "decode_instances": self.decode_instances,
                "num_threads": self.num_threads if self.num_threads else "default",
                "dynamic_batching": self.dynamic_batching or "off"}
@@ -66,7 +68,9 @@ class ServedConfig:
 
 def served_pipeline(pipeline: str, config: ServedConfig):
     """The towhee_rt pipeline for ``config`` (ONNX format), ready for ``build_model_repo``."""
-    model_config: Dict[str, Any] = {"instance_count": config.model_instances}
+    model_config: Dict[str, Any] = {}
+    if config.model_instances:
+        model_config["instance_count"] = config.model_instances
     if config.dynamic_batching:
         model_config["dynamic_batching"] = config.dynamic_batching
     params = {"num_threads": config.num_threads} if config.num_threads else {}
@@ -112,7 +116,7 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
         copied = copy_external_data(pipe, repo)
         if copied:
             notes.append("worked around: copied the ONNX external-data file into the repository "
-                         "(build_model_repo copies model.onnx alone; see bench/README.md)")
+                         "(build_model_repo copies model.onnx alone, see bench/README.md)")
         if patch_repo is not None:
             notes.append(str(patch_repo(repo)))
         t0 = time.perf_counter()
@@ -175,15 +179,18 @@ OMP_ONE_THREAD = (("OMP_NUM_THREADS", "1"),)
 #: an explicit environment wins over that default, so this measures the old behaviour.
 OMP_PER_CORE = (("OMP_NUM_THREADS", "2"),)
 
-#: The best settings found for the served resnet50 pipeline on 2 cores (see README): two model
-#: instances, so the builder gives each 1 ONNX Runtime thread (no intra-op pool, no spinning),
-#: with torch's OpenMP pool at 1 thread in the stubs (model.py's default since 5577898; before
-#: it, ``serve(..., env={'OMP_NUM_THREADS': '1'})`` was needed).
-RECOMMENDED = ServedConfig("recommended: 2 model instances", model_instances=2)
-
-#: The runner-up: one model instance with 2 ONNX Runtime threads keeps the latency of a lone
-#: request low (about 2/3 of RECOMMENDED's) for a few percent less throughput under load.
-LOW_LATENCY = ServedConfig("dynamic batching (defaults: max 16, 2 ms)", dynamic_batching=True)
+#: The best settings found for the served resnet50 pipeline on 2 cores, now towhee_rt's
+#: defaults: two single-threaded model instances (5bb4265; the builder gives each
+#: num_threads = cores // 2, so ONNX Runtime has no intra-op pool to spin) and OMP_NUM_THREADS=1
+#: in the stubs (5577898; torch only runs the preprocessing transforms there).
+RECOMMENDED = ServedConfig("defaults: 2 model instances x 1 thread, no dynamic batching")
+#: The default before 5bb4265.
+ONE_INSTANCE = ServedConfig("1 model instance x 2 threads (the default before 5bb4265)",
+                            model_instances=1)
+#: For lone requests: one instance with 2 ONNX Runtime threads answers a single request in
+#: about 2/3 of RECOMMENDED's time, for a few percent less throughput under load.
+LOW_LATENCY = ServedConfig("1 model instance x 2 threads + dynamic batching", model_instances=1,
+                           dynamic_batching=True)
 
 
 def patch_ort_no_spinning(repo) -> str:
@@ -210,20 +217,19 @@ def patch_ort_no_spinning(repo) -> str:
 
 def served_configs(pipeline: str, quick: bool = False, experiments: bool = False):
     """(config, repository patch or None) pairs measured for ``pipeline``."""
-    defaults = ServedConfig("defaults: 1 instance, no dynamic batching")
     if quick:
-        return [(defaults, None), (RECOMMENDED, None)]
+        return [(RECOMMENDED, None), (ONE_INSTANCE, None)]
     configs = [
-        (defaults, None),
-        (LOW_LATENCY, None),
         (RECOMMENDED, None),
         (ServedConfig("2 model instances + dynamic batching", model_instances=2,
                       dynamic_batching=True), None),
-        (ServedConfig("2 model instances, OMP_NUM_THREADS=2 (the stubs before 5577898)",
-                      model_instances=2, server_env=OMP_PER_CORE), None),
+        (ONE_INSTANCE, None),
+        (LOW_LATENCY, None),
+        (ServedConfig("defaults, OMP_NUM_THREADS=2 (the stubs before 5577898)",
+                      server_env=OMP_PER_CORE), None),
     ]
     if experiments and pipeline == "resnet50":
         configs.append((ServedConfig(
-            "experiment: dynamic batching, ONNX Runtime spinning off (code change)",
-            dynamic_batching=True), patch_ort_no_spinning))
+            "experiment: 1 instance + dynamic batching, ONNX Runtime spinning off (code change)",
+            model_instances=1, dynamic_batching=True), patch_ort_no_spinning))
     return configs

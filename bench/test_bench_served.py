@@ -9,14 +9,10 @@ import pytest
 
 from .common import PIPELINES, items_for, onnx_model_file
 from .conftest import ITEMS, ROUNDS, record_rate
-from .served import RECOMMENDED, ServedConfig, served
+from .served import LOW_LATENCY, ONE_INSTANCE, RECOMMENDED, served
 
 CONCURRENCY = 8
-SETTINGS = {
-    "defaults": ServedConfig("defaults: 1 instance, no dynamic batching"),
-    "dynamic_batching": ServedConfig("dynamic batching", dynamic_batching=True),
-    "recommended": RECOMMENDED,
-}
+SETTINGS = {"defaults": RECOMMENDED, "one_instance": ONE_INSTANCE, "low_latency": LOW_LATENCY}
 
 
 @pytest.fixture(scope="module", params=[(p, s) for p in PIPELINES for s in SETTINGS],

@@ -32,8 +32,9 @@ def settings() -> List[tuple]:
     environment says otherwise, so ``OMP_PER_CORE`` measures the behaviour before that."""
     db = True
     return [
-        (ServedConfig("defaults (1 instance x 2 threads)"), None),
-        (ServedConfig("dynamic batching", dynamic_batching=db), None),
+        (ServedConfig("1 instance x 2 threads", model_instances=1), None),
+        (ServedConfig("1 instance + dynamic batching", model_instances=1, dynamic_batching=db),
+         None),
         (RECOMMENDED, None),
         (ServedConfig("2 instances + dynamic batching", model_instances=2,
                       dynamic_batching=db), None),
@@ -44,13 +45,15 @@ def settings() -> List[tuple]:
                       model_instances=2, dynamic_batching={
                           "max_queue_delay_microseconds": 10000, "preferred_batch_size": [8]}),
          None),
-        (ServedConfig("defaults" + OLD, server_env=OMP_PER_CORE), None),
-        (ServedConfig("dynamic batching" + OLD, dynamic_batching=db, server_env=OMP_PER_CORE),
-         None),
+        (ServedConfig("1 instance x 2 threads" + OLD, model_instances=1,
+                      server_env=OMP_PER_CORE), None),
+        (ServedConfig("1 instance + dynamic batching" + OLD, model_instances=1,
+                      dynamic_batching=db, server_env=OMP_PER_CORE), None),
         (ServedConfig("2 instances" + OLD, model_instances=2, server_env=OMP_PER_CORE), None),
-        (ServedConfig("experiment: defaults, ONNX Runtime spinning off"), NO_SPIN),
-        (ServedConfig("experiment: dynamic batching, ONNX Runtime spinning off",
-                      dynamic_batching=db), NO_SPIN),
+        (ServedConfig("experiment: 1 instance x 2 threads, ONNX Runtime spinning off",
+                      model_instances=1), NO_SPIN),
+        (ServedConfig("experiment: 1 instance + dynamic batching, ONNX Runtime spinning off",
+                      model_instances=1, dynamic_batching=db), NO_SPIN),
     ]
 
 
@@ -105,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         rows.append(row)
     base = rows[0]
     header = "| setting | " + " | ".join(f"{c} in flight: items/s (rounds) | p50 ms"
-                                         for c in concurrencies) + " | vs defaults |"
+                                         for c in concurrencies) + " | vs the first row |"
     lines = [f"# Served {args.pipeline}: settings study", "",
              f"{machine_line(info)}; {args.requests} requests per point, median of "
              f"{args.rounds} interleaved rounds (a round measured again when other jobs used "

@@ -21,7 +21,8 @@ def onnx_cache_key(op: ModelOperator) -> str:
     """Key of ``op``'s ONNX export: operator, model params, weights and library versions."""
     return cache.cache_key(operator=type(op).__name__, params=cache.model_params(op.params),
                            weights=cache.weights_digest(op.torch_module()),
-                           versions=cache.library_versions(EXPORT_LIBRARIES), opset=OPSET)
+                           versions=cache.library_versions(EXPORT_LIBRARIES), opset=OPSET,
+                           layout="single-file")  # older entries may have external data
 
 
 def export_onnx(op: ModelOperator) -> Path:
