@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .common import (CpuSplit, ForeignLoad, Measurement, RequestTimer, build_pipeline,
-                     onnx_external_files, onnx_model_file, time_loop)
+                     onnx_model_file, time_loop)
 
 CONCURRENCY = (1, 4, 8, 16)
 
@@ -79,23 +79,6 @@ def served_pipeline(pipeline: str, config: ServedConfig):
                           model_config=model_config, **params)
 
 
-def copy_external_data(pipe, repo) -> List[str]:
-    """Copy the ONNX external-data files that ``build_model_repo`` left behind (see README).
-
-    towhee_rt copies ``model.onnx`` alone into the model directory; an export that keeps its
-    weights in an external-data file beside it (open_clip ViT-B-32 here) then cannot load in
-    Triton. Returns the files copied.
-    """
-    source = onnx_model_file(pipe)
-    copied = []
-    for extra in onnx_external_files(source):
-        target = Path(repo.path) / repo.models[-1].model_name / "1" / extra.name
-        if not target.exists():
-            shutil.copy2(extra, target)
-            copied.append(extra.name)
-    return copied
-
-
 @contextlib.contextmanager
 def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
            patch_repo=None) -> Iterator[Any]:
@@ -113,10 +96,6 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
     try:
         repo = towhee.build_model_repo(pipe, tmp / "repo")
         notes = []
-        copied = copy_external_data(pipe, repo)
-        if copied:
-            notes.append("worked around: copied the ONNX external-data file into the repository "
-                         "(build_model_repo copies model.onnx alone, see bench/README.md)")
         if patch_repo is not None:
             notes.append(str(patch_repo(repo)))
         t0 = time.perf_counter()
