@@ -116,6 +116,52 @@ def onnx_model_file(pipe) -> str:
     return choice.model_file
 
 
+def onnx_external_files(model_file: str) -> List[Path]:
+    """External-data files an ONNX model refers to (beside it), e.g. the dynamo exporter's."""
+    import onnx
+
+    model = onnx.load(model_file, load_external_data=False)
+    names = {entry.value for tensor in model.graph.initializer
+             for entry in tensor.external_data if entry.key == "location"}
+    return [Path(model_file).parent / name for name in sorted(names)]
+
+
+# ---------------------------------------------------------------------------------- timing
+@dataclasses.dataclass
+class Measurement:
+    """One measured point: how many items in how long, and per-request latencies (seconds)."""
+
+    system: str
+    pipeline: str
+    items: int
+    seconds: float
+    latencies: List[float]
+    items_per_request: int = 1
+    settings: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    note: str = ""
+    #: CPU (cores) used by processes outside the benchmark while this point ran.
+    foreign_cores: Optional[float] = None
+    #: CPU (cores) used by each of the benchmark's processes while this point ran.
+    cpu_split: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    def percentile_ms(self, q: float) -> Optional[float]:
+        if not self.latencies:
+            return None
+        return float(np.percentile(np.asarray(self.latencies), q) * 1000.0)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"system": self.system, "pipeline": self.pipeline, "items": self.items,
+                "seconds": round(self.seconds, 4), "items_per_s": round(self.items_per_s, 2),
+                "p50_ms": _round(self.percentile_ms(50)), "p99_ms": _round(self.percentile_ms(99)),
+                "items_per_request": self.items_per_request, "settings": self.settings,
+                "foreign_cores": _round(self.foreign_cores, 2), "cpu_split": self.cpu_split,
+                "note": self.note}
+
+
 def _round(value: Optional[float], digits: int = 1) -> Optional[float]:
     return None if value is None else round(value, digits)
 
