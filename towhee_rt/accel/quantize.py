@@ -55,13 +55,42 @@ def quantize(op: ModelOperator, fp32_onnx: Path, calibration: Sequence[ModelBatc
         for name in sorted(batch):
             digest.update(np.ascontiguousarray(batch[name]).tobytes())
     static = is_static(op)
-    method = "static-qdq-per-channel" if static else "dynamic-matmul-per-channel"
+    method = ("static-qdq-per-channel" if static else "dynamic-matmul-per-channel") + "+preprocessed"
     key = cache.cache_key(fp32=fp32_onnx.name, method=method,
                           calibration=digest.hexdigest() if static else "",
                           versions=cache.library_versions(["onnxruntime"]))
-    return cache.cached_file("onnx_int8", key, ".onnx", lambda target: (
-        _quantize_static(fp32_onnx, target, calibration) if static
-        else _quantize_dynamic(fp32_onnx, target)))
+
+    def produce(target: Path) -> None:
+        prepared = target.with_name(target.name + ".prepared.onnx")
+        try:
+            _prepare(fp32_onnx, prepared)
+            if static:
+                _quantize_static(prepared, target, calibration)
+            else:
+                _quantize_dynamic(prepared, target)
+        finally:
+            prepared.unlink(missing_ok=True)
+
+    return cache.cached_file("onnx_int8", key, ".onnx", produce)
+
+
+def _prepare(source: Path, target: Path) -> None:
+    """ONNX Runtime's pre-quantization pass: shape inference plus graph clean-up.
+
+    Not optional in practice: the torch exporter shares repeated initializers through
+    ``Identity`` nodes, and a QDQ Conv whose weight or bias arrives through one is not fused
+    into ``QLinearConv`` and runs as fp32 with per-call dequantization. On resnet50 only 7 of
+    53 Convs were fused without this pass, and int8 ran slower than fp32 (11 vs 13 img/s on
+    one thread); with it all 53 are fused (45 img/s).
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    try:
+        quant_pre_process(str(source), str(target))
+    except Exception as exc:  # symbolic shape inference does not cover every graph
+        log.info("int8 pre-processing: symbolic shape inference failed (%s); retrying without",
+                 exc)
+        quant_pre_process(str(source), str(target), skip_symbolic_shape=True)
 
 
 def _quantize_static(source: Path, target: Path, calibration: Sequence[ModelBatch]) -> None:
