@@ -80,12 +80,13 @@ def items_for(pipeline: str, count: int) -> List[Any]:
 
 # -------------------------------------------------------------------------------- pipelines
 def add_operators(builder, pipeline: str, decode_config: Optional[dict] = None,
-                  model_config: Optional[dict] = None, **model_params):
+                  model_config: Optional[dict] = None, decode_params: Optional[dict] = None,
+                  **model_params):
     """Append ``pipeline``'s operators to a towhee_rt builder (decode op only for images)."""
     if pipeline == "minilm":
         return builder.text_embedding.sentence_transformers(op_config=model_config,
                                                             **model_params)
-    builder = builder.image_decode.cv2_rgb(op_config=decode_config)
+    builder = builder.image_decode.cv2_rgb(op_config=decode_config, **(decode_params or {}))
     if pipeline == "resnet50":
         return builder.image_embedding.timm(model_name="resnet50", op_config=model_config,
                                             **model_params)
@@ -95,35 +96,43 @@ def add_operators(builder, pipeline: str, decode_config: Optional[dict] = None,
     raise ValueError(f"unknown pipeline {pipeline!r}; choose from {PIPELINES}")
 
 
+def calibration_items(pipeline: str) -> List[Any]:
+    """``calibration_data`` for ``onnx_int8``: one round of the benchmark's own inputs.
+
+    towhee_rt holds every third sample out for the accuracy gate. The throughput figures do
+    not depend on which samples calibrate; the accuracy figures in the results come from the
+    gate's held-out samples and, for MiniLM, from sentences outside this list.
+    """
+    return base_items(pipeline)
+
+
 def build_pipeline(pipeline: str, fmt: str = "torch", decode_config: Optional[dict] = None,
-                   model_config: Optional[dict] = None, **model_params):
-    """A towhee_rt ``Pipeline`` for ``pipeline`` with the torch format or ``format_priority=[fmt]``."""
+                   model_config: Optional[dict] = None, decode_params: Optional[dict] = None,
+                   **model_params):
+    """A towhee_rt ``Pipeline`` for ``pipeline`` with the torch format or ``format_priority=[fmt]``.
+
+    ``onnx_int8`` is calibrated on :func:`calibration_items`; it fails (no silent fallback to
+    another format) when the accuracy gate rejects the quantized model.
+    """
     import towhee_rt as towhee
 
     builder = towhee.dummy_input()
-    if fmt != "torch":
+    if fmt == "onnx_int8":
+        builder = builder.pipeline_config(format_priority=[fmt],
+                                          calibration_data=calibration_items(pipeline))
+    elif fmt != "torch":
         builder = builder.pipeline_config(format_priority=[fmt])
-    return add_operators(builder, pipeline, decode_config, model_config,
+    return add_operators(builder, pipeline, decode_config, model_config, decode_params,
                          **model_params).as_function()
 
 
-def onnx_model_file(pipe) -> str:
-    """The ONNX file towhee_rt exported (and parity-checked) for the pipeline's model operator."""
+def onnx_model_file(pipe, fmt: str = "onnx") -> str:
+    """The ONNX file towhee_rt exported (and checked) for the pipeline's model operator."""
     choice = pipe.format_choice(len(pipe.steps) - 1)
-    if choice is None or choice.format != "onnx" or not choice.model_file:
-        raise RuntimeError(f"{pipe}: the model operator did not get the onnx format "
+    if choice is None or choice.format != fmt or not choice.model_file:
+        raise RuntimeError(f"{pipe}: the model operator did not get the {fmt} format "
                            f"({choice.summary() if choice else 'no model'})")
     return choice.model_file
-
-
-def onnx_external_files(model_file: str) -> List[Path]:
-    """External-data files an ONNX model refers to (beside it), e.g. the dynamo exporter's."""
-    import onnx
-
-    model = onnx.load(model_file, load_external_data=False)
-    names = {entry.value for tensor in model.graph.initializer
-             for entry in tensor.external_data if entry.key == "location"}
-    return [Path(model_file).parent / name for name in sorted(names)]
 
 
 # ---------------------------------------------------------------------------------- timing

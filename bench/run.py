@@ -125,8 +125,7 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
             with served(pipeline, config, patch_repo=patch) as (server, client, info):
                 for c in concurrencies:
                     system = f"towhee_rt served, {config.label}"
-                    settings = {**config.describe(), "format": "onnx",
-                                "startup_s": info["startup_s"]}
+                    settings = {**config.describe(), "startup_s": info["startup_s"]}
                     m = add(measured(lambda: measure_client(system, pipeline, client, items, c,
                                                             settings=settings), budget, system))
                     m.note = "; ".join(x for x in info["notes"] + [m.note] if x)

@@ -2,8 +2,8 @@
 
 Served rows: ``build_model_repo`` + ``towhee_rt.serve`` (the embedded tritonserver 2.51 on free
 loopback ports), queried by ``towhee_rt.Client`` over gRPC with ``mode='async_infer'`` and a
-given number of requests in flight, one item per request. The model operator always uses the
-ONNX format there (``format_priority=['onnx']``).
+given number of requests in flight, one item per request. The model operator uses the ONNX
+format (``format_priority=['onnx']``) unless a configuration names ``onnx_int8``.
 """
 from __future__ import annotations
 
@@ -55,19 +55,25 @@ class ServedConfig:
     dynamic_batching: Any = None
     #: Environment variables for tritonserver and its stubs (``serve(..., env=...)``).
     server_env: Tuple[Tuple[str, str], ...] = ()
+    #: The model operator's format: ``onnx`` or ``onnx_int8`` (calibrated on the bench inputs).
+    format: str = "onnx"
+    #: Params of the decode operator, e.g. ``(("min_side", 256),)``.
+    decode_params: Tuple[Tuple[str, Any], ...] = ()
 
     def describe(self) -> Dict[str, Any]:
         out = {"model_instances": self.model_instances or "default",
                "decode_instances": self.decode_instances,
                "num_threads": self.num_threads if self.num_threads else "default",
-               "dynamic_batching": self.dynamic_batching or "off"}
+               "dynamic_batching": self.dynamic_batching or "off", "format": self.format}
+        if self.decode_params:
+            out["decode_params"] = dict(self.decode_params)
         if self.server_env:
             out["server_env"] = dict(self.server_env)
         return out
 
 
 def served_pipeline(pipeline: str, config: ServedConfig):
-    """The towhee_rt pipeline for ``config`` (ONNX format), ready for ``build_model_repo``."""
+    """The towhee_rt pipeline for ``config``, ready for ``build_model_repo``."""
     model_config: Dict[str, Any] = {}
     if config.model_instances:
         model_config["instance_count"] = config.model_instances
@@ -75,8 +81,9 @@ def served_pipeline(pipeline: str, config: ServedConfig):
         model_config["dynamic_batching"] = config.dynamic_batching
     params = {"num_threads": config.num_threads} if config.num_threads else {}
     decode_config = {"instance_count": config.decode_instances}
-    return build_pipeline(pipeline, "onnx", decode_config=decode_config,
-                          model_config=model_config, **params)
+    return build_pipeline(pipeline, config.format, decode_config=decode_config,
+                          model_config=model_config, decode_params=dict(config.decode_params),
+                          **params)
 
 
 @contextlib.contextmanager
@@ -143,8 +150,7 @@ def sweep(pipeline: str, config: ServedConfig, items: Sequence[Any],
     with served(pipeline, config, workdir, patch_repo) as (server, client, info):
         for concurrency in concurrencies:
             m = measure_client(system, pipeline, client, items, concurrency,
-                               settings={**config.describe(), "format": "onnx",
-                                         "startup_s": info["startup_s"]})
+                               settings={**config.describe(), "startup_s": info["startup_s"]})
             m.note = "; ".join(info["notes"])
             out.append(m)
         if on_server is not None:

@@ -17,12 +17,13 @@ SENTENCES = [
     "Two men pushed carts through the woods.", "Paris is the capital of France.",
     "Someone in a gorilla costume is playing a set of drums.", "How do I reset my password?",
     "Embeddings map text to vectors so that similar meanings are close.",
-    "The quick brown fox jumps over the lazy dog.",
+    "The quick brown fox jumps over the lazy dog.", "OK.", "No way!", "Thanks",
 ]
+#: Short sentences are where per-tensor dynamic quantization fails MiniLM (cosine 0.969).
 HELD_OUT = ["Triton Inference Server serves models over gRPC and HTTP.",
             "Quantization trades a little accuracy for a lot of speed on CPUs.",
             "The weather today is sunny with a light breeze.",
-            "Stock markets fell sharply after the announcement."]
+            "Stock markets fell sharply after the announcement.", "Yes", "hi", "Sure thing."]
 
 
 @pytest.fixture(autouse=True)
@@ -62,7 +63,8 @@ def test_failed_gate_falls_back_to_the_next_format_with_the_reason(good_dir, cap
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
         pipe = _image_pipe(good_dir, int8_min_cosine=1.0)
     assert pipe.formats() == {"1:image_embedding.timm": "onnx"}
-    assert "onnx_int8 skipped: accuracy gate failed: min cosine to fp32" in caplog.text
+    assert "onnx_int8 skipped: accuracy gate failed: no int8 recipe keeps min cosine to fp32 " \
+        ">= 1.0 (static-qdq-per-channel: min cosine 0.9" in caplog.text
 
 
 def test_without_calibration_data_the_user_is_warned(caplog):
@@ -91,7 +93,9 @@ def test_minilm_int8_keeps_cosine_to_sentence_transformers_on_held_out_sentences
     pipe = (towhee.dummy_input()
             .pipeline_config(format_priority=["onnx_int8"], calibration_data=SENTENCES)
             .text_embedding.sentence_transformers().as_function())
-    assert pipe.format_choice(0).format == "onnx_int8"
+    choice = pipe.format_choice(0)
+    assert choice.format == "onnx_int8" and choice.min_cosine >= 0.99
+    assert "blocks of" in choice.summary()  # the dynamic recipe fails on the short sentences
     ours = np.stack(pipe(HELD_OUT))
     reference = SentenceTransformer(bundled_minilm_dir(), device="cpu").encode(HELD_OUT)
     cosine = (ours * reference).sum(1) / (np.linalg.norm(ours, axis=1) *
@@ -111,3 +115,28 @@ def test_every_conv_runs_in_int8(good_dir, tmp_path):
     ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
     assert ops.count("QLinearConv") > 0 and ops.count("Conv") == 0, sorted(set(ops))
+
+
+def test_text_recipes_are_tried_in_order_and_all_reasons_reported(caplog):
+    with caplog.at_level(logging.WARNING, logger="towhee_rt"):
+        pipe = (towhee.dummy_input()
+                .pipeline_config(format_priority=["onnx_int8", "onnx"], calibration_data=SENTENCES,
+                                 int8_min_cosine=0.99999)
+                .text_embedding.sentence_transformers().as_function())
+    assert pipe.formats() == {"0:text_embedding.sentence_transformers": "onnx"}
+    for recipe in ("dynamic-matmul-per-channel", "blockwise-int8-128", "blockwise-int8-64",
+                   "blockwise-int8-32"):
+        assert f"{recipe}: min cosine 0." in caplog.text
+
+
+def test_the_nbits_quantizer_import_leaves_root_logging_alone(monkeypatch):
+    import sys
+
+    from towhee_rt.accel import quantize
+
+    monkeypatch.delitem(sys.modules, "onnxruntime.quantization.matmul_nbits_quantizer",
+                        raising=False)  # import it afresh
+    root = logging.getLogger()
+    before = (list(root.handlers), root.level)
+    quantize._import_nbits_quantizer()
+    assert (list(root.handlers), root.level) == before

@@ -33,6 +33,8 @@ class FormatChoice:
     model_file: Optional[str] = None
     relative_error: Optional[float] = None
     min_cosine: Optional[float] = None
+    #: How the model was made, when that is more than the format says (the int8 recipe).
+    detail: Optional[str] = None
     skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def summary(self) -> str:
@@ -40,6 +42,8 @@ class FormatChoice:
         text = self.format
         if self.relative_error is not None:
             text += f" (parity rel. err {self.relative_error:.1e})"
+        if self.detail:
+            text += f" ({self.detail})"
         if self.min_cosine is not None:
             text += f" (accuracy gate: min cosine to fp32 {self.min_cosine:.4f})"
         if self.skipped:
@@ -124,10 +128,10 @@ def _try_int8(op: ModelOperator, config: OpConfig,
                     "Pass pipeline_config(calibration_data=[...]) with real samples (some are "
                     "held out for the accuracy gate)", op.name, quantize.RANDOM_SAMPLES)
         batches = quantize.random_samples(op)
-    path, runner, cosine = quantize.int8_runner(op, export_onnx(op), batches,
-                                                config.int8_min_cosine)
-    op.use_runner(runner, "cpu")
-    return FormatChoice("onnx_int8", str(path), min_cosine=cosine)
+    model = quantize.int8_runner(op, export_onnx(op), batches, config.int8_min_cosine)
+    op.use_runner(model.runner, "cpu")
+    return FormatChoice("onnx_int8", str(model.path), min_cosine=model.min_cosine,
+                        detail=model.recipe.description)
 
 
 def _skip(op: ModelOperator, skipped: list, fmt: str, reason: str) -> None:
