@@ -81,9 +81,11 @@ def served_pipeline(pipeline: str, config: ServedConfig):
         model_config["dynamic_batching"] = config.dynamic_batching
     params = {"num_threads": config.num_threads} if config.num_threads else {}
     decode_config = {"instance_count": config.decode_instances}
-    return build_pipeline(pipeline, config.format, decode_config=decode_config,
+    pipe = build_pipeline(pipeline, config.format, decode_config=decode_config,
                           model_config=model_config, decode_params=dict(config.decode_params),
                           **params)
+    onnx_model_file(pipe, config.format)  # fails rather than measure a fallback format
+    return pipe
 
 
 @contextlib.contextmanager

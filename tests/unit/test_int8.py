@@ -140,3 +140,18 @@ def test_the_nbits_quantizer_import_leaves_root_logging_alone(monkeypatch):
     before = (list(root.handlers), root.level)
     quantize._import_nbits_quantizer()
     assert (list(root.handlers), root.level) == before
+
+
+def test_clip_image_int8_passes_the_gate_with_some_recipe(good_dir):
+    """A vision transformer: static QDQ loses ViT-B/32 (0.979); the blockwise recipe keeps it."""
+    calibration = [str(good_dir / n) for n in GOOD_SHAPES]
+    files = [str(good_dir / "coffee.jpg"), str(good_dir / "astronaut.jpg")]
+
+    def pipe(config):
+        return (towhee.dummy_input().pipeline_config(**config).image_decode.cv2_rgb()
+                .image_text_embedding.clip_image(model_name="ViT-S-32").as_function())
+
+    int8 = pipe({"format_priority": ["onnx_int8"], "calibration_data": calibration})
+    assert int8.format_choice(1).format == "onnx_int8", int8.format_choice(1).summary()
+    for a, b in zip(int8(files), pipe({})(files)):
+        assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99
