@@ -100,7 +100,8 @@ def ort_session(model_file: str, threads: int = 2):
 
 def onnx_ceiling(pipeline: str, pipe, model_file: str, items: Sequence[Any],
                  batch_sizes: Sequence[int] = CEILING_BATCHES, threads: int = 2,
-                 min_seconds: float = 1.5) -> Tuple[Measurement, List[Measurement]]:
+                 min_seconds: float = 1.5, system: str = "ceiling: ONNX Runtime alone"
+                 ) -> Tuple[Measurement, List[Measurement]]:
     """The best batch size of ONNX Runtime alone on preprocessed inputs, and every size tried."""
     session = ort_session(model_file, threads)
     names = [i.name for i in session.get_inputs()]
@@ -118,7 +119,7 @@ def onnx_ceiling(pipeline: str, pipe, model_file: str, items: Sequence[Any],
                 session.run(None, feed)
                 latencies.append(time.perf_counter() - t0)
                 count += len(next(iter(feed.values())))
-        tried.append(Measurement("ceiling: ONNX Runtime alone", pipeline, count,
+        tried.append(Measurement(system, pipeline, count,
                                  time.perf_counter() - start, latencies, items_per_request=size,
                                  settings={"batch_size": size, "intra_op_threads": threads},
                                  foreign_cores=load.cores()))

@@ -14,8 +14,12 @@ PEER = "PyTriton peer (same ONNX + preprocessing, @batch)"
 SERVED = "towhee_rt served, "
 RECOMMENDED_PREFIX = SERVED + "defaults"
 ONE_INSTANCE_PREFIX = SERVED + "1 model instance x 2 threads (the default"
+SERVED_INT8 = SERVED + "int8 (onnx_int8)"
 #: Targets of issue 5 for the served resnet50 pipeline.
 TARGETS = {"x HF baseline": 1.7, "x ceiling": 0.85, "x PyTriton peer": 1.0}
+#: Targets of issue 6 for the served int8 pipelines: (x HF baseline, min cosine).
+INT8_TARGETS = {"resnet50": 4.0, "minilm": 2.0}
+MIN_COSINE = 0.99
 
 
 def best_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -94,10 +98,11 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     rows = best_rows(result["rows"])
     hf, ceiling, peer = _find(rows, HF), _find(rows, CEILING), _find(rows, PEER)
     candidates = [r for r in rows if r["system"].startswith(SERVED)
-                  and not r.get("settings", {}).get("experiment")]
+                  and not r.get("settings", {}).get("experiment")
+                  and not r["system"].startswith(SERVED_INT8)]  # issue 5 is about fp32
     out = []
     for label, row in (("defaults (the recommended settings)", _find(rows, RECOMMENDED_PREFIX)),
-                       ("best served (any product setting)",
+                       ("best served fp32 (any product setting)",
                         max(candidates, key=lambda r: r["items_per_s"], default=None))):
         if row is None:
             continue
@@ -110,6 +115,47 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
         out.append({"which": label, "system": row["system"], "at": _at(row),
                     "items_per_s": row["items_per_s"], "checks": checks})
     return out
+
+
+def int8_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Issue 6's targets: the best served int8 point against the HF baseline, and accuracy."""
+    out = []
+    for pipeline, target in INT8_TARGETS.items():
+        result = results["pipelines"].get(pipeline)
+        if not result:
+            continue
+        rows = best_rows(result["rows"])
+        hf = _find(rows, HF)
+        row = max((r for r in rows if r["system"].startswith(SERVED_INT8)),
+                  key=lambda r: r["items_per_s"], default=None)
+        if row is None or hf is None:
+            continue
+        accuracy = result.get("int8", {}).get(row["system"][len(SERVED):], {})
+        served_cos = accuracy.get("served", {}).get("min_cosine")
+        value = row["items_per_s"] / hf["items_per_s"]
+        out.append({"pipeline": pipeline, "system": row["system"], "at": _at(row),
+                    "items_per_s": row["items_per_s"], "x_hf": round(value, 2),
+                    "target": target, "gate_min_cosine": accuracy.get("gate_min_cosine"),
+                    "served_min_cosine": served_cos,
+                    "between_items": accuracy.get("served", {}).get("mean_cosine_between_items"),
+                    "reference": accuracy.get("served", {}).get("reference"),
+                    "model_format": accuracy.get("model_format"),
+                    "met": value >= target and served_cos is not None
+                    and served_cos >= MIN_COSINE})
+    return out
+
+
+def int8_markdown(results: Dict[str, Any]) -> str:
+    lines = []
+    for t in int8_targets(results):
+        lines.append(
+            f"- {t['pipeline']}: {t['system']} at {t['at']}, {t['items_per_s']:.1f} items/s = "
+            f"{t['x_hf']:.2f}x HF (target >= {t['target']}); served min cosine "
+            f"{_fmt(t['served_min_cosine'], 4)} to {t['reference']} (target >= {MIN_COSINE}; "
+            f"for scale, different inputs are {_fmt(t['between_items'], 4)} apart on average); "
+            f"accuracy gate {_fmt(t['gate_min_cosine'], 4)} on held-out calibration samples: "
+            f"{'met' if t['met'] else 'NOT met'}. Model: {t['model_format']}")
+    return "\n".join(lines)
 
 
 def targets_markdown(results: Dict[str, Any]) -> str:
@@ -125,32 +171,39 @@ def targets_markdown(results: Dict[str, Any]) -> str:
 def profile_markdown(results: Dict[str, Any]) -> str:
     lines = []
     for pipeline, result in results["pipelines"].items():
-        profile = result.get("profile")
-        if not profile:
-            continue
-        lines.append(f"py-spy, {pipeline}, default server settings under 8 requests in flight "
-                     f"({profile.get('seconds')} s at {profile.get('rate')} Hz; busy = share of "
-                     "samples where the stub was on a CPU):\n")
-        lines.append("| stub | busy | where its samples are |")
-        lines.append("|---|---:|---|")
-        for stub, data in profile.get("stubs", {}).items():
-            if "shares" not in data:
-                lines.append(f"| {stub} | - | {data.get('error', '')} |")
-                continue
-            shares = ", ".join(f"{k} {v:.0%}" for k, v in data["shares"].items())
-            svg = f" ([flame graph]({data['svg']}))" if data.get("svg") else ""
-            lines.append(f"| {stub} | {data['busy_fraction']:.0%} | {shares}{svg} |")
+        for label, profile in result.get("profiles", {}).items():
+            lines += _profile_table(pipeline, label, profile)
     return "\n".join(lines)
+
+
+def _profile_table(pipeline: str, label: str, profile: Dict[str, Any]) -> List[str]:
+    lines = [f"py-spy, {pipeline}, {label}, under 8 requests in flight "
+             f"({profile.get('seconds')} s at {profile.get('rate')} Hz; busy = share of "
+             "samples where the stub was on a CPU):\n",
+             "| stub | busy | where its samples are |", "|---|---:|---|"]
+    for stub, data in profile.get("stubs", {}).items():
+        if "shares" not in data:
+            lines.append(f"| {stub} | - | {data.get('error', '')} |")
+            continue
+        shares = ", ".join(f"{k} {v:.0%}" for k, v in data["shares"].items())
+        svg = f" ([flame graph]({data['svg']}))" if data.get("svg") else ""
+        lines.append(f"| {stub} | {data['busy_fraction']:.0%} | {shares}{svg} |")
+    lines.append("")
+    return lines
 
 
 def summary_markdown(results: Dict[str, Any]) -> str:
     out = [f"Machine: {machine_line(results['machine'])}",
-           "Served rows use the ONNX format; one item per request, towhee_rt.Client over gRPC "
-           "(mode='async_infer'); 'x' columns are ratios of items/s in this run.", "",
+           "Served rows use the fp32 ONNX format unless they say int8; one item per request, "
+           "towhee_rt.Client over gRPC (mode='async_infer'); 'x' columns are ratios of items/s "
+           "in this run ('x ceiling' against the fp32 model's ceiling).", "",
            summary_table(results)]
     target_lines = targets_markdown(results)
     if target_lines:
         out += ["", "Targets (served resnet50):", target_lines]
+    int8_lines = int8_markdown(results)
+    if int8_lines:
+        out += ["", "int8 targets (served, best point):", int8_lines]
     return "\n".join(out)
 
 
@@ -195,6 +248,7 @@ CHART_SYSTEMS = [
     (ONE_INSTANCE_PREFIX, "towhee_rt served, 1 instance x 2 threads"),
     (RECOMMENDED_PREFIX, "towhee_rt served, defaults (2 x 1 thread)"),
     (PEER, "PyTriton peer"), (CEILING, "ONNX Runtime alone (ceiling)"),
+    (SERVED_INT8, "towhee_rt served, int8"),
 ]
 
 
@@ -231,7 +285,7 @@ def chart(results: Dict[str, Any], path: Path) -> Optional[Path]:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i]) for i in range(len(CHART_SYSTEMS))]
     fig.legend(handles, [label for _, label in CHART_SYSTEMS], loc="lower center",
                ncol=4, fontsize=8, frameon=False)
-    title = "items/s per system (best concurrency / batch size; served rows: ONNX)\n" + \
+    title = "items/s per system (best concurrency / batch size; served rows: ONNX fp32 or int8)\n" + \
         "\n".join(textwrap.wrap(machine_line(results["machine"]), int(width * 14)))
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 0.9))
@@ -243,7 +297,7 @@ def chart(results: Dict[str, Any], path: Path) -> Optional[Path]:
 def write_all(results: Dict[str, Any], out_dir: Path) -> List[Path]:
     """Write results.json, results.md and items_per_s.png into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = dict(results, targets=targets(results))
+    results = dict(results, targets=targets(results), int8_targets=int8_targets(results))
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     md_path = out_dir / "results.md"

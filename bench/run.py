@@ -29,10 +29,14 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import baselines, report
-from .common import (PIPELINES, RESULTS_DIR, Measurement, items_for, machine_info,
-                     machine_line, onnx_model_file, wait_for_quiet, build_pipeline)
+from .common import (PIPELINES, RESULTS_DIR, Measurement, base_items, build_pipeline,
+                     items_for, machine_info, machine_line, onnx_model_file, wait_for_quiet)
+from .int8 import INT8, int8_configs, is_int8, served_accuracy
 from .served import (CONCURRENCY, RECOMMENDED, ServedConfig, local, measure_client,
-                     served, served_configs)
+                     served, served_configs, served_pipeline)
+
+#: The int8 model's ceiling rows (not a prefix of ``report.CEILING``: ratios use fp32's).
+INT8_CEILING = "int8 ceiling: ONNX Runtime alone on the int8 model"
 
 #: A point measured while other processes used more than this many cores is measured again.
 NOISY_CORES = 0.15
@@ -107,16 +111,19 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
     add(measured(lambda: local(pipeline, "onnx", items, latency_items, pipe_onnx), budget,
                  "local onnx"))
     # 5. the ceiling (before the servers: it is the reference for every ratio)
-    budget.quiet()
-    best, tried = baselines.onnx_ceiling(pipeline, pipe_onnx, model_file, items)
-    if best.foreign_cores and best.foreign_cores > NOISY_CORES and budget.left > 0:
-        budget.quiet(30.0)
-        best2, tried2 = baselines.onnx_ceiling(pipeline, pipe_onnx, model_file, items)
-        if best2.items_per_s > best.items_per_s:
-            best, tried = best2, tried2
-    for m in tried:
+    for m in ceiling(pipeline, pipe_onnx, model_file, items, budget):
         add(m)
     pipe_onnx.close()
+    # 2b + 5b. int8: local (the settings of the recommended int8 server) and its own ceiling
+    pipe_int8 = served_pipeline(pipeline, int8_configs(pipeline, args.quick)[0])
+    int8_file = onnx_model_file(pipe_int8, "onnx_int8")
+    extra["int8_format"] = pipe_int8.format_choice(len(pipe_int8.steps) - 1).summary()
+    label = "towhee_rt local, " + int8_configs(pipeline, args.quick)[0].label.split(",")[0]
+    add(measured(lambda: local(pipeline, "onnx_int8", items, latency_items, pipe_int8, label),
+                 budget, "local int8"))
+    for m in ceiling(pipeline, pipe_int8, int8_file, items, budget, INT8_CEILING):
+        add(m)
+    pipe_int8.close()
     # 3. towhee_rt served
     configs = served_configs(pipeline, quick=args.quick, experiments=args.experiments)
     for config, patch in configs:
@@ -125,15 +132,24 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
             with served(pipeline, config, patch_repo=patch) as (server, client, info):
                 for c in concurrencies:
                     system = f"towhee_rt served, {config.label}"
-                    settings = {**config.describe(), "startup_s": info["startup_s"]}
+                    settings = {**config.describe(), "startup_s": info["startup_s"],
+                                "model_format": info["model_format"]}
                     m = add(measured(lambda: measure_client(system, pipeline, client, items, c,
                                                             settings=settings), budget, system))
                     m.note = "; ".join(x for x in info["notes"] + [m.note] if x)
                     m.settings["config"] = config.label
                     m.settings["experiment"] = patch is not None
-                if config == RECOMMENDED and args.profile and pipeline == "resnet50":
-                    extra["profile"] = profile_recommended(pipeline, server, client, rows,
-                                                           out_dir, config)
+                if is_int8(config):
+                    accuracy = served_accuracy(pipeline, client, base_items(pipeline))
+                    extra.setdefault("int8", {})[config.label] = {
+                        "model_format": info["model_format"],
+                        "gate_min_cosine": info["gate_min_cosine"], "served": accuracy}
+                    log(f"  served int8 accuracy: min cosine {accuracy['min_cosine']} to "
+                        f"{accuracy['reference']}; gate {info['gate_min_cosine']}")
+                if config in (RECOMMENDED, INT8) and args.profile and pipeline == "resnet50":
+                    extra.setdefault("profiles", {})[config.label] = profile_recommended(
+                        pipeline, server, client, rows, out_dir, config,
+                        "profile_resnet50_int8" if is_int8(config) else "profile_resnet50")
         except Exception as exc:  # noqa: BLE001 - one failed configuration is a result too
             log(f"  FAILED: {type(exc).__name__}: {str(exc)[:500]}")
             extra.setdefault("failures", []).append(
@@ -163,9 +179,22 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
     return {"rows": [m.to_dict() for m in rows], **extra}
 
 
+def ceiling(pipeline: str, pipe, model_file: str, items, budget: Budget,
+            system: str = "ceiling: ONNX Runtime alone") -> List[Measurement]:
+    """The ceiling points (every batch size), measured again once if others loaded the CPU."""
+    budget.quiet()
+    best, tried = baselines.onnx_ceiling(pipeline, pipe, model_file, items, system=system)
+    if best.foreign_cores and best.foreign_cores > NOISY_CORES and budget.left > 0:
+        budget.quiet(30.0)
+        best2, tried2 = baselines.onnx_ceiling(pipeline, pipe, model_file, items, system=system)
+        if best2.items_per_s > best.items_per_s:
+            tried = tried2
+    return tried
+
+
 def profile_recommended(pipeline: str, server, client, rows: List[Measurement], out_dir: Path,
-                        config: ServedConfig) -> Dict[str, Any]:
-    """py-spy every stub of the recommended server under load (8 in flight)."""
+                        config: ServedConfig, prefix: str) -> Dict[str, Any]:
+    """py-spy every stub of a server under load (8 in flight); SVGs named ``prefix_*``."""
     from .profiling import profile_server
 
     rate = max((m.items_per_s for m in rows if m.settings.get("config") == config.label),
@@ -178,7 +207,7 @@ def profile_recommended(pipeline: str, server, client, rows: List[Measurement], 
         client.infer(items, mode="async_infer", concurrency=8)
 
     log("  profiling the stubs with py-spy (not timed)")
-    return profile_server(server.pid, load, out_dir, f"profile_{pipeline}", seconds=seconds)
+    return profile_server(server.pid, load, out_dir, prefix, seconds=seconds)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

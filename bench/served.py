@@ -23,7 +23,7 @@ CONCURRENCY = (1, 4, 8, 16)
 
 # ---------------------------------------------------------------------------------- local
 def local(pipeline: str, fmt: str, items: Sequence[Any], latency_items: Sequence[Any],
-          pipe=None) -> Measurement:
+          pipe=None, label: Optional[str] = None) -> Measurement:
     """``pipe(items)`` (one call, chunks of 8) for items/s; ``pipe(item)`` one by one for latency."""
     pipe = pipe or build_pipeline(pipeline, fmt)
     pipe(list(items[:8]))  # warm-up (sets up the operators)
@@ -32,7 +32,7 @@ def local(pipeline: str, fmt: str, items: Sequence[Any], latency_items: Sequence
     pipe(list(items))
     seconds = time.perf_counter() - start
     _, latencies = time_loop(pipe, latency_items)
-    label = "towhee_rt local, torch" if fmt == "torch" else f"towhee_rt local, {fmt}"
+    label = label or f"towhee_rt local, {fmt}"
     return Measurement(label, pipeline, len(items), seconds, latencies,
                        settings={"format": pipe.formats(), "chunksize": 8},
                        foreign_cores=load.cores())
@@ -113,9 +113,11 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
                           env=dict(config.server_env)) as server:
             startup = time.perf_counter() - t0
             client = Client(server.grpc_url, model_name=repo.model_name)
+            choice = pipe.format_choice(len(pipe.steps) - 1)
             try:
                 yield server, client, {"notes": notes, "startup_s": round(startup, 1),
-                                       "repo": str(repo.path)}
+                                       "repo": str(repo.path), "model_format": choice.summary(),
+                                       "gate_min_cosine": choice.min_cosine}
             finally:
                 client.close()
         pipe.close()
@@ -203,9 +205,12 @@ def patch_ort_no_spinning(repo) -> str:
 
 
 def served_configs(pipeline: str, quick: bool = False, experiments: bool = False):
-    """(config, repository patch or None) pairs measured for ``pipeline``."""
+    """(config, repository patch or None) pairs measured for ``pipeline``: fp32, then int8."""
+    from .int8 import int8_configs
+
+    int8 = [(config, None) for config in int8_configs(pipeline, quick)]
     if quick:
-        return [(RECOMMENDED, None), (ONE_INSTANCE, None)]
+        return [(RECOMMENDED, None), (ONE_INSTANCE, None)] + int8
     configs = [
         (RECOMMENDED, None),
         (ServedConfig("2 model instances + dynamic batching", model_instances=2,
@@ -219,4 +224,4 @@ def served_configs(pipeline: str, quick: bool = False, experiments: bool = False
         configs.append((ServedConfig(
             "experiment: 1 instance + dynamic batching, ONNX Runtime spinning off (code change)",
             model_instances=1, dynamic_batching=True), patch_ort_no_spinning))
-    return configs
+    return configs + int8

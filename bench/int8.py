@@ -1,0 +1,89 @@
+"""The int8 rows: served ``onnx_int8`` pipelines, their ceiling, and what the server returns.
+
+Throughput rows come from the same harness as the fp32 rows (``run.py``); this module adds the
+settings and the accuracy checks of the served int8 output against fp32 references:
+
+* images: towhee_rt's local pipeline with the torch format (the same seeded weights as the
+  served model, eager fp32 torch, full-size decode) on the test images: the end-to-end effect
+  of int8 *and* of the reduced-scale decode. (The HF-style embedder cannot serve as reference:
+  its timm/open_clip weights are another random draw.)
+* MiniLM: the served embeddings of sentences that are neither calibration nor bench inputs
+  against ``SentenceTransformer.encode`` in fp32 (the real weights).
+
+The accuracy gate's own figure (held-out calibration samples, fp32 ONNX vs int8 ONNX) is
+recorded beside them.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import numpy as np
+
+from .served import ServedConfig
+
+#: JPEGs at least twice this on their shorter side are decoded at 1/2, 1/4 or 1/8 scale; both
+#: models resize the shorter side to at most 236 px, so they never upscale what was saved.
+MIN_SIDE = 256
+
+INT8 = ServedConfig("int8 (onnx_int8) + decode min_side=256, 2 model instances x 1 thread",
+                    format="onnx_int8", decode_params=(("min_side", MIN_SIDE),))
+INT8_FULL_DECODE = ServedConfig("int8 (onnx_int8), full-size decode, 2 model instances x 1 thread",
+                                format="onnx_int8")
+INT8_TEXT = ServedConfig("int8 (onnx_int8), 2 model instances x 1 thread", format="onnx_int8")
+
+#: Held-out sentences for the MiniLM accuracy check: not in ``common.SENTENCES`` (the bench
+#: inputs, which also calibrate), of mixed length, with the short ones int8 finds hardest.
+HELD_OUT_SENTENCES = [
+    "Triton Inference Server serves models over gRPC and HTTP.",
+    "Quantization trades a little accuracy for a lot of speed on CPUs.",
+    "The weather today is sunny with a light breeze.",
+    "Stock markets fell sharply after the announcement.",
+    "Yes", "hi", "Sure thing.", "What time does the museum open on Sundays?",
+    "A long sentence about nothing in particular, written to see whether the embedding of a "
+    "rambling paragraph with many clauses stays close to its full-precision value.",
+]
+
+
+def int8_configs(pipeline: str, quick: bool = False) -> List[ServedConfig]:
+    """The served int8 settings measured for ``pipeline`` (the first is the recommended one)."""
+    if pipeline == "minilm":
+        return [INT8_TEXT]
+    if pipeline == "resnet50" and not quick:
+        return [INT8, INT8_FULL_DECODE]
+    return [INT8]
+
+
+def is_int8(config: ServedConfig) -> bool:
+    return config.format == "onnx_int8"
+
+
+def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
+def served_accuracy(pipeline: str, client, items: List[Any]) -> Dict[str, Any]:
+    """Min cosine of the served embeddings to the fp32 reference (see the module docstring)."""
+    if pipeline == "minilm":
+        from .baselines import hf_embedder
+
+        inputs = HELD_OUT_SENTENCES
+        embed = hf_embedder(pipeline)
+        reference = np.stack([embed(item) for item in inputs])
+        what = "sentence-transformers fp32 on held-out sentences"
+    else:
+        from .common import build_pipeline
+
+        inputs = list(items)
+        pipe = build_pipeline(pipeline, "torch")
+        reference = np.stack(pipe(inputs))
+        pipe.close()
+        what = "towhee_rt local fp32 torch (full-size decode) on the test images"
+    served = np.stack(client.infer(inputs, mode="async_infer", concurrency=4))
+    unit = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    between = (unit @ unit.T)[~np.eye(len(unit), dtype=bool)]
+    # The scale for the figure above: random-weight image models map different images to
+    # vectors only ~0.07 of cosine apart, so 1 - min_cosine is best read against that.
+    return {"min_cosine": round(_min_cosine(served, reference), 4), "reference": what,
+            "items": len(inputs), "mean_cosine_between_items": round(float(between.mean()), 4)}
