@@ -1,13 +1,14 @@
 """CPU int8: ONNX Runtime quantization of the exported model, behind an accuracy gate.
 
 Each model kind has a list of quantization recipes, fastest first. Image models (float inputs)
-are quantized statically (QDQ, per-channel int8 weights, uint8 activations) with calibration on
-the user's samples, passed through the pipeline's own operators up to the model. Text models
-(integer token inputs) try dynamic quantization, then int8 weights in blocks with int8 compute
-(``MatMulNBits``), whose per-block activation scales survive the outlier features of small
-transformers that per-tensor dynamic quantization does not. The first recipe whose outputs on
-the calibration samples keep a cosine similarity of at least ``int8_min_cosine`` (default 0.99)
-to the fp32 model's is then checked on held-out samples: the accuracy gate.
+start with static quantization (QDQ, per-channel int8 weights, uint8 activations) calibrated on
+the user's samples, passed through the pipeline's own operators up to the model; text models
+(integer token inputs) with dynamic quantization. Both fall back to int8 MatMul weights in
+blocks with int8 compute (``MatMulNBits``), whose per-block activation scales survive the
+outlier features of transformers that per-tensor activation scales do not. The first recipe
+whose outputs on the calibration samples keep a cosine similarity of at least
+``int8_min_cosine`` (default 0.99) to the fp32 model's is then checked on held-out samples: the
+accuracy gate.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ log = logging.getLogger("towhee_rt")
 DEFAULT_MIN_COSINE = 0.99
 #: Random inputs used when the user gives no calibration samples (with a warning).
 RANDOM_SAMPLES = 12
-#: Block sizes of the blockwise text recipe, fastest (least accurate) first. MiniLM on 2 cores,
+#: Block sizes of the blockwise recipe, fastest (least accurate) first. MiniLM on 2 cores,
 #: one thread: 275/250/226 sentences/s vs 168 in fp32, min cosine 0.993/0.997/0.998 on short
 #: sentences, where per-tensor dynamic quantization (454 sentences/s) fell to 0.969.
 BLOCK_SIZES = (128, 64, 32)
