@@ -85,17 +85,22 @@ def test_bad_calibration_samples_are_skipped_with_a_warning(good_dir, bad_dir, c
     assert "calibration sample 12 skipped" in caplog.text and "empty.jpg" in caplog.text
 
 
-def test_minilm_int8_keeps_cosine_to_sentence_transformers_on_held_out_sentences():
+def test_minilm_int8_keeps_cosine_to_sentence_transformers_on_held_out_sentences(
+        tmp_path, monkeypatch):
     from sentence_transformers import SentenceTransformer
 
     from towhee_rt.backends.text_embedding import bundled_minilm_dir
 
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)  # regression: quantizing once left 90 MB of weights in the cwd
     pipe = (towhee.dummy_input()
             .pipeline_config(format_priority=["onnx_int8"], calibration_data=SENTENCES)
             .text_embedding.sentence_transformers().as_function())
     choice = pipe.format_choice(0)
     assert choice.format == "onnx_int8" and choice.min_cosine >= 0.99
     assert "blocks of" in choice.summary()  # the dynamic recipe fails on the short sentences
+    assert list(cwd.iterdir()) == []
     ours = np.stack(pipe(HELD_OUT))
     reference = SentenceTransformer(bundled_minilm_dir(), device="cpu").encode(HELD_OUT)
     cosine = (ours * reference).sum(1) / (np.linalg.norm(ours, axis=1) *
