@@ -28,6 +28,16 @@ GOOD_SHAPES = {
 BAD_FILES = ["empty.jpg", "not_an_image.jpg", "truncated.jpg", "corrupted_scan.jpg",
              "bomb_50000x50000.png"]
 
+#: Sentences to calibrate int8 text models with, short ones included (they are the hardest).
+CALIBRATION_SENTENCES = [
+    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
+    "A man is riding a horse.", "A woman is playing violin.", "A monkey is playing drums.",
+    "Two men pushed carts through the woods.", "Paris is the capital of France.",
+    "Someone in a gorilla costume is playing a set of drums.", "How do I reset my password?",
+    "Embeddings map text to vectors so that similar meanings are close.",
+    "The quick brown fox jumps over the lazy dog.", "OK.", "No way!", "Thanks",
+]
+
 
 @pytest.fixture(scope="session")
 def good_dir() -> Path:

@@ -1,7 +1,8 @@
 """Served output equals local output, for every README pipeline, over gRPC and HTTP.
 
-One real tritonserver serves one repository holding four pipelines (image decode + timm, CLIP
-image, CLIP text, MiniLM), with dynamic batching and two instances of the model operators.
+One real tritonserver serves one repository holding the README pipelines (image decode + timm,
+CLIP image, CLIP text, MiniLM), timm in ONNX, and timm and MiniLM in int8, with dynamic batching
+and two instances of the model operators.
 """
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ import pytest
 import towhee_rt as towhee
 from towhee_rt.errors import ItemError, PipelineError
 
-from ..conftest import BAD_FILES, GOOD_SHAPES
+from ..conftest import BAD_FILES, CALIBRATION_SENTENCES, GOOD_SHAPES
 
 pytestmark = pytest.mark.integration
 
@@ -40,14 +41,28 @@ def _pipelines():
             "image_onnx": image_onnx}
 
 
+def _int8_pipelines(good_dir):
+    images = [str(good_dir / n) for n in GOOD_SHAPES]
+    image_int8 = (towhee.dummy_input()
+                  .pipeline_config(format_priority=["onnx_int8"], calibration_data=images)
+                  .image_decode.cv2_rgb(min_side=256)
+                  .image_embedding.timm(model_name="test_resnet", op_config=MODEL_OPS)
+                  .as_function())
+    minilm_int8 = (towhee.dummy_input()
+                   .pipeline_config(format_priority=["onnx_int8"],
+                                    calibration_data=CALIBRATION_SENTENCES)
+                   .text_embedding.sentence_transformers(op_config=MODEL_OPS).as_function())
+    return {"image_int8": image_int8, "minilm_int8": minilm_int8}
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, good_dir):
-    pipes = _pipelines()
+    pipes = {**_pipelines(), **_int8_pipelines(good_dir)}
     repo_dir = tmp_path_factory.mktemp("repo")
     for name, pipe in pipes.items():
         towhee.build_model_repo(pipe, repo_dir, model_name=name, overwrite=True)
     images = [str(good_dir / n) for n in GOOD_SHAPES]
-    local = {name: pipe(SENTENCES if "text" in name or name == "minilm" else images)
+    local = {name: pipe(SENTENCES if "text" in name or "minilm" in name else images)
              for name, pipe in pipes.items()}
     with towhee.serve(repo_dir, grpc_port=0, http_port=0, metrics_port=0) as server:
         yield server, local, images
@@ -115,6 +130,29 @@ def test_onnx_format_is_served_within_the_parity_bound_of_torch(served):
     _assert_close(results, local["image_onnx"])  # same runtime: equal to the local ONNX run
     for got, want in zip(results, local["image"]):  # and within parity of the torch format
         assert float(np.max(np.abs(got - want))) / float(np.max(np.abs(want))) <= 1e-4
+
+
+def test_int8_image_model_is_served_like_local_and_close_to_fp32(served):
+    server, local, images = served
+    results = towhee.dc(images).remote(url=server.grpc_url, model_name="image_int8",
+                                       mode="async_infer")
+    _assert_close(results, local["image_int8"])  # the repository carries the gated int8 model
+    for got, want in zip(results, local["image"]):  # fp32 torch with full-size decode
+        assert float(got @ want / np.linalg.norm(got) / np.linalg.norm(want)) >= 0.99
+
+
+def test_int8_minilm_served_keeps_cosine_to_sentence_transformers(served):
+    from sentence_transformers import SentenceTransformer
+
+    from towhee_rt.backends.text_embedding import bundled_minilm_dir
+
+    server, _, _ = served
+    results = np.stack(towhee.dc(SENTENCES).remote(url=server.grpc_url, model_name="minilm_int8",
+                                                   mode="async_infer"))
+    reference = SentenceTransformer(bundled_minilm_dir(), device="cpu").encode(SENTENCES)
+    cosine = (results * reference).sum(1) / (np.linalg.norm(results, axis=1) *
+                                             np.linalg.norm(reference, axis=1))
+    assert cosine.min() >= 0.99, cosine
 
 
 def test_unknown_model_gives_a_clear_client_error(served):

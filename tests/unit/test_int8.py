@@ -9,16 +9,8 @@ import towhee_rt as towhee
 from towhee_rt.accel import formats
 from towhee_rt.triton import config as tc
 
-from ..conftest import GOOD_SHAPES
+from ..conftest import CALIBRATION_SENTENCES as SENTENCES, GOOD_SHAPES
 
-SENTENCES = [
-    "A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
-    "A man is riding a horse.", "A woman is playing violin.", "A monkey is playing drums.",
-    "Two men pushed carts through the woods.", "Paris is the capital of France.",
-    "Someone in a gorilla costume is playing a set of drums.", "How do I reset my password?",
-    "Embeddings map text to vectors so that similar meanings are close.",
-    "The quick brown fox jumps over the lazy dog.", "OK.", "No way!", "Thanks",
-]
 #: Short sentences are where per-tensor dynamic quantization fails MiniLM (cosine 0.969).
 HELD_OUT = ["Triton Inference Server serves models over gRPC and HTTP.",
             "Quantization trades a little accuracy for a lot of speed on CPUs.",
