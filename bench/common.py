@@ -111,8 +111,9 @@ def build_pipeline(pipeline: str, fmt: str = "torch", decode_config: Optional[di
                    **model_params):
     """A towhee_rt ``Pipeline`` for ``pipeline`` with the torch format or ``format_priority=[fmt]``.
 
-    ``onnx_int8`` is calibrated on :func:`calibration_items`; it fails (no silent fallback to
-    another format) when the accuracy gate rejects the quantized model.
+    ``onnx_int8`` is calibrated on :func:`calibration_items`. When a format fails (e.g. the
+    accuracy gate), towhee_rt falls back to torch: callers that measure a format check it with
+    ``onnx_model_file(pipe, fmt)``.
     """
     import towhee_rt as towhee
 
