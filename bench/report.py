@@ -22,6 +22,11 @@ INT8_TARGETS = {"resnet50": 4.0, "minilm": 2.0}
 MIN_COSINE = 0.99
 
 
+def _served_int8(row: Dict[str, Any]) -> bool:
+    settings = row.get("settings", {})
+    return row["system"].startswith(SERVED) and settings.get("format") == "onnx_int8"
+
+
 def best_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """One row per system: the highest items/s among its points (concurrency, batch size)."""
     best: Dict[str, Dict[str, Any]] = {}
@@ -99,7 +104,7 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     hf, ceiling, peer = _find(rows, HF), _find(rows, CEILING), _find(rows, PEER)
     candidates = [r for r in rows if r["system"].startswith(SERVED)
                   and not r.get("settings", {}).get("experiment")
-                  and not r["system"].startswith(SERVED_INT8)]  # issue 5 is about fp32
+                  and not _served_int8(r)]  # issue 5 is about fp32
     out = []
     for label, row in (("defaults (the recommended settings)", _find(rows, RECOMMENDED_PREFIX)),
                        ("best served fp32 (any product setting)",
@@ -126,11 +131,11 @@ def int8_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
             continue
         rows = best_rows(result["rows"])
         hf = _find(rows, HF)
-        row = max((r for r in rows if r["system"].startswith(SERVED_INT8)),
+        row = max((r for r in rows if _served_int8(r)),
                   key=lambda r: r["items_per_s"], default=None)
         if row is None or hf is None:
             continue
-        accuracy = result.get("int8", {}).get(row["system"][len(SERVED):], {})
+        accuracy = result.get("int8", {}).get(row["settings"].get("config"), {})
         served_cos = accuracy.get("served", {}).get("min_cosine")
         value = row["items_per_s"] / hf["items_per_s"]
         out.append({"pipeline": pipeline, "system": row["system"], "at": _at(row),
@@ -285,7 +290,8 @@ def chart(results: Dict[str, Any], path: Path) -> Optional[Path]:
     handles = [plt.Rectangle((0, 0), 1, 1, color=colors[i]) for i in range(len(CHART_SYSTEMS))]
     fig.legend(handles, [label for _, label in CHART_SYSTEMS], loc="lower center",
                ncol=4, fontsize=8, frameon=False)
-    title = "items/s per system (best concurrency / batch size; served rows: ONNX fp32 or int8)\n" + \
+    title = ("items/s per system (best concurrency / batch size; served rows: ONNX fp32 "
+             "or int8)\n") + \
         "\n".join(textwrap.wrap(machine_line(results["machine"]), int(width * 14)))
     fig.suptitle(title, fontsize=8)
     fig.tight_layout(rect=(0, 0.1, 1, 0.9))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
@@ -84,8 +85,12 @@ def recipes(op: ModelOperator) -> List[Recipe]:
         for block in BLOCK_SIZES]
 
 
-def quantize(recipe: Recipe, fp32_onnx: Path, calibration: Sequence[ModelBatch]) -> Path:
-    """The int8 ONNX file made by ``recipe`` (cached by fp32 model, recipe and calibration)."""
+def quantize(recipe: Recipe, fp32_onnx: Path, calibration: Sequence[ModelBatch],
+             prepared: Callable[[], Path]) -> Path:
+    """The int8 ONNX file made by ``recipe`` (cached by fp32 model, recipe and calibration).
+
+    ``prepared()`` gives the pre-processed fp32 model; it is called only on a cache miss.
+    """
     digest = hashlib.sha256()
     if recipe.calibrated:
         for batch in calibration:
@@ -94,16 +99,20 @@ def quantize(recipe: Recipe, fp32_onnx: Path, calibration: Sequence[ModelBatch])
     key = cache.cache_key(fp32=fp32_onnx.name, method=recipe.name + "+preprocessed",
                           calibration=digest.hexdigest(),
                           versions=cache.library_versions(["onnxruntime"]))
+    return cache.cached_file("onnx_int8", key, ".onnx",
+                             lambda target: recipe.apply(prepared(), target, calibration))
 
-    def produce(target: Path) -> None:
-        prepared = target.with_name(target.name + ".prepared.onnx")
-        try:
-            _prepare(fp32_onnx, prepared)
-            recipe.apply(prepared, target, calibration)
-        finally:
-            prepared.unlink(missing_ok=True)
 
-    return cache.cached_file("onnx_int8", key, ".onnx", produce)
+class _Prepared:
+    """The pre-processed fp32 model in ``workdir``, made on first use and then reused."""
+
+    def __init__(self, source: Path, workdir: Path):
+        self._source, self._path = source, workdir / "prepared.onnx"
+
+    def __call__(self) -> Path:
+        if not self._path.exists():
+            _prepare(self._source, self._path)
+        return self._path
 
 
 def _prepare(source: Path, target: Path) -> None:
@@ -180,12 +189,14 @@ def _quantize_dynamic(source: Path, target: Path) -> None:
                      op_types_to_quantize=["MatMul"])
 
 
-def min_cosine(candidate: Runner, reference: Runner, held_out: Sequence[ModelBatch]) -> float:
-    """The smallest cosine similarity between the two runners' outputs over ``held_out``."""
+def min_cosine(candidate: Runner, batches: Sequence[ModelBatch],
+               expected: Sequence[np.ndarray]) -> float:
+    """The smallest cosine similarity between ``candidate``'s outputs on ``batches`` and
+    ``expected`` (the fp32 model's outputs on the same batches)."""
     worst = 1.0
-    for batch in held_out:
+    for batch, want in zip(batches, expected):
         a = np.asarray(candidate.run(batch), dtype=np.float64)
-        b = np.asarray(reference.run(batch), dtype=np.float64)
+        b = np.asarray(want, dtype=np.float64)
         cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1),
                                           1e-12)
         worst = min(worst, float(cos.min()))
@@ -208,25 +219,28 @@ def int8_runner(op: ModelOperator, fp32_onnx: Path, samples: Sequence[ModelBatch
     held-out ones; :class:`FormatError` with the reasons when none does."""
     calibration, held_out = split_samples(samples)
     reference = OnnxRunner(str(fp32_onnx))
+    expected = [reference.run(batch) for batch in calibration]
     tried = []
-    for recipe in recipes(op):
-        try:
-            path = quantize(recipe, fp32_onnx, calibration)
-            runner = OnnxRunner(str(path), fmt="onnx_int8")
-            cosine = min_cosine(runner, reference, calibration)
-        except Exception as exc:  # noqa: BLE001 - e.g. an onnxruntime without the operator
-            tried.append(f"{recipe.name}: {str(exc).splitlines()[0][:200]}")
-            continue
-        if cosine < threshold:
-            tried.append(f"{recipe.name}: min cosine {cosine:.4f} on calibration samples")
-            log.info("%s: onnx_int8 recipe %s below the gate (%.4f); trying the next",
-                     op.name, recipe.name, cosine)
-            continue
-        gate = min_cosine(runner, reference, held_out)
-        if gate < threshold:
-            raise FormatError(f"accuracy gate failed: min cosine to fp32 {gate:.4f} < "
-                              f"{threshold} on {len(held_out)} held-out samples "
-                              f"({recipe.description})")
-        return Int8Model(path, runner, recipe, gate)
+    with tempfile.TemporaryDirectory(prefix="towhee_rt-int8-") as workdir:
+        prepared = _Prepared(fp32_onnx, Path(workdir))
+        for recipe in recipes(op):
+            try:
+                path = quantize(recipe, fp32_onnx, calibration, prepared)
+                runner = OnnxRunner(str(path), fmt="onnx_int8")
+                cosine = min_cosine(runner, calibration, expected)
+            except Exception as exc:  # noqa: BLE001 - e.g. an onnxruntime without the operator
+                tried.append(f"{recipe.name}: {str(exc).splitlines()[0][:200]}")
+                continue
+            if cosine < threshold:
+                tried.append(f"{recipe.name}: min cosine {cosine:.4f} on calibration samples")
+                log.info("%s: onnx_int8 recipe %s below the gate (%.4f); trying the next",
+                         op.name, recipe.name, cosine)
+                continue
+            gate = min_cosine(runner, held_out, [reference.run(batch) for batch in held_out])
+            if gate < threshold:
+                raise FormatError(f"accuracy gate failed: min cosine to fp32 {gate:.4f} < "
+                                  f"{threshold} on {len(held_out)} held-out samples "
+                                  f"({recipe.description})")
+            return Int8Model(path, runner, recipe, gate)
     raise FormatError(f"accuracy gate failed: no int8 recipe keeps min cosine to fp32 >= "
                       f"{threshold} ({'; '.join(tried)})")
