@@ -103,7 +103,6 @@ def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
     rows = best_rows(result["rows"])
     hf, ceiling, peer = _find(rows, HF), _find(rows, CEILING), _find(rows, PEER)
     candidates = [r for r in rows if r["system"].startswith(SERVED)
-                  and not r.get("settings", {}).get("experiment")
                   and not _served_int8(r)]  # issue 5 is about fp32
     out = []
     for label, row in (("defaults (the recommended settings)", _find(rows, RECOMMENDED_PREFIX)),

@@ -1,7 +1,7 @@
 """towhee_rt against the tools its users would pick instead, measured in one run.
 
     python -m bench.run [--quick] [--pipelines resnet50,clip,minilm] [--requests N]
-                        [--no-profile] [--experiments] [--out bench/results]
+                        [--no-profile] [--out bench/results]
 
 For each pipeline (timm resnet50 and open_clip ViT-B/32 image embedding on the shared test
 images sent as encoded bytes; all-MiniLM-L6-v2 on sentences of mixed length), on this machine:
@@ -125,13 +125,12 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
         extra.setdefault("failures", []).append(
             {"system": "towhee_rt local, int8", "error": f"{type(exc).__name__}: {exc}"[:2000]})
     # 3. towhee_rt served
-    configs = served_configs(pipeline, quick=args.quick, experiments=args.experiments)
-    for config, patch in configs:
+    for config in served_configs(pipeline, quick=args.quick):
         log(f" served: {config.label}")
         # int8 serves ~3x faster: 3x the requests keeps each point's window near 2 s.
         point_items = items_for(pipeline, 3 * n) if is_int8(config) else items
         try:
-            with served(pipeline, config, patch_repo=patch) as (server, client, info):
+            with served(pipeline, config) as (server, client, info):
                 for c in concurrencies:
                     system = f"towhee_rt served, {config.label}"
                     settings = {**config.describe(), "startup_s": info["startup_s"],
@@ -141,7 +140,6 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
                                                             settings=settings), budget, system))
                     m.note = "; ".join(x for x in info["notes"] + [m.note] if x)
                     m.settings["config"] = config.label
-                    m.settings["experiment"] = patch is not None
                 if is_int8(config):
                     accuracy = served_accuracy(pipeline, client, base_items(pipeline))
                     extra.setdefault("int8", {})[config.label] = {
@@ -241,9 +239,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the py-spy profile of the recommended resnet50 server")
-    parser.add_argument("--experiments", action="store_true",
-                        help="also measure a proposed towhee_rt change (resnet50) on a patched "
-                             "copy of the generated repository")
     parser.add_argument("--quiet-budget", type=float, default=None,
                         help="max seconds to wait in total for other jobs to leave the CPU")
     args = parser.parse_args(argv)

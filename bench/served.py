@@ -182,46 +182,18 @@ LOW_LATENCY = ServedConfig("1 model instance x 2 threads + dynamic batching", mo
                            dynamic_batching=True)
 
 
-def patch_ort_no_spinning(repo) -> str:
-    """Experiment: the repository's copy of ``OnnxRunner`` with intra-op spinning off.
-
-    Measures the proposed towhee_rt change (``backends/_runners.py``, ``OnnxRunner.__init__``:
-    ``options.add_session_config_entry('session.intra_op.allow_spinning', '0')``) without
-    touching towhee_rt itself: only the generated repository's ``towhee_ops/_runners.py``.
-    """
-    anchor = "options.inter_op_num_threads = 1"
-    patched = 0
-    for path in Path(repo.path).glob("*/1/towhee_ops/_runners.py"):
-        text = path.read_text()
-        if anchor in text:
-            indent = text[:text.index(anchor)].rsplit("\n", 1)[1]
-            text = text.replace(anchor, anchor + "\n" + indent + "options.add_session_config_entry("
-                                "'session.intra_op.allow_spinning', '0')", 1)
-            path.write_text(text)
-            patched += 1
-    if not patched:
-        raise RuntimeError("patch_ort_no_spinning: OnnxRunner changed; update the experiment")
-    return f"experiment: ONNX Runtime intra-op spinning off in {patched} repository copies"
-
-
-def served_configs(pipeline: str, quick: bool = False, experiments: bool = False):
-    """(config, repository patch or None) pairs measured for ``pipeline``: fp32, then int8."""
+def served_configs(pipeline: str, quick: bool = False) -> List[ServedConfig]:
+    """The server settings measured for ``pipeline``: fp32, then int8."""
     from .int8 import int8_configs
 
-    int8 = [(config, None) for config in int8_configs(pipeline, quick)]
     if quick:
-        return [(RECOMMENDED, None), (ONE_INSTANCE, None)] + int8
-    configs = [
-        (RECOMMENDED, None),
-        (ServedConfig("2 model instances + dynamic batching", model_instances=2,
-                      dynamic_batching=True), None),
-        (ONE_INSTANCE, None),
-        (LOW_LATENCY, None),
-        (ServedConfig("defaults, OMP_NUM_THREADS=2 (the stubs before 5577898)",
-                      server_env=OMP_PER_CORE), None),
-    ]
-    if experiments and pipeline == "resnet50":
-        configs.append((ServedConfig(
-            "experiment: 1 instance + dynamic batching, ONNX Runtime spinning off (code change)",
-            model_instances=1, dynamic_batching=True), patch_ort_no_spinning))
-    return configs + int8
+        return [RECOMMENDED, ONE_INSTANCE] + int8_configs(pipeline, quick)
+    return [
+        RECOMMENDED,
+        ServedConfig("2 model instances + dynamic batching", model_instances=2,
+                     dynamic_batching=True),
+        ONE_INSTANCE,
+        LOW_LATENCY,
+        ServedConfig("defaults, OMP_NUM_THREADS=2 (the stubs before 5577898)",
+                     server_env=OMP_PER_CORE),
+    ] + int8_configs(pipeline, quick)

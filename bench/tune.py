@@ -19,17 +19,19 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .common import RESULTS_DIR, items_for, machine_info, machine_line, wait_for_quiet
-from .served import OMP_PER_CORE, RECOMMENDED, ServedConfig, patch_ort_no_spinning, sweep
+from .served import OMP_PER_CORE, RECOMMENDED, ServedConfig, sweep
 
-NO_SPIN = patch_ort_no_spinning
 NOISY_CORES = 0.15
 OLD = " (OMP_NUM_THREADS=2: the stubs before 5577898)"
 
 
 def settings() -> List[tuple]:
-    """(config, patch) pairs: product knobs first, then the old thread default, then the
-    proposed code changes. The generated model.py sets OMP_NUM_THREADS=1 unless the server's
-    environment says otherwise, so ``OMP_PER_CORE`` measures the behaviour before that."""
+    """(config, repository patch or None) pairs: product knobs first, then the old thread
+    default; a proposed code change is measured with a patch of the generated repository
+    (``served.served(patch_repo=...)``), as the ONNX Runtime spinning experiment was before
+    it became OnnxRunner's default (``tuning.md``). The generated model.py sets
+    OMP_NUM_THREADS=1 unless the server's environment says otherwise, so ``OMP_PER_CORE``
+    measures the behaviour before that."""
     db = True
     return [
         (ServedConfig("1 instance x 2 threads", model_instances=1), None),
@@ -50,10 +52,6 @@ def settings() -> List[tuple]:
         (ServedConfig("1 instance + dynamic batching" + OLD, model_instances=1,
                       dynamic_batching=db, server_env=OMP_PER_CORE), None),
         (ServedConfig("2 instances" + OLD, model_instances=2, server_env=OMP_PER_CORE), None),
-        (ServedConfig("experiment: 1 instance x 2 threads, ONNX Runtime spinning off",
-                      model_instances=1), NO_SPIN),
-        (ServedConfig("experiment: 1 instance + dynamic batching, ONNX Runtime spinning off",
-                      model_instances=1, dynamic_batching=db), NO_SPIN),
     ]
 
 
