@@ -13,8 +13,9 @@ from .errors import (ClientError, ConfigError, DockerError, FormatError, ItemErr
                      PipelineError, ServerError, TowheeRTError)
 from .operator import Operator, OperatorInputError, TensorSpec
 from .pipeline import Pipeline, PipelineBuilder, dummy_input
-# Imported eagerly: importing the submodule later would otherwise replace this attribute.
-from .serve import serve
+# Not `from .serve import serve`: the towhee_rt.serve module is `python -m towhee_rt.serve`,
+# which must not be imported before it runs (RuntimeWarning); it is callable, like this function.
+from .triton.server import serve
 from .triton.docker import build_docker_image
 from .triton.repository import ModelRepository, build_model_repo
 

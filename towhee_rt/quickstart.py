@@ -1,6 +1,7 @@
 """The quick-start job: build the seed's image pipeline, serve it, query it, compare with local.
 
-    python -m towhee_rt.quickstart [--images DIR] [--model-name resnet50] [--repo DIR]
+    towhee-rt quickstart --images DIR [--model-name resnet50] [--repo DIR]
+    python -m towhee_rt.quickstart --images DIR ...      (the same)
 
 1. builds ``image_decode.cv2_rgb -> image_embedding.timm(model_name)`` (random weights: no
    model hub here) and runs it locally on every image;
@@ -8,6 +9,9 @@
 3. sends the images over gRPC and prints one row per file (shape, latency, max relative error
    between the served and the local vector), plus the named error of every bad image;
 4. stops the server. Exits non-zero if a served vector differs from its local one.
+
+``DIR`` holds ``good/`` images (embedded and compared) and optionally ``bad/`` ones (whose
+named errors are shown); from a checkout, ``bash .ci/main`` passes the shared test images.
 """
 from __future__ import annotations
 
@@ -20,34 +24,41 @@ from typing import List, Optional
 
 import numpy as np
 
-DEFAULT_IMAGES = Path(__file__).resolve().parents[1].parent / "shared" / "testdata" / "images"
+DESCRIPTION = __doc__.split("\n\n")[0]
 TOLERANCE = 1e-5
 
 
-def max_relative_error(served: np.ndarray, local: np.ndarray) -> float:
-    """max |served - local| / max |local| (0 when both are zero)."""
-    scale = float(np.max(np.abs(local))) or 1.0
-    return float(np.max(np.abs(served - local))) / scale
-
-
 def main(argv: Optional[List[str]] = None) -> int:
-    import towhee_rt as towhee
-    from towhee_rt.errors import ItemError
-    from towhee_rt.serve import serve
-
+    """``python -m towhee_rt.quickstart``: parse ``argv`` and :func:`run`; the exit code."""
     parser = argparse.ArgumentParser(prog="python -m towhee_rt.quickstart",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=Path, default=DEFAULT_IMAGES,
-                        help="folder with good/ and bad/ (default: shared/testdata/images)")
+                                     description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the quick start's options to ``parser``."""
+    parser.add_argument("--images", type=Path, required=True, metavar="DIR",
+                        help="folder with good/ and bad/ images (in a checkout: "
+                             "../shared/testdata/images; bash .ci/main passes it)")
     parser.add_argument("--model-name", default="resnet50", help="timm model (default resnet50)")
     parser.add_argument("--repo", type=Path, default=None,
                         help="where to write the repository (default: a temporary folder)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """The quick start on parsed arguments; 0 when every served vector matches its local one."""
+    import towhee_rt as towhee
+    from towhee_rt.errors import ItemError
+    from towhee_rt.triton.server import serve
 
     good = sorted((args.images / "good").glob("*"))
     bad = sorted((args.images / "bad").glob("*"))
     if not good:
-        parser.error(f"no images in {args.images / 'good'}")
+        print(f"error: --images {args.images}: no images in {args.images / 'good'}; pass a "
+              "folder holding good/ (and optionally bad/) images, e.g. "
+              "../shared/testdata/images from a checkout", file=sys.stderr)
+        return 2
     pipe = (towhee.dummy_input()
             .image_decode.cv2_rgb()
             .image_embedding.timm(model_name=args.model_name)
@@ -74,13 +85,15 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 def _query_and_print(towhee, url: str, files: List[Path], local: List[np.ndarray]) -> float:
+    from towhee_rt.accel.parity import relative_error
+
     print(f"\n{'file':<26} {'shape':>8} {'norm':>9} {'ms':>8} {'max rel err':>12}")
     worst = 0.0
     for path, expected in zip(files, local):
         start = time.perf_counter()
         (vector,) = towhee.dc([str(path)]).remote(url=url, mode="infer", protocol="grpc")
         ms = (time.perf_counter() - start) * 1000
-        err = max_relative_error(vector, expected)
+        err = relative_error(vector, expected)
         worst = max(worst, err)
         print(f"{path.name:<26} {str(vector.shape):>8} {np.linalg.norm(vector):9.3f} "
               f"{ms:8.1f} {err:12.2e}")

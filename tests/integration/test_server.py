@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 
 from towhee_rt.errors import ServerError
-from towhee_rt.serve import serve
 from towhee_rt.triton.docker import docker_engine_available
 from towhee_rt.triton.server import (ServerStartError, TritonServer, build_command,
-                                     docker_command, find_free_port, parse_failed_models)
+                                     docker_command, find_free_port, parse_failed_models, serve)
 
 from ._tiny_repo import write_tiny_repo
 
@@ -259,20 +258,28 @@ class _Lines:
         return self.text
 
 
-def _cli(args: List[str]) -> subprocess.Popen:
+#: The two spellings of the serve command: the old module and the package's command line.
+SERVE_SHIM = ["-m", "towhee_rt.serve"]
+SERVE_COMMAND = ["-m", "towhee_rt", "serve"]
+
+
+def _cli(args: List[str], command: List[str] = SERVE_SHIM) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "towhee_rt.serve", *args], env=env,
+    return subprocess.Popen([sys.executable, *command, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_cli_serves_and_exits_0_on_signal(tmp_path, stop_signal):
+@pytest.mark.parametrize("stop_signal, command", [(signal.SIGINT, SERVE_SHIM),
+                                                  (signal.SIGTERM, SERVE_COMMAND)],
+                         ids=["SIGINT-towhee_rt.serve", "SIGTERM-towhee_rt serve"])
+def test_cli_serves_and_exits_0_on_signal(tmp_path, stop_signal, command):
     import tritonclient.grpc as grpcclient
 
     repo = write_tiny_repo(tmp_path / "repo")
     ports = [str(find_free_port()) for _ in range(3)]
     process = _cli([str(repo), "--grpc-port", ports[0], "--http-port", ports[1],
-                    "--metrics-port", ports[2], "--log-file", str(tmp_path / "server.log")])
+                    "--metrics-port", ports[2], "--log-file", str(tmp_path / "server.log")],
+                   command)
     try:
         out = _Lines(process.stdout)
         shown = out.until("Press Ctrl-C to stop", 60)
@@ -294,11 +301,13 @@ def test_cli_serves_and_exits_0_on_signal(tmp_path, stop_signal):
             process.kill()
             process.wait()
     assert "failed to load" not in (tmp_path / "server.log").read_text()
+    assert "RuntimeWarning" not in process.stderr.read()
 
 
 def test_cli_start_failure_exits_1_with_reason(tmp_path):
     repo = write_tiny_repo(tmp_path / "repo", ["broken"])
-    process = _cli([str(repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"])
+    process = _cli([str(repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
+                   SERVE_COMMAND)
     try:
         _, err = process.communicate(timeout=60)
     finally:
@@ -322,6 +331,22 @@ def test_prepare_embedded_tritonserver(tmp_path):
     stamp = binary.stat().st_mtime_ns
     assert prepare_embedded_tritonserver(tmp_path / "ts")[0].stat().st_mtime_ns == stamp
     assert [p.name for p in tmp_path.iterdir()] == ["ts"]  # no temporary directory left
+
+
+def test_stub_environment_puts_libpython_and_the_venv_first():
+    import sysconfig
+
+    from towhee_rt.triton.embedded import stub_environment
+
+    base = {"PATH": "/usr/bin:/bin", "LD_LIBRARY_PATH": "/opt/lib", "KEEP": "1"}
+    env = stub_environment(base)
+    libdir = sysconfig.get_config_var("LIBDIR")
+    ld_path = env["LD_LIBRARY_PATH"].split(os.pathsep)
+    assert ld_path[0] == libdir and "nvidia_pytriton.libs" in ld_path[1]
+    assert ld_path[2:] == ["/opt/lib"]
+    assert env["PATH"].split(os.pathsep) == [os.path.dirname(sys.executable), "/usr/bin", "/bin"]
+    assert env["KEEP"] == "1" and base["PATH"] == "/usr/bin:/bin"  # a copy
+    assert stub_environment(env) == env  # applying it twice changes nothing
 
 
 # --------------------------------------------------------------------------- pure builders

@@ -19,7 +19,9 @@ RUNTIME_PARAMS = frozenset({"format", "model_file", "num_threads", "artifact_dir
 
 
 def cache_dir() -> Path:
-    """``$TOWHEE_RT_CACHE`` or ``~/.cache/towhee_rt``."""
+    """towhee_rt's cache directory: ``$TOWHEE_RT_CACHE``, else ``$XDG_CACHE_HOME/towhee_rt``,
+    else ``~/.cache/towhee_rt``. Exports live here, and so does the runnable copy of the
+    embedded tritonserver (:mod:`towhee_rt.triton.embedded`)."""
     root = os.environ.get("TOWHEE_RT_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "towhee_rt")
     return Path(root)

@@ -6,6 +6,7 @@ version) with the pipeline's repository at ``/workspace/models`` and pinned pack
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import string
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from ..errors import ConfigError, DockerError
+from .flags import (DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
+                    container_command)
 from .repository import TEMPLATES_DIR, build_model_repo
 
 log = logging.getLogger("towhee_rt")
@@ -63,9 +66,16 @@ def pinned_requirements(packages: Sequence[str] = RUNTIME_PACKAGES) -> List[str]
 
 
 def render_dockerfile(tag: str, cuda: str, model_name: str) -> str:
-    """The Dockerfile text for a tritonserver ``tag``."""
+    """The Dockerfile text for a tritonserver ``tag``.
+
+    Its ``CMD`` is :func:`towhee_rt.triton.flags.container_command` as a JSON exec array, so
+    the container runs tritonserver with the same flags as the host launcher.
+    """
     template = string.Template((TEMPLATES_DIR / "Dockerfile.template").read_text())
-    return template.substitute(tag=tag, cuda=cuda, model_name=model_name)
+    return template.substitute(tag=tag, cuda=cuda, model_name=model_name,
+                               command=json.dumps(container_command()),
+                               ports=f"{DEFAULT_HTTP_PORT} {DEFAULT_GRPC_PORT} "
+                                     f"{DEFAULT_METRICS_PORT}")
 
 
 def docker_build_command(context: Path, image_name: str) -> List[str]:

@@ -7,10 +7,11 @@ it outside PyTriton, :func:`prepare_embedded_tritonserver`
 1. copies the wheel's ``tritonserver/`` tree once into a cache directory (atomically: a
    temporary directory renamed into place, so concurrent first runs are safe),
 2. puts the stub matching the running interpreter at ``backends/python/triton_python_backend_stub``,
-3. builds the environment: ``LD_LIBRARY_PATH`` starts with this interpreter's ``LIBDIR`` (where
-   its ``libpython3.X.so`` lives; without it the stub embeds the system libpython with the
-   venv's standard library and fails in odd places), then the wheel's ``nvidia_pytriton.libs``;
-   ``PATH`` starts with the interpreter's ``bin/`` so the stub's Python sees the venv's packages.
+3. builds the environment (:func:`stub_environment`): ``LD_LIBRARY_PATH`` starts with this
+   interpreter's ``LIBDIR`` (where its ``libpython3.X.so`` lives; without it the stub embeds
+   the system libpython with the venv's standard library and fails in odd places), then the
+   wheel's ``nvidia_pytriton.libs``; ``PATH`` starts with the interpreter's ``bin/`` so the
+   stub's Python sees the venv's packages.
 
 Example::
 
@@ -27,8 +28,9 @@ import sysconfig
 import tempfile
 from importlib import metadata
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
+from ..accel.cache import cache_dir
 from ..errors import ServerError
 
 log = logging.getLogger("towhee_rt")
@@ -87,12 +89,30 @@ def libpython_dir() -> Path:
                       "--enable-shared for pyenv) or the system package libpython3.X")
 
 
-def default_cache_dir() -> Path:
-    """``$TOWHEE_RT_CACHE`` or ``$XDG_CACHE_HOME/towhee_rt`` (``~/.cache/towhee_rt``)."""
-    if os.environ.get("TOWHEE_RT_CACHE"):
-        return Path(os.environ["TOWHEE_RT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "towhee_rt"
+def stub_environment(base: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment in which the wheel's tritonserver and its Python backend stubs run.
+
+    A copy of ``base`` (default ``os.environ``) whose ``LD_LIBRARY_PATH`` starts with this
+    interpreter's ``LIBDIR`` (its ``libpython3.X.so``), then the wheel's ``nvidia_pytriton.libs``,
+    and whose ``PATH`` starts with this interpreter's ``bin/`` (so the stubs' Python sees this
+    environment's packages). Without the ``LIBDIR`` entry the stub embeds the system libpython
+    with a venv's standard library and fails in odd places (PyTriton 0.7 as shipped fails with
+    ``'_thread.RLock' object has no attribute '_recursion_count'``), so any process that runs
+    Python-backend stubs from this wheel, PyTriton included, should get this environment.
+    Raises :class:`ServerError` when the wheel or ``libpython`` is missing.
+    """
+    env = dict(os.environ if base is None else base)
+    _, _, libs_dir = wheel_paths()
+    env["LD_LIBRARY_PATH"] = _prepend(env.get("LD_LIBRARY_PATH", ""),
+                                      [str(libpython_dir()), str(libs_dir)])
+    env["PATH"] = _prepend(env.get("PATH", ""), [os.path.dirname(sys.executable)])
+    return env
+
+
+def _prepend(search_path: str, first: List[str]) -> str:
+    """``first`` + the entries of ``search_path`` not in it (empty entries dropped)."""
+    rest = [p for p in search_path.split(os.pathsep) if p and p not in first]
+    return os.pathsep.join(first + rest)
 
 
 def _install_tree(source: Path, stub: Path, target: Path) -> None:
@@ -121,7 +141,7 @@ def prepare_embedded_tritonserver(work_dir: Optional[Path] = None
     version>-py<X.Y>``); an existing copy is reused. ``env`` is a full environment for
     :class:`subprocess.Popen`, based on ``os.environ``.
     """
-    version, server_dir, libs_dir = wheel_paths()
+    version, server_dir, _ = wheel_paths()
     check_glibc()
     stub = server_dir / "python_backend_stubs" / python_tag() / STUB_NAME
     if not stub.is_file():
@@ -129,19 +149,12 @@ def prepare_embedded_tritonserver(work_dir: Optional[Path] = None
         raise ServerError(f"{WHEEL} {version} has no Python backend stub for Python "
                           f"{python_tag()} (it has: {', '.join(have)}); use one of those Python "
                           "versions, or pass --tritonserver PATH / --docker IMAGE")
-    pydir = libpython_dir()
+    env = stub_environment()  # checks libpython before copying anything
     target = Path(work_dir) if work_dir else (
-        default_cache_dir() / f"tritonserver-{version}-py{python_tag()}")
+        cache_dir() / f"tritonserver-{version}-py{python_tag()}")
     binary = target / "bin" / "tritonserver"
     if not (target / "backends" / "python" / STUB_NAME).is_file():
         _install_tree(server_dir, stub, target)
-    env = dict(os.environ)
-    ld_path = [str(pydir), str(libs_dir)] + [p for p in env.get("LD_LIBRARY_PATH", "").split(
-        os.pathsep) if p]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(ld_path)
-    bin_dir = os.path.dirname(sys.executable)
-    env["PATH"] = os.pathsep.join([bin_dir] + [p for p in env.get("PATH", "").split(os.pathsep)
-                                               if p and p != bin_dir])
     return binary, target / "backends", env
 
 

@@ -4,12 +4,15 @@ The server is, by precedence: ``docker_image`` (``docker run --rm --gpus=all --s
 --net=host IMAGE tritonserver --model-repository=/workspace/models ...`` as in Towhee's guide),
 ``tritonserver`` (that binary), else the one carried by ``nvidia-pytriton``
 (:mod:`towhee_rt.triton.embedded`). Endpoints bind ``host`` (default ``127.0.0.1``; Triton
-alone binds ``0.0.0.0``). The child dies with the parent (``PR_SET_PDEATHSIG``: with the
+alone binds ``0.0.0.0``); every other flag comes from :mod:`towhee_rt.triton.flags`, shared
+with the generated Dockerfile. The child dies with the parent (``PR_SET_PDEATHSIG``: with the
 *thread* that started it, so start servers from a long-lived thread), runs in its own session
 so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote. Example::
 
     with TritonServer("repo/") as server:   # free loopback ports
         print(server.grpc_url, server.model_states())
+
+:func:`serve` starts one and returns it once every model is ready (``towhee_rt.serve``).
 """
 from __future__ import annotations
 
@@ -30,18 +33,15 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 from ..errors import ServerError
 from .embedded import find_tritonserver
+from .flags import (CONTAINER_REPOSITORY, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT,
+                    DEFAULT_METRICS_PORT, server_flags)
+# Defined here before flags.py existed; still importable from this module.
+from .flags import (EXIT_TIMEOUT_SECS, PYTHON_SHM_DEFAULT_BYTES,  # noqa: F401
+                    PYTHON_SHM_GROWTH_BYTES)
 
 PathLike = Union[str, os.PathLike]
 
-#: Python backend shared memory per model instance, and its growth step. Triton's 1 MiB
-#: default makes every large image grow the pool in many small steps.
-PYTHON_SHM_DEFAULT_BYTES = 16 * 1024 * 1024
-PYTHON_SHM_GROWTH_BYTES = 16 * 1024 * 1024
-#: tritonserver's own grace period for in-flight requests and open client connections (an
-#: idle keep-alive client delays every graceful stop by this much); below stop()'s timeout.
-EXIT_TIMEOUT_SECS = 5
 LOG_TAIL_LINES = 40
-CONTAINER_REPOSITORY = "/workspace/models"
 _PORT_FLAGS = {"gRPC": "--grpc-port", "HTTP": "--http-port", "metrics": "--metrics-port"}
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.M)
 _FAILED_ONLY = re.compile(r"failed to load '([^']+)'\"?$", re.M)
@@ -101,34 +101,14 @@ def _resolve_ports(host: str, requested: Mapping[str, Optional[int]]) -> Dict[st
 
 
 # -------------------------------------------------------------------------------- commands
-def triton_args(model_repository: str, *, host: str, grpc_port: int, http_port: int,
-                metrics_port: int, log_verbose: int = 0, gpu_metrics: bool = True
-                ) -> List[str]:
-    """The tritonserver flags shared by the host and the container commands."""
-    shm = (f"python,shm-default-byte-size={PYTHON_SHM_DEFAULT_BYTES}",
-           f"python,shm-growth-byte-size={PYTHON_SHM_GROWTH_BYTES}")
-    return [
-        f"--model-repository={model_repository}",
-        f"--grpc-address={host}", f"--grpc-port={grpc_port}",
-        f"--http-address={host}", f"--http-port={http_port}",
-        f"--metrics-address={host}", f"--metrics-port={metrics_port}",
-        "--allow-metrics=true", f"--allow-gpu-metrics={str(gpu_metrics).lower()}",
-        # Our configs are complete; auto-complete would launch one extra Python stub per model
-        # at load just to ask model.py for a config (1.4 s per model on this machine).
-        "--disable-auto-complete-config",
-        "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
-        f"--exit-timeout-secs={EXIT_TIMEOUT_SECS}", f"--log-verbose={int(log_verbose)}",
-        *(f"--backend-config={item}" for item in shm),
-    ]
-
-
 def build_command(binary: PathLike, model_repository: PathLike, *, host: str = "127.0.0.1",
-                  grpc_port: int = 8001, http_port: int = 8000, metrics_port: int = 8002,
+                  grpc_port: int = DEFAULT_GRPC_PORT, http_port: int = DEFAULT_HTTP_PORT,
+                  metrics_port: int = DEFAULT_METRICS_PORT,
                   backend_directory: Optional[PathLike] = None, log_verbose: int = 0,
                   gpu_metrics: bool = True, extra_args: Sequence[str] = ()) -> List[str]:
     """The argv that runs ``binary`` on ``model_repository`` (made absolute: the Python
     backend puts model directories on ``sys.path`` as given). Pure: starts nothing."""
-    argv = [str(binary)] + triton_args(
+    argv = [str(binary)] + server_flags(
         os.path.abspath(model_repository), host=host, grpc_port=grpc_port,
         http_port=http_port, metrics_port=metrics_port, log_verbose=log_verbose,
         gpu_metrics=gpu_metrics)
@@ -138,8 +118,9 @@ def build_command(binary: PathLike, model_repository: PathLike, *, host: str = "
 
 
 def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
-                   host: str = "127.0.0.1", grpc_port: int = 8001, http_port: int = 8000,
-                   metrics_port: int = 8002, shm_size: str = "1g", gpus: Optional[str] = "all",
+                   host: str = "127.0.0.1", grpc_port: int = DEFAULT_GRPC_PORT,
+                   http_port: int = DEFAULT_HTTP_PORT, metrics_port: int = DEFAULT_METRICS_PORT,
+                   shm_size: str = "1g", gpus: Optional[str] = "all",
                    name: Optional[str] = None, log_verbose: int = 0,
                    extra_args: Sequence[str] = ()) -> List[str]:
     """The ``docker run`` argv serving ``image``'s ``/workspace/models`` (or
@@ -152,7 +133,7 @@ def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
         argv.append(f"--name={name}")
     if model_repository is not None:
         argv += ["-v", f"{os.path.abspath(model_repository)}:{CONTAINER_REPOSITORY}:ro"]
-    return argv + [image, "tritonserver"] + triton_args(
+    return argv + [image, "tritonserver"] + server_flags(
         CONTAINER_REPOSITORY, host=host, grpc_port=grpc_port, http_port=http_port,
         metrics_port=metrics_port, log_verbose=log_verbose) + list(extra_args)
 
@@ -443,3 +424,28 @@ class TritonServer:
     def __repr__(self) -> str:
         where = self.grpc_url if self.ports else "not started"
         return f"TritonServer({str(self.model_repository)!r}, {where})"
+
+
+def serve(model_repository: Optional[PathLike], *, grpc_port: Optional[int] = DEFAULT_GRPC_PORT,
+          http_port: Optional[int] = DEFAULT_HTTP_PORT,
+          metrics_port: Optional[int] = DEFAULT_METRICS_PORT, **kwargs) -> TritonServer:
+    """Start tritonserver on ``model_repository`` and return it once every model is ready.
+
+    Ports default to Triton's 8001/8000/8002; ``None`` or 0 picks a free port. Other keyword
+    arguments go to :class:`TritonServer` (``host``, ``tritonserver``, ``docker_image``,
+    ``log_file``, ``ready_timeout``, ``extra_args``, ``env``...). The result is a context
+    manager that stops the server; otherwise call ``server.stop()``. Raises
+    :class:`~towhee_rt.errors.ServerError` (with the log tail and failing models) on failure,
+    after stopping what was started. Example::
+
+        with serve("repo/", grpc_port=0, http_port=0, metrics_port=0) as server:
+            towhee.dc(["photo.jpg"]).remote(url=server.grpc_url, protocol="grpc")
+    """
+    server = TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port,
+                          metrics_port=metrics_port, **kwargs)
+    server.start()
+    try:
+        return server.wait_ready()
+    except BaseException:
+        server.stop()
+        raise

@@ -1,0 +1,107 @@
+"""The command line: ``towhee-rt``, ``python -m towhee_rt`` and the ``python -m towhee_rt.serve``
+shim (no server is started here; tests/integration/test_server.py serves through the CLI)."""
+from __future__ import annotations
+
+import configparser
+import os
+import subprocess
+import sys
+import textwrap
+from importlib import metadata
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from towhee_rt import cli
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def _python(args: List[str], timeout: float = 120) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+    return subprocess.run([sys.executable, *args], env=env, cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, usage", [
+    (["-m", "towhee_rt.serve", "--help"], "usage: python -m towhee_rt.serve "),
+    (["-m", "towhee_rt", "--help"], "usage: python -m towhee_rt "),
+    (["-m", "towhee_rt", "serve", "--help"], "usage: python -m towhee_rt serve "),
+    (["-m", "towhee_rt", "quickstart", "--help"], "usage: python -m towhee_rt quickstart "),
+], ids=["serve-shim", "package", "package-serve", "package-quickstart"])
+def test_help_without_runtime_warning(args, usage):
+    result = _python(args)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(usage), result.stdout
+    # runpy warns "'towhee_rt.serve' found in sys.modules ..." when the package imports the
+    # module that -m is about to run.
+    assert "RuntimeWarning" not in result.stderr, result.stderr
+    assert "found in sys.modules" not in result.stderr, result.stderr
+
+
+def test_package_help_lists_the_commands():
+    result = _python(["-m", "towhee_rt", "--help"])
+    assert "serve" in result.stdout and "quickstart" in result.stdout
+
+
+def test_usage_errors_exit_2_and_say_what_is_missing():
+    no_repo = _python(["-m", "towhee_rt.serve"])
+    assert no_repo.returncode == 2
+    assert "the model repository is required (unless --docker IMAGE is given)" in no_repo.stderr
+    no_images = _python(["-m", "towhee_rt", "quickstart"])
+    assert no_images.returncode == 2
+    assert "the following arguments are required: --images" in no_images.stderr
+    no_command = _python(["-m", "towhee_rt"])
+    assert no_command.returncode == 2 and "COMMAND" in no_command.stderr
+
+
+def test_quickstart_names_a_folder_without_images(tmp_path):
+    assert cli.main(["quickstart", "--images", str(tmp_path)]) == 2
+
+
+_SHIM = textwrap.dedent("""
+    import inspect, types
+    import towhee_rt
+    from towhee_rt.errors import ServerError
+    from towhee_rt.triton.server import serve
+    assert towhee_rt.serve is serve, "the package attribute is the function before the import"
+    import towhee_rt.serve as m
+    assert isinstance(m, types.ModuleType) and m.__name__ == "towhee_rt.serve"
+    assert callable(m.main) and m.serve is serve
+    assert towhee_rt.serve is m and callable(towhee_rt.serve)
+    try:  # the callable module delegates to serve(), which checks the path before starting
+        towhee_rt.serve("/no/such/repo", grpc_port=0, http_port=0, metrics_port=0)
+    except ServerError as exc:
+        assert "/no/such/repo does not exist" in str(exc), exc
+    else:
+        raise AssertionError("no ServerError")
+    print("ok")
+""")
+
+
+def test_serve_module_is_a_module_and_stays_callable():
+    result = _python(["-c", _SHIM])  # a fresh interpreter: nothing imported towhee_rt.serve yet
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_console_script_entry_point_resolves():
+    setup = configparser.ConfigParser()
+    setup.read(REPO_ROOT / "setup.cfg")
+    declared = [line.strip() for line in
+                setup["options.entry_points"]["console_scripts"].strip().splitlines()]
+    assert declared == ["towhee-rt = towhee_rt.cli:main"]
+    name, value = (part.strip() for part in declared[0].split("="))
+    assert metadata.EntryPoint(name, value, "console_scripts").load() is cli.main
+    installed = [ep for ep in metadata.entry_points(group="console_scripts")
+                 if ep.name == "towhee-rt"]
+    assert installed, "towhee-rt is not installed: reinstall towhee_rt (bash .ci/setup)"
+    assert installed[0].value == "towhee_rt.cli:main"
+
+
+def test_console_script_runs():
+    script = Path(sys.executable).with_name("towhee-rt")
+    if not script.exists():
+        pytest.fail(f"{script} is missing: reinstall towhee_rt (bash .ci/setup)")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and result.stdout.startswith("usage: towhee-rt "), result.stderr
