@@ -9,14 +9,16 @@ import dataclasses
 import datetime
 import os
 import platform
-import sysconfig
 import threading
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from towhee_rt.client import RequestRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = ROOT.parent / "shared" / "testdata" / "images" / "good"
@@ -188,31 +190,41 @@ def time_loop(fn: Callable[[Any], Any], items: Sequence[Any]) -> (float, List[fl
 
 
 class RequestTimer:
-    """Records the latency of every request a towhee_rt ``Client`` sends (thread-safe).
+    """Records every request a towhee_rt ``Client`` reports (thread-safe).
 
-    Wraps the client's per-request send method on the instance; the public ``infer`` call is
-    then used exactly as a user would use it.
+    Give :meth:`record` to the client as its public hook,
+    ``Client(url, model_name=..., on_request=timer.record)`` (or use :func:`timed_client`); the
+    client is then used exactly as a user would use it.
     """
 
-    def __init__(self, client):
-        self.latencies: List[float] = []
+    def __init__(self):
+        self.records: List["RequestRecord"] = []
         self._lock = threading.Lock()
-        send = getattr(client, "_send", None)
-        self.supported = callable(send)
-        if self.supported:
-            def timed(values, _send=send):
-                t0 = time.perf_counter()
-                try:
-                    return _send(values)
-                finally:
-                    elapsed = time.perf_counter() - t0
-                    with self._lock:
-                        self.latencies.append(elapsed)
-            client._send = timed
+
+    def record(self, request: "RequestRecord") -> None:
+        """Keep one request's record (called by the client, in its sending thread)."""
+        with self._lock:
+            self.records.append(request)
+
+    @property
+    def latencies(self) -> List[float]:
+        """Seconds of each request recorded since the last :meth:`reset`, failed ones too."""
+        with self._lock:
+            return [r.seconds for r in self.records]
 
     def reset(self) -> None:
+        """Forget what was recorded so far."""
         with self._lock:
-            self.latencies = []
+            self.records = []
+
+
+def timed_client(url: str, model_name: str = "pipeline") -> Tuple[Any, RequestTimer]:
+    """A gRPC ``towhee_rt.client.Client`` for ``model_name`` at ``url`` and the
+    :class:`RequestTimer` that records its requests."""
+    from towhee_rt.client import Client
+
+    timer = RequestTimer()
+    return Client(url, model_name=model_name, on_request=timer.record), timer
 
 
 # ------------------------------------------------------------------ other work on the machine
@@ -400,16 +412,3 @@ def machine_line(info: Dict[str, Any]) -> str:
             f"torch {v['torch']}, onnxruntime {v['onnxruntime']}, tritonserver "
             f"{v['tritonserver']}, timm {v['timm']}, open_clip {v['open_clip']}, "
             f"sentence-transformers {v['sentence-transformers']}")
-
-
-def pytriton_env() -> Dict[str, str]:
-    """The environment PyTriton needs here: this interpreter's LIBDIR first on LD_LIBRARY_PATH.
-
-    Without it the Python backend stub embeds the system libpython with the venv's standard
-    library and fails with ``'_thread.RLock' object has no attribute '_recursion_count'``.
-    """
-    env = dict(os.environ)
-    libdir = sysconfig.get_config_var("LIBDIR") or ""
-    rest = [p for p in env.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != libdir]
-    env["LD_LIBRARY_PATH"] = os.pathsep.join([libdir] + rest)
-    return env

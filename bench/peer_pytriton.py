@@ -143,9 +143,10 @@ def start_peer(pipeline: str, model_file: str, threads: int = 2,
                queue_delay_us: int = QUEUE_DELAY_US, ready_timeout: float = 180.0,
                log_file: Optional[str] = None) -> Iterator[Dict[str, Any]]:
     """Start the PyTriton peer in a child process with the environment it needs; stop it."""
+    from towhee_rt.triton.embedded import stub_environment
     from towhee_rt.triton.server import find_free_port
 
-    from .common import ROOT, pytriton_env
+    from .common import ROOT
 
     ports = []
     while len(ports) < 3:
@@ -160,7 +161,7 @@ def start_peer(pipeline: str, model_file: str, threads: int = 2,
         fd, log_file = tempfile.mkstemp(prefix="bench-pytriton-", suffix=".log")
         os.close(fd)
     argv += ["--log-file", log_file]
-    env = pytriton_env()
+    env = stub_environment()  # without it PyTriton's stubs fail here (see its docstring)
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT)] + [p for p in env.get(
         "PYTHONPATH", "").split(os.pathsep) if p])
     t0 = time.perf_counter()

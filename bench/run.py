@@ -32,7 +32,8 @@ from typing import Any, Dict, List, Optional
 
 from . import baselines, report
 from .common import (PIPELINES, RESULTS_DIR, Measurement, base_items, build_pipeline,
-                     items_for, machine_info, machine_line, onnx_model_file, wait_for_quiet)
+                     items_for, machine_info, machine_line, onnx_model_file, timed_client,
+                     wait_for_quiet)
 from .int8 import INT8, int8_configs, is_int8, served_accuracy
 from .served import (CONCURRENCY, RECOMMENDED, ServedConfig, local, measure_client,
                      served, served_configs, served_pipeline)
@@ -136,7 +137,7 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
                     settings = {**config.describe(), "startup_s": info["startup_s"],
                                 "model_format": info["model_format"]}
                     m = add(measured(lambda: measure_client(system, pipeline, client,
-                                                            point_items, c,
+                                                            info["timer"], point_items, c,
                                                             settings=settings), budget, system))
                     m.note = "; ".join(x for x in info["notes"] + [m.note] if x)
                     m.settings["config"] = config.label
@@ -158,18 +159,17 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
                  "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
     # 4. the peer
     from .peer_pytriton import start_peer
-    from towhee_rt.client import Client
 
     log(" peer: PyTriton")
     try:
         with start_peer(pipeline, model_file) as peer:
-            client = Client(peer["grpc_url"], model_name="pipeline")
+            client, timer = timed_client(peer["grpc_url"], "pipeline")
             try:
                 for c in concurrencies:
                     system = "PyTriton peer (same ONNX + preprocessing, @batch)"
                     settings = {"format": "onnx", "dynamic_batching": "max 16, 2 ms",
                                 "intra_op_threads": 2, "startup_s": peer["startup_s"]}
-                    add(measured(lambda: measure_client(system, pipeline, client, items, c,
+                    add(measured(lambda: measure_client(system, pipeline, client, timer, items, c,
                                                         settings=settings), budget, system))
             finally:
                 client.close()

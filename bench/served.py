@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .common import (CpuSplit, ForeignLoad, Measurement, RequestTimer, build_pipeline,
-                     onnx_model_file, time_loop)
+                     onnx_model_file, time_loop, timed_client)
 
 CONCURRENCY = (1, 4, 8, 16)
 
@@ -93,12 +93,13 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
            patch_repo=None) -> Iterator[Any]:
     """Build the repository for ``config``, serve it, yield ``(server, client, info)``; stop it.
 
+    ``info["timer"]`` is the :class:`RequestTimer` recording the client's requests.
+
     ``patch_repo(repo)``, for experiments only, may edit the written repository (e.g. its
     ``towhee_ops/*.py`` copies) before the server starts: how a proposed towhee_rt change is
     measured without changing towhee_rt.
     """
     import towhee_rt as towhee
-    from towhee_rt.client import Client
 
     pipe = served_pipeline(pipeline, config)
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-{pipeline}-", dir=workdir))
@@ -112,12 +113,12 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
                           log_file=tmp / "tritonserver.log",
                           env=dict(config.server_env)) as server:
             startup = time.perf_counter() - t0
-            client = Client(server.grpc_url, model_name=repo.model_name)
+            client, timer = timed_client(server.grpc_url, repo.model_name)
             choice = pipe.format_choice(len(pipe.steps) - 1)
             try:
                 yield server, client, {"notes": notes, "startup_s": round(startup, 1),
                                        "repo": str(repo.path), "model_format": choice.summary(),
-                                       "gate_min_cosine": choice.min_cosine}
+                                       "gate_min_cosine": choice.min_cosine, "timer": timer}
             finally:
                 client.close()
         pipe.close()
@@ -125,13 +126,14 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def measure_client(system: str, pipeline: str, client, items: Sequence[Any], concurrency: int,
-                   warmup: Optional[int] = None, settings: Optional[dict] = None
-                   ) -> Measurement:
-    """Send ``items`` one per request, ``concurrency`` in flight (``mode='async_infer'``)."""
-    timer = getattr(client, "_bench_timer", None)
-    if timer is None:
-        timer = client._bench_timer = RequestTimer(client)
+def measure_client(system: str, pipeline: str, client, timer: RequestTimer,
+                   items: Sequence[Any], concurrency: int, warmup: Optional[int] = None,
+                   settings: Optional[dict] = None) -> Measurement:
+    """Send ``items`` one per request, ``concurrency`` in flight (``mode='async_infer'``).
+
+    ``timer`` is the :class:`RequestTimer` given to ``client`` as ``on_request``: the
+    per-request latencies come from it.
+    """
     warm = list(items[:warmup if warmup is not None else max(4, concurrency)])
     client.infer(warm, mode="async_infer", concurrency=concurrency)
     timer.reset()
@@ -153,7 +155,7 @@ def sweep(pipeline: str, config: ServedConfig, items: Sequence[Any],
     out = []
     with served(pipeline, config, workdir, patch_repo) as (server, client, info):
         for concurrency in concurrencies:
-            m = measure_client(system, pipeline, client, items, concurrency,
+            m = measure_client(system, pipeline, client, info["timer"], items, concurrency,
                                settings={**config.describe(), "startup_s": info["startup_s"]})
             m.note = "; ".join(info["notes"])
             out.append(m)
