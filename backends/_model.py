@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._operator import Operator, TensorSpec
+from ._operator import Operator, OperatorParamError, Param, TensorSpec, positive
 from . import _runners
 
 
@@ -35,6 +35,14 @@ class ModelInput:
     dynamic_axes: Tuple[Tuple[int, str], ...] = ()
 
 
+#: Model formats a runner exists for (``format`` param).
+RUN_FORMATS = ("torch", "torch_compile", "onnx", "onnx_int8", "tensorrt", "tensorrt_fp16")
+
+
+def _run_format(value: Any) -> Optional[str]:
+    return None if value in RUN_FORMATS else f"must be one of {', '.join(RUN_FORMATS)}"
+
+
 class ModelOperator(Operator):
     """Base class of the embedding operators (timm, CLIP, sentence-transformers).
 
@@ -43,14 +51,22 @@ class ModelOperator(Operator):
         paths are resolved against ``artifact_dir`` (the model directory inside Triton);
       ``seed``: seed for random initialisation when no checkpoint is given (default 0), so that
         the same params build the same model in every process;
-      ``format``: ``torch`` (default), ``torch_compile``, ``onnx``, ``onnx_int8`` or
-        ``tensorrt``;
-      ``model_file``: the exported ONNX file or TensorRT engine for the non-torch formats;
-      ``num_threads``: intra-op threads for the CPU runtimes (default: all cores).
+      ``num_threads``: intra-op threads for the CPU runtimes (default: the runtime's own; the
+        Triton adapter gives each instance its share of the serving machine's cores).
+    Set by towhee_rt's build, not by users: ``format`` (``torch``, ``torch_compile``,
+    ``onnx``, ``onnx_int8`` or ``tensorrt``; chosen from ``format_priority``) and
+    ``model_file`` (the exported ONNX file or TensorRT engine of the non-torch formats).
     """
 
     is_model: ClassVar[bool] = True
     outputs: ClassVar[List[TensorSpec]] = [TensorSpec("embedding", "float32", (-1,))]
+    params_spec: ClassVar[Tuple[Param, ...]] = Operator.params_spec + (
+        Param("checkpoint_path", (str,), None, "a .safetensors or torch state dict file"),
+        Param("seed", (int,), 0, "seed of the random initialisation without a checkpoint"),
+        Param("num_threads", (int,), None, "intra-op threads of the CPU runtime", positive),
+        Param("format", (str,), "torch", "the model format", _run_format, internal=True),
+        Param("model_file", (str,), None, "the exported model file", internal=True),
+    )
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -92,9 +108,9 @@ class ModelOperator(Operator):
         if self._torch_module is None:
             import torch
 
-            with _seeded(int(self.params.get("seed", 0))):
+            with _seeded(self.params["seed"]):
                 module = self.build_torch_module()
-            path = self.resolve_path(self.params.get("checkpoint_path"))
+            path = self.resolve_path(self.params["checkpoint_path"])
             if path:
                 state = self.adapt_state_dict(load_state_dict(path), module)
                 module.load_state_dict(state, strict=True)
@@ -112,26 +128,25 @@ class ModelOperator(Operator):
             return os.path.join(self.artifact_dir, path)
         return path
 
-    def use_runner(self, runner: "_runners.Runner", device: str) -> None:
-        """Run with an already-built runner for ``device`` (e.g. one a parity check verified)."""
-        self._prepared = (runner, device)
+    def use_runner(self, runner: "_runners.Runner") -> None:
+        """Run with ``runner`` (already built and verified, e.g. by the build's parity check)
+        instead of building one from the params in :meth:`setup`."""
+        self.runner = runner
 
     def setup(self, device: str = "cpu") -> None:
         super().setup(device)
-        fmt = self.params.get("format", "torch")
-        threads = self.params.get("num_threads")
-        prepared = getattr(self, "_prepared", None)
-        if prepared and prepared[0].format == fmt and prepared[1] == device:
-            self.runner = prepared[0]
-        elif fmt in ("torch", "torch_compile"):
+        if self.runner is not None:
+            return
+        fmt, threads = self.params["format"], self.params["num_threads"]
+        if fmt in ("torch", "torch_compile"):
             self.runner = _runners.TorchRunner(self.torch_module(), device,
                                                compile=fmt == "torch_compile",
                                                num_threads=threads)
-        else:
-            model_file = self.resolve_path(self.params.get("model_file"))
-            if not model_file:
-                raise ValueError(f"{self.name}: format {fmt!r} needs the 'model_file' param")
-            self.runner = _runners.make_file_runner(fmt, model_file, device, num_threads=threads)
+            return
+        model_file = self.resolve_path(self.params["model_file"])
+        if not model_file:
+            raise OperatorParamError(f"{self.name}: format {fmt!r} needs the 'model_file' param")
+        self.runner = _runners.make_file_runner(fmt, model_file, device, num_threads=threads)
 
     def process_batch(self, batch: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
         inputs = self.preprocess(batch)

@@ -3,12 +3,17 @@
 This module depends on numpy only and uses no absolute import of ``towhee_rt``: it is copied
 verbatim into every model directory of a generated Triton repository, next to the operator
 module that subclasses it, so the repository runs without towhee_rt installed.
+
+It also owns the one format of an item's failure (:class:`ItemFailure`): the local runner, the
+Triton adapter (which sends it over the wire with :func:`encode_failures`) and the client
+(which reads it back with :func:`decode_failures`) all use it.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -50,25 +55,158 @@ class TensorSpec:
         return all(d >= 0 for d in self.shape)
 
 
+# -- errors ------------------------------------------------------------------------------------
 class OperatorInputError(ValueError):
-    """An input item that an operator cannot process (bad image, wrong type, too large).
+    """An input item that an operator cannot process (bad image, wrong type).
 
     Raised by an operator for the item it is processing; the runner (local or Triton) adds the
-    operator name and the item's index in the caller's batch.
+    operator name and the item's index. ``source`` names what the item was when that helps the
+    user (a path, a URL, ``<encoded image, N bytes>``); the message says what is wrong and what
+    was expected.
     """
 
+    kind = "bad_input"
 
+    def __init__(self, message: str, source: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.source = source
+
+    def __str__(self) -> str:
+        return f"{self.source}: {self.message}" if self.source else self.message
+
+
+class OperatorLimitError(OperatorInputError):
+    """An input item over one of the operator's limits (pixels, bytes, time)."""
+
+    kind = "limit"
+
+
+class OperatorParamError(ValueError):
+    """An operator param is unknown, missing, or of the wrong type or value."""
+
+
+#: Why an item failed: its input was bad, it was over a limit, or the operator broke.
+ERROR_KINDS = ("bad_input", "limit", "internal")
+#: Marks the structured failures inside a Triton error message (which Triton may prefix, e.g.
+#: "in ensemble 'pipeline', ...").
+WIRE_MARKER = "towhee_rt.item_errors="
+
+
+@dataclasses.dataclass(frozen=True)
+class ItemFailure:
+    """One item's failure in one operator: the single format used locally and on the wire.
+
+    ``index`` is the item's position in the batch it was sent in (the caller's list locally,
+    the request on a server); ``operator`` is ``None`` when no operator was reached.
+    """
+
+    index: int
+    operator: Optional[str]
+    kind: str
+    message: str
+    source: Optional[str] = None
+
+    def describe(self) -> str:
+        """``item 1: operator image_decode.cv2_rgb: a.jpg: empty input (0 bytes); ...``."""
+        where = f"operator {self.operator}" if self.operator else "request"
+        what = f"{self.source}: {self.message}" if self.source else self.message
+        return f"item {self.index}: {where}: {what}"
+
+    @classmethod
+    def from_exception(cls, operator: Optional[str], index: int,
+                       exc: BaseException) -> "ItemFailure":
+        """The failure an exception raised for one item stands for."""
+        if isinstance(exc, OperatorInputError):
+            return cls(index, operator, exc.kind, exc.message, exc.source)
+        return cls(index, operator, "internal", f"{type(exc).__name__}: {exc}")
+
+
+def encode_failures(failures: Sequence[ItemFailure]) -> str:
+    """The error message of a request whose items failed: the marker, then JSON."""
+    return WIRE_MARKER + json.dumps([dataclasses.asdict(f) for f in failures])
+
+
+def decode_failures(text: str) -> List[ItemFailure]:
+    """The failures :func:`encode_failures` put in ``text`` (``[]`` when there are none)."""
+    start = (text or "").find(WIRE_MARKER)
+    if start < 0:
+        return []
+    try:
+        rows, _ = json.JSONDecoder().raw_decode(text, start + len(WIRE_MARKER))
+        failures = [ItemFailure(int(r["index"]), r.get("operator"), str(r["kind"]),
+                                str(r["message"]), r.get("source")) for r in rows]
+    except (ValueError, TypeError, KeyError):
+        return []
+    return [f for f in failures if f.kind in ERROR_KINDS]
+
+
+# -- params -----------------------------------------------------------------------------------
+REQUIRED = object()
+_TYPE_NAMES = {int: "int", float: "number", str: "str", bool: "bool", list: "list",
+               dict: "dict", type(None): "None"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One param an operator declares: its name, JSON types, default and what is valid.
+
+    ``check(value)`` returns an error text (what is expected) or ``None`` when valid; it is
+    not called for ``None``. ``internal`` params are set by towhee_rt's build or by the Triton
+    adapter, never by users.
+    """
+
+    name: str
+    types: Tuple[type, ...]
+    default: Any = REQUIRED
+    doc: str = ""
+    check: Optional[Callable[[Any], Optional[str]]] = None
+    internal: bool = False
+
+    def type_text(self) -> str:
+        """``'int or None'``: the JSON types the param takes."""
+        types = self.types + ((type(None),) if self.default is None else ())
+        if float in types:  # "number" covers int
+            types = tuple(t for t in types if t is not int)
+        return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+    def describe(self) -> str:
+        """``max_pixels (int, default 89478485)``."""
+        default = "required" if self.default is REQUIRED else f"default {self.default!r}"
+        return f"{self.name} ({self.type_text()}, {default})"
+
+    def validate(self, value: Any, where: str) -> None:
+        """Raise :class:`OperatorParamError` unless ``value`` is valid for this param."""
+        if value is None and (self.default is None or type(None) in self.types):
+            return
+        ok = isinstance(value, self.types) and not (
+            isinstance(value, bool) and bool not in self.types)
+        problem = None if ok else f"must be {self.type_text()}"
+        if problem is None and self.check is not None:
+            problem = self.check(value)
+        if problem:
+            raise OperatorParamError(f"{where}: param {self.name!r} {problem}, got {value!r}")
+
+
+def positive(value: Any) -> Optional[str]:
+    """A :class:`Param` check: the number must be > 0."""
+    return None if value > 0 else "must be positive"
+
+
+# -- the operator ------------------------------------------------------------------------------
 class Operator:
     """Base class of every operator: batch in, batch out.
 
-    Subclasses declare ``inputs`` and ``outputs`` (lists of :class:`TensorSpec`), keep
-    ``__init__`` cheap (store JSON-serialisable params only), load weights in :meth:`setup`,
-    and implement :meth:`process_batch`, which maps ``{input name: list of items}`` to
-    ``{output name: list of items}`` with one output item per input item, in order.
+    Subclasses set ``name`` (the registered name), declare ``inputs`` and ``outputs`` (lists
+    of :class:`TensorSpec`) and their ``params`` (a tuple of :class:`Param`), keep ``__init__``
+    cheap (params are checked and stored in ``self.params``, defaults filled in), load weights
+    in :meth:`setup`, and implement :meth:`process_batch`, which maps ``{input name: list of
+    items}`` to ``{output name: list of items}`` with one output item per input item, in order.
 
     Example::
 
         class Upper(Operator):
+            name = "text.upper"
             inputs = [TensorSpec("text", "bytes")]
             outputs = [TensorSpec("text", "bytes")]
 
@@ -76,17 +214,49 @@ class Operator:
                 return {"text": [t.upper() for t in batch["text"]]}
     """
 
-    #: The registered name, e.g. ``"image_decode.cv2_rgb"``; set by the registry.
+    #: The registered name, e.g. ``"image_decode.cv2_rgb"``.
     name: ClassVar[str] = ""
     inputs: ClassVar[List[TensorSpec]] = []
     outputs: ClassVar[List[TensorSpec]] = []
+    #: The params this operator takes (see :class:`Param`); subclasses extend the tuple.
+    params_spec: ClassVar[Tuple[Param, ...]] = (
+        Param("artifact_dir", (str,), None, "the model directory inside Triton", internal=True),
+    )
     #: Whether the operator runs a neural model (and so takes ``format_priority`` and ``jit``).
     is_model: ClassVar[bool] = False
 
     def __init__(self, **params: Any):
-        self.params: Dict[str, Any] = dict(params)
+        self.params: Dict[str, Any] = self.check_params(params, allow_internal=True)
         self.device: str = "cpu"
         self._ready = False
+
+    @classmethod
+    def check_params(cls, params: Mapping[str, Any],
+                     allow_internal: bool = False) -> Dict[str, Any]:
+        """Check ``params`` against :attr:`params_spec`; return them with defaults filled in.
+
+        Raises :class:`OperatorParamError` naming the operator and listing the valid params.
+        """
+        where = cls.name or cls.__name__
+        spec = {p.name: p for p in cls.params_spec}
+        users = [p for p in cls.params_spec if not p.internal]
+        unknown = sorted(set(params) - set(spec))
+        internal = sorted(k for k in params if k in spec and spec[k].internal)
+        if unknown or (internal and not allow_internal):
+            valid = ", ".join(p.describe() for p in users) or "none"
+            bad = ", ".join(map(repr, unknown or internal))
+            why = "unknown param(s)" if unknown else "param(s) set by towhee_rt itself"
+            raise OperatorParamError(f"{where}: {why} {bad}; valid params are: {valid}")
+        out = {}
+        for p in cls.params_spec:
+            if p.name in params:
+                p.validate(params[p.name], where)
+                out[p.name] = params[p.name]
+            elif p.default is REQUIRED:
+                raise OperatorParamError(f"{where}: the param {p.name!r} is required ({p.doc})")
+            else:
+                out[p.name] = p.default
+        return out
 
     # -- lifecycle -------------------------------------------------------------------------
     def setup(self, device: str = "cpu") -> None:
@@ -119,10 +289,17 @@ class Operator:
         return f"{self.name or type(self).__name__}({shown})"
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which containers and taskset
+    narrow)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
 def cpu_threads_per_instance(instances: int = 1) -> int:
-    """Threads one model instance may use so that ``instances`` of them fit the machine's cores."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, instances))
+    """Threads one instance may use so that ``instances`` of them fit :func:`usable_cores`."""
+    return max(1, usable_cores() // max(1, instances))
 
 
 def stack_items(items: Sequence[Any], spec: TensorSpec) -> np.ndarray:
@@ -133,13 +310,6 @@ def stack_items(items: Sequence[Any], spec: TensorSpec) -> np.ndarray:
             out[i] = item.encode() if isinstance(item, str) else bytes(item)
         return out
     return np.stack([np.asarray(item, dtype=spec.dtype) for item in items])
-
-
-def describe_error(exc: BaseException) -> str:
-    """A one-line message for an item's failure (exception type kept for unexpected errors)."""
-    if isinstance(exc, OperatorInputError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"
 
 
 def process_items(op: Operator, items: Sequence[Tuple[Any, ...]]) -> List[Any]:
@@ -175,4 +345,3 @@ def _single(op: Operator, item: Tuple[Any, ...]) -> Any:
         return _run(op, [item])[0]
     except Exception as exc:  # noqa: BLE001 - reported per item
         return exc
-

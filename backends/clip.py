@@ -13,7 +13,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ._model import ModelInput, ModelOperator
-from ._operator import TensorSpec
+from ._operator import OperatorParamError, Param, TensorSpec
 from ._preprocess import random_images, to_texts, transform_images
 
 #: Towhee's CLIP model names -> open_clip architecture names.
@@ -27,7 +27,7 @@ TOWHEE_NAMES = {
 def open_clip_name(model_name: str) -> str:
     """The open_clip architecture for a Towhee name or an open_clip name usable offline.
 
-    Raises ``ValueError`` naming the valid choices. Architectures whose tokenizer comes from the
+    Raises :class:`OperatorParamError` naming the valid choices. Architectures whose tokenizer comes from the
     Hugging Face hub (SigLIP, XLM-R...) are refused: no hub is reachable.
     """
     if model_name in TOWHEE_NAMES:
@@ -35,7 +35,7 @@ def open_clip_name(model_name: str) -> str:
     offline = _offline_open_clip_names()
     if model_name in offline:
         return model_name
-    raise ValueError(
+    raise OperatorParamError(
         f"CLIP: unknown model_name {model_name!r}; choose one of {sorted(TOWHEE_NAMES)} "
         f"or an open_clip architecture with a built-in tokenizer: {', '.join(offline)}")
 
@@ -61,11 +61,16 @@ class _ClipOperator(ModelOperator):
     #: Prefix of the open_clip keys inside this operator's module state dict.
     _key_prefix = ""
 
+    params_spec = ModelOperator.params_spec + (
+        Param("model_name", (str,), "clip_vit_base_patch32",
+              "a Towhee CLIP name or an open_clip architecture"),
+        Param("normalize", (bool,), False, "L2-normalise the vectors inside the model"),
+    )
+
     def __init__(self, **params: Any):
-        params.setdefault("model_name", "clip_vit_base_patch32")
         super().__init__(**params)
-        self.arch = open_clip_name(str(params["model_name"]))
-        self.normalize = bool(params.get("normalize", False))
+        self.arch = open_clip_name(self.params["model_name"])
+        self.normalize = self.params["normalize"]
 
     def model_config(self) -> Dict[str, Any]:
         """open_clip's architecture config (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
@@ -94,7 +99,7 @@ class _ClipOperator(ModelOperator):
 
 
 class ClipImageEmbedding(_ClipOperator):
-    """Embed RGB images with CLIP's image tower (``encode_image``).
+    """``image_text_embedding.clip_image``: embed RGB images with CLIP's image tower.
 
     Images are preprocessed with open_clip's own evaluation transform for the architecture
     (resize the shorter side, centre crop, CLIP mean/std).
@@ -106,6 +111,7 @@ class ClipImageEmbedding(_ClipOperator):
         vec = op.process_batch({'image': [rgb_uint8_hwc]})['embedding'][0]   # shape (512,)
     """
 
+    name = "image_text_embedding.clip_image"
     inputs = [TensorSpec("image", "uint8", (-1, -1, 3))]
 
     def __init__(self, **params: Any):
@@ -141,7 +147,7 @@ class ClipImageEmbedding(_ClipOperator):
 
 
 class ClipTextEmbedding(_ClipOperator):
-    """Embed texts with CLIP's text tower (``encode_text``).
+    """``image_text_embedding.clip_text``: embed texts with CLIP's text tower.
 
     Texts (``str`` or UTF-8 ``bytes``) are tokenised with open_clip's own BPE tokenizer into
     int64 ``[batch, context_length]`` (77 for the OpenAI architectures; fixed, because the
@@ -154,6 +160,7 @@ class ClipTextEmbedding(_ClipOperator):
         vec = op.process_batch({'text': ['a photo of a cat']})['embedding'][0]   # shape (512,)
     """
 
+    name = "image_text_embedding.clip_text"
     inputs = [TensorSpec("text", "bytes")]
     _key_prefix = "clip."
 

@@ -19,7 +19,8 @@ from urllib.request import url2pathname
 
 import numpy as np
 
-from ._operator import Operator, OperatorInputError, TensorSpec
+from ._operator import (Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec,
+                        positive)
 
 #: Formats every decoder accepts (PIL's format names).
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
@@ -42,15 +43,13 @@ class ImageHeader:
     mode: str  # PIL's mode: "RGB", "L", "CMYK", "RGBA", "I;16", ...
 
 
-def validate_params(max_pixels: Any, timeout: Any) -> Tuple[int, float]:
-    """Check the decoders' common params; raise ``ValueError`` saying what is expected."""
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels <= 0:
-        raise ValueError(f"max_pixels must be a positive integer (default {DEFAULT_MAX_PIXELS}), "
-                         f"got {max_pixels!r}")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        raise ValueError(f"timeout must be a positive number of seconds (default "
-                         f"{DEFAULT_TIMEOUT}), got {timeout!r}")
-    return max_pixels, float(timeout)
+#: The params every decoder takes.
+DECODE_PARAMS = Operator.params_spec + (
+    Param("max_pixels", (int,), DEFAULT_MAX_PIXELS,
+          "refuse images whose header declares more pixels (decompression-bomb guard)", positive),
+    Param("timeout", (int, float), DEFAULT_TIMEOUT, "seconds allowed for an http(s) download",
+          positive),
+)
 
 
 # -- reading the input ---------------------------------------------------------------------------
@@ -77,8 +76,8 @@ def _as_bytes(item: Any) -> bytes:
             return _as_bytes(item.item())
         if item.dtype == np.uint8 and item.ndim == 1:
             return item.tobytes()
-    raise OperatorInputError(f"<{type(item).__name__} item>: expected encoded image bytes, "
-                             "a file path or an http(s):// / file:// URL")
+    raise OperatorInputError("expected encoded image bytes, a file path or an http(s):// / "
+                             "file:// URL", source=f"<{type(item).__name__} item>")
 
 
 def _fetch(url: str, timeout: float) -> bytes:
@@ -89,12 +88,12 @@ def _fetch(url: str, timeout: float) -> bytes:
         with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) only
             return resp.read()
     except urllib.error.HTTPError as exc:
-        raise OperatorInputError(f"{url}: HTTP {exc.code} {exc.reason}; expected a URL that "
-                                 f"serves a JPEG, PNG, WebP, BMP or TIFF image") from None
+        raise OperatorInputError(f"HTTP {exc.code} {exc.reason}; expected a URL that serves a "
+                                 "JPEG, PNG, WebP, BMP or TIFF image", source=url) from None
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise OperatorInputError(f"{url}: download failed ({reason}); check the URL, or raise "
-                                 f"the operator param timeout (now {timeout}s)") from None
+        raise OperatorInputError(f"download failed ({reason}); check the URL, or raise the "
+                                 f"operator param timeout (now {timeout}s)", source=url) from None
 
 
 def read_source(item: Any, timeout: float = DEFAULT_TIMEOUT) -> Tuple[str, bytes]:
@@ -115,8 +114,9 @@ def read_source(item: Any, timeout: float = DEFAULT_TIMEOUT) -> Tuple[str, bytes
         with open(path, "rb") as f:
             return location, f.read()
     except OSError as exc:
-        raise OperatorInputError(f"{location}: cannot read the file ({exc.strerror or exc}); "
-                                 f"expected a readable JPEG, PNG, WebP, BMP or TIFF file") from None
+        raise OperatorInputError(f"cannot read the file ({exc.strerror or exc}); expected a "
+                                 "readable JPEG, PNG, WebP, BMP or TIFF file",
+                                 source=location) from None
 
 
 # -- the header and the decompression-bomb guard --------------------------------------------------
@@ -148,20 +148,20 @@ def read_header(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
     """Parse the header of ``data`` and refuse it before decoding when it is not an image of a
     supported format or declares more than ``max_pixels`` pixels (a decompression bomb)."""
     if not data:
-        raise OperatorInputError(f"{name}: empty input (0 bytes); {EXPECTED}")
+        raise OperatorInputError(f"empty input (0 bytes); {EXPECTED}", source=name)
     im = _open_header(data)
     if im is None:
-        raise OperatorInputError(f"{name}: not a recognised image (unknown format or corrupted "
-                                 f"header); {EXPECTED}")
+        raise OperatorInputError(f"not a recognised image (unknown format or corrupted header); "
+                                 f"{EXPECTED}", source=name)
     width, height = im.size
     if width * height > max_pixels:
-        raise OperatorInputError(
-            f"{name}: the {im.format} header declares {width}x{height} = {width * height:,} "
-            f"pixels, more than max_pixels={max_pixels:,} (decompression-bomb guard); raise the "
-            f"operator param max_pixels if this image is trusted")
+        raise OperatorLimitError(
+            f"the {im.format} header declares {width}x{height} = {width * height:,} pixels, more "
+            f"than max_pixels={max_pixels:,} (decompression-bomb guard); raise the operator "
+            f"param max_pixels if this image is trusted", source=name)
     if width <= 0 or height <= 0:
-        raise OperatorInputError(f"{name}: the header declares an empty {width}x{height} image; "
-                                 f"{EXPECTED}")
+        raise OperatorInputError(f"the header declares an empty {width}x{height} image; "
+                                 f"{EXPECTED}", source=name)
     return ImageHeader(im.format, width, height, im.mode)
 
 
@@ -192,11 +192,12 @@ def decode_cv2(data: bytes, name: str, header: ImageHeader, reduction: int = 1) 
                 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[reduction]
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
     except cv2.error as exc:
-        raise OperatorInputError(f"{name}: OpenCV cannot decode this {header.format} image "
-                                 f"({str(exc).strip().splitlines()[-1]}); {EXPECTED}") from None
+        raise OperatorInputError(f"OpenCV cannot decode this {header.format} image "
+                                 f"({str(exc).strip().splitlines()[-1]}); {EXPECTED}",
+                                 source=name) from None
     if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
-        raise OperatorInputError(f"{name}: cannot decode this {header.format} image (truncated "
-                                 f"or corrupted data); {EXPECTED}")
+        raise OperatorInputError(f"cannot decode this {header.format} image (truncated or "
+                                 f"corrupted data); {EXPECTED}", source=name)
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
@@ -220,17 +221,19 @@ class CV2RGBDecode(Operator):
         rgb = op.process_batch({"image": ["photo.jpg"]})["image"][0]   # (H, W, 3) uint8
     """
 
+    name = "image_decode.cv2_rgb"
     inputs = [TensorSpec("image", "bytes")]
     outputs = [TensorSpec("image", "uint8", (-1, -1, 3))]
+    params_spec = DECODE_PARAMS + (
+        Param("min_side", (int,), None, "decode large JPEGs at 1/2, 1/4 or 1/8 scale down to "
+              "this shorter side", positive),
+    )
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, timeout: float = DEFAULT_TIMEOUT,
-                 min_side: Optional[int] = None, **params: Any):
-        super().__init__(max_pixels=max_pixels, timeout=timeout, min_side=min_side, **params)
-        self.max_pixels, self.timeout = validate_params(max_pixels, timeout)
-        if min_side is not None and (isinstance(min_side, bool) or not isinstance(min_side, int)
-                                     or min_side < 1):
-            raise ValueError(f"min_side must be a positive integer or None, got {min_side!r}")
-        self.min_side = min_side
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.max_pixels = self.params["max_pixels"]
+        self.timeout = float(self.params["timeout"])
+        self.min_side = self.params["min_side"]
 
     def setup(self, device: str = "cpu") -> None:
         """Nothing to load; imports OpenCV so that a missing install fails early."""

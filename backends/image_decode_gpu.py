@@ -16,9 +16,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._operator import Operator, OperatorInputError, TensorSpec, cpu_threads_per_instance
-from .image_decode import (DEFAULT_MAX_PIXELS, DEFAULT_TIMEOUT, EXPECTED, CV2RGBDecode,
-                           ImageHeader, decode_cv2)
+from ._operator import (Operator, OperatorInputError, Param, TensorSpec,
+                        cpu_threads_per_instance, positive)
+from .image_decode import DECODE_PARAMS, EXPECTED, CV2RGBDecode, ImageHeader, decode_cv2
 
 logger = logging.getLogger("towhee_rt")
 
@@ -63,13 +63,15 @@ class NvJpegDecode(Operator):
     Params: ``max_pixels`` and ``timeout`` as for ``image_decode.cv2_rgb``.
     """
 
+    name = "image_decode.nvjpeg"
     inputs = [TensorSpec("image", "bytes")]
     outputs = [TensorSpec("image", "uint8", (-1, -1, 3))]
+    params_spec = DECODE_PARAMS
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, timeout: float = DEFAULT_TIMEOUT,
-                 **params: Any):
-        super().__init__(max_pixels=max_pixels, timeout=timeout, **params)
-        self._cpu = CV2RGBDecode(max_pixels=max_pixels, timeout=timeout)
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self._cpu = CV2RGBDecode(max_pixels=self.params["max_pixels"],
+                                 timeout=self.params["timeout"])
         self._gpu: Optional[str] = None  # torch device string when decoding on the GPU
 
     def setup(self, device: str = "cpu") -> None:
@@ -105,8 +107,8 @@ class NvJpegDecode(Operator):
         for i in on_gpu:
             name, data, header = loaded[i]
             if not jpeg_has_end(data):
-                raise OperatorInputError(f"{name}: this JPEG is truncated (no end-of-image "
-                                         f"marker after its scan data); {EXPECTED}")
+                raise OperatorInputError(f"this JPEG is truncated (no end-of-image marker after "
+                                         f"its scan data); {EXPECTED}", source=name)
         for i, rgb in zip(on_gpu, self._decode_gpu([loaded[i] for i in on_gpu])):
             out[i] = rgb
         for i, (name, data, header) in enumerate(loaded):
@@ -151,18 +153,21 @@ class DaliDecode(Operator):
     threads, default: this instance's share of the cores).
     """
 
+    name = "image_decode.dali"
     inputs = [TensorSpec("image", "bytes")]
     outputs = [TensorSpec("image", "uint8", (-1, -1, 3))]
+    params_spec = DECODE_PARAMS + (
+        Param("batch_size", (int,), 64, "the largest batch one DALI pipeline run takes",
+              positive),
+        Param("num_threads", (int,), None, "DALI CPU threads", positive),
+    )
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, timeout: float = DEFAULT_TIMEOUT,
-                 batch_size: int = 64, num_threads: Optional[int] = None, **params: Any):
-        super().__init__(max_pixels=max_pixels, timeout=timeout, batch_size=batch_size,
-                         num_threads=num_threads, **params)
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        self._cpu = CV2RGBDecode(max_pixels=max_pixels, timeout=timeout)
-        self.batch_size = batch_size
-        self.num_threads = num_threads
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self._cpu = CV2RGBDecode(max_pixels=self.params["max_pixels"],
+                                 timeout=self.params["timeout"])
+        self.batch_size = self.params["batch_size"]
+        self.num_threads = self.params["num_threads"]
         self._device_id: Optional[int] = None
         self._pipe = None  # built lazily; dropped after a failed run (DALI invalidates it)
 
@@ -218,8 +223,8 @@ class DaliDecode(Operator):
                 name = chunk[0][0]
             else:
                 name = f"one of {len(chunk)} images in this batch"
-            raise OperatorInputError(f"{name}: DALI cannot decode it (truncated or corrupted "
-                                     f"data); {EXPECTED}") from None
+            raise OperatorInputError(f"DALI cannot decode it (truncated or corrupted data); "
+                                     f"{EXPECTED}", source=name) from None
         if self._device_id is not None:
             images = images.as_cpu()
         # np.array copies: DALI reuses its output buffers on the next run.

@@ -10,7 +10,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ._model import ModelInput, ModelOperator
-from ._operator import TensorSpec
+from ._operator import OperatorParamError, Param, TensorSpec
 from ._preprocess import random_images, transform_images
 
 
@@ -30,19 +30,21 @@ class TimmImageEmbedding(ModelOperator):
         vec = op.process_batch({'image': [rgb_uint8_hwc]})['embedding'][0]   # shape (2048,)
     """
 
+    name = "image_embedding.timm"
     inputs = [TensorSpec("image", "uint8", (-1, -1, 3))]
+    params_spec = ModelOperator.params_spec + (
+        Param("model_name", (str,), doc="any name from timm.list_models(), e.g. 'resnet50'",
+              check=lambda v: None if v else "must not be empty"),
+    )
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        if not params.get("model_name"):
-            raise ValueError("image_embedding.timm: the 'model_name' param is required, "
-                             "e.g. model_name='resnet50' (any name from timm.list_models())")
         self._data_config = None
         self._transform = None
 
     @property
     def model_name(self) -> str:
-        return str(self.params["model_name"])
+        return self.params["model_name"]
 
     # -- preprocessing ------------------------------------------------------------------
     def data_config(self) -> Dict[str, Any]:
@@ -57,7 +59,7 @@ class TimmImageEmbedding(ModelOperator):
             from timm.models import get_pretrained_cfg
 
             if not timm.is_model(self.model_name.split(".", 1)[0]):
-                raise ValueError(f"image_embedding.timm: unknown model_name {self.model_name!r}; "
+                raise OperatorParamError(f"image_embedding.timm: unknown model_name {self.model_name!r}; "
                                  "choose a name from timm.list_models(), e.g. 'resnet50'")
             cfg = get_pretrained_cfg(self.model_name)
             self._data_config = timm.data.resolve_data_config(

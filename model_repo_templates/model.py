@@ -8,15 +8,20 @@ towhee_rt: edit ``towhee_ops/*.py`` and restart tritonserver to change behaviour
 What it does per ``execute`` call: gathers the items of every request (Triton's dynamic batcher
 hands over several requests at once), runs the operator on all of them in one batch, and
 returns one response per request, in order. If an item fails, only the request holding it gets
-an error, naming the operator and the item's index in that request.
+an error: ``towhee_rt.item_errors=`` then JSON, one entry per failed item (its index in that
+request, the operator, the kind of failure: bad_input / limit / internal, and the message),
+which towhee_rt's client reads back (``towhee_ops/_operator.py``: ``encode_failures``).
+
+Per-machine values are decided here, when the model loads: an operator that takes
+``num_threads`` and was not given one gets this instance's share of the cores the stub may use.
 """
 import json
 import os
 import sys
 
 # Each instance is its own process and the operators size their runtimes' threads explicitly
-# (num_threads = cores / instances); OpenMP's default of one thread per core in every process
-# oversubscribes the CPU. Set before numpy/torch start their thread pools.
+# (num_threads = cores / instances, below); OpenMP's default of one thread per core in every
+# process oversubscribes the CPU. Set before numpy/torch start their thread pools.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
@@ -26,7 +31,8 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from towhee_ops._operator import describe_error, process_items, stack_items  # noqa: E402
+from towhee_ops._operator import (ItemFailure, cpu_threads_per_instance,  # noqa: E402
+                                  encode_failures, process_items, stack_items)
 
 
 class TritonPythonModel:
@@ -38,17 +44,22 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         operator = json.loads(parameters["towhee_operator"])
-        params = json.loads(parameters["towhee_params"])
-        params.setdefault("artifact_dir", _HERE)
         cls = getattr(importlib.import_module("towhee_ops." + operator["module"]),
                       operator["class"])
-        cls.name = operator["name"]
+        params = json.loads(parameters["towhee_params"])
+        params["artifact_dir"] = _HERE
+        declared = {p.name for p in cls.params_spec}
+        if "num_threads" in declared and params.get("num_threads") is None:
+            params["num_threads"] = cpu_threads_per_instance(_instances(config))
         self.op = cls(**params)
         self.name = operator["name"]
         device = "cpu"
         if args.get("model_instance_kind") == "GPU":
             device = "cuda:%s" % args["model_instance_device_id"]
         self.op.ensure_setup(device)
+        pb_utils.Logger.log_info("%s: operator %s on %s, num_threads %s, format: %s" % (
+            args.get("model_instance_name", self.name), self.name, device,
+            params.get("num_threads", "-"), parameters.get("towhee_format") or "-"))
 
     def execute(self, requests):
         items, counts, bad_requests = [], [], {}
@@ -56,7 +67,7 @@ class TritonPythonModel:
             try:
                 columns = [self._read_input(request, spec) for spec in self.op.inputs]
             except Exception as exc:  # noqa: BLE001 - a malformed request fails alone
-                bad_requests[r] = "%s: bad request: %s" % (self.name, describe_error(exc))
+                bad_requests[r] = "operator %s: bad request: %s" % (self.name, exc)
                 counts.append(0)
                 continue
             counts.append(len(columns[0]))
@@ -68,11 +79,10 @@ class TritonPythonModel:
             if r in bad_requests:
                 responses.append(self._error(bad_requests[r]))
                 continue
-            failed = [(i, x) for i, x in enumerate(mine) if isinstance(x, BaseException)]
+            failed = [ItemFailure.from_exception(self.name, i, x)
+                      for i, x in enumerate(mine) if isinstance(x, BaseException)]
             if failed:
-                message = "; ".join("operator %s: item %d: %s" % (self.name, i, describe_error(e))
-                                    for i, e in failed)
-                responses.append(self._error(message))
+                responses.append(self._error(encode_failures(failed)))
                 continue
             outputs = [self._write_output(spec, [row[k] for row in mine])
                        for k, spec in enumerate(self.op.outputs)]
@@ -111,4 +121,11 @@ class TritonPythonModel:
 
     @staticmethod
     def _error(message):
+        """An error response; the ensemble passes the message on to the client."""
         return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+
+
+def _instances(config):
+    """This model's instance count on one device (the instance group of its kind)."""
+    groups = config.get("instance_group") or [{}]
+    return max(1, int(groups[0].get("count", 1)))

@@ -9,9 +9,10 @@ The public API follows Towhee's "Triton in Towhee" guide::
             .as_function())
 """
 from .datacollection import DataCollection, dc
-from .errors import (ClientError, ConfigError, DockerError, FormatError, ItemError,
-                     PipelineError, ServerError, TowheeRTError)
-from .operator import Operator, OperatorInputError, TensorSpec
+from .build import BuiltPipeline, BuiltStep
+from .errors import (BadInputError, ClientError, ConfigError, DockerError, FormatError,
+                     ItemError, LimitExceededError, PipelineError, ServerError, TowheeRTError)
+from .operator import Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec
 from .pipeline import Pipeline, PipelineBuilder, dummy_input
 # Not `from .serve import serve`: the towhee_rt.serve module is `python -m towhee_rt.serve`,
 # which must not be imported before it runs (RuntimeWarning); it is callable, like this function.
@@ -32,9 +33,9 @@ def __getattr__(name):
 
 
 __all__ = [
-    "dummy_input", "dc", "Pipeline", "PipelineBuilder", "DataCollection",
-    "build_model_repo", "ModelRepository", "build_docker_image", "serve", "Client",
-    "Operator", "OperatorInputError", "TensorSpec",
-    "TowheeRTError", "ConfigError", "ItemError", "PipelineError", "ServerError",
-    "ClientError", "DockerError", "FormatError",
+    "dummy_input", "dc", "Pipeline", "PipelineBuilder", "DataCollection", "BuiltPipeline",
+    "BuiltStep", "build_model_repo", "ModelRepository", "build_docker_image", "serve", "Client",
+    "Operator", "OperatorInputError", "OperatorLimitError", "Param", "TensorSpec",
+    "TowheeRTError", "ConfigError", "ItemError", "BadInputError", "LimitExceededError",
+    "PipelineError", "ServerError", "ClientError", "DockerError", "FormatError",
 ]

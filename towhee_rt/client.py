@@ -8,37 +8,67 @@ Example::
 
 Items become one request each (``batch_size=1``, the default) or ``batch_size`` per request.
 Local files are read and sent as bytes; URLs and other strings are sent as UTF-8 strings.
-A failed request of several items is retried item by item, so each failure is reported for
-its own index and the other items still succeed.
+A request whose items failed carries one structured failure per item (see
+``towhee_rt.backends._operator.ItemFailure``): each such item becomes an :class:`ItemError` of
+the matching kind, named by the caller's index (and local file name), and the other items of
+that request are sent again without them.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from .errors import ClientError, ConfigError, ItemError, PipelineError
+from .backends._operator import ItemFailure, decode_failures
+from .errors import ClientError, ConfigError, ItemError, PipelineError, check_error_mode
 
 PROTOCOLS = ("grpc", "http")
 MODES = ("infer", "async_infer", "stream")
-_OPERATOR_MESSAGE = re.compile(r"operator ([\w.]+): item \d+: (.*)", re.S)
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestRecord:
+    """What ``Client(on_request=...)`` is told after each request it sent."""
+
+    #: Items in the request.
+    items: int
+    #: Wall time of the request, from sending to the answer.
+    seconds: float
+    #: The failure, or ``None`` when every item succeeded.
+    error: Optional[BaseException] = None
+
+
+class _RequestFailed(Exception):
+    """A request failed: its items' structured failures, or the server's or transport's text."""
+
+    def __init__(self, failures: List[ItemFailure], text: str):
+        super().__init__(text)
+        self.failures = failures
+        self.text = text
 
 
 class Client:
-    """Query one served pipeline (a Triton model) with lists of items."""
+    """Query one served pipeline (a Triton model) with lists of items.
+
+    ``on_request(record)`` is called after every request this client sends (in the thread that
+    sent it) with a :class:`RequestRecord`: for latency statistics, logging or metrics.
+    """
 
     def __init__(self, url: str = "127.0.0.1:8001", model_name: str = "pipeline",
-                 protocol: str = "grpc", timeout: float = 60.0):
+                 protocol: str = "grpc", timeout: float = 60.0,
+                 on_request: Optional[Callable[[RequestRecord], None]] = None):
         if protocol not in PROTOCOLS:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.url = url.split("://", 1)[-1]
         self.model_name = model_name
         self.protocol = protocol
         self.timeout = timeout
+        self.on_request = on_request
         self._local = threading.local()
         self._clients: List[Any] = []
         self._lock = threading.Lock()
@@ -51,8 +81,7 @@ class Client:
         if mode not in ("infer", "async_infer"):
             raise ConfigError(f"mode must be one of {MODES}, got {mode!r} (use .stream() for "
                               "'stream')")
-        if errors not in ("raise", "return"):
-            raise ConfigError(f"errors must be 'raise' or 'return', got {errors!r}")
+        check_error_mode(errors)
         results: List[Any] = [None] * len(items)
         workers = 1 if mode == "infer" else concurrency
         for index, result in self.stream(items, batch_size=batch_size, concurrency=workers):
@@ -137,15 +166,20 @@ class Client:
         return list(meta["inputs"]), [o["name"] for o in meta["outputs"]]
 
     def _run_batch(self, items: Sequence[Any], batch: List[int]) -> List[Tuple[int, Any]]:
+        """Send ``batch`` (indices into ``items``); each index with its result or ItemError."""
         try:
             rows = self._send([items[i] for i in batch])
             return list(zip(batch, rows))
-        except ItemError as error:
-            if len(batch) == 1:
-                index = batch[0]
-                message = _name_local_file(items[index], error.message)
-                return [(index, ItemError(index, error.operator, message))]
-        return [pair for i in batch for pair in self._run_batch(items, [i])]
+        except _RequestFailed as failed:
+            by_position = {f.index: f for f in failed.failures if 0 <= f.index < len(batch)}
+            if not by_position:  # no item named: transport, or a request-level error
+                if len(batch) == 1:
+                    return [(batch[0], ItemError(batch[0], None, failed.text))]
+                return [pair for i in batch for pair in self._run_batch(items, [i])]
+        out = [(batch[k], ItemError.from_failure(f, batch[k], _local_file(items[batch[k]])))
+               for k, f in by_position.items()]
+        rest = [i for k, i in enumerate(batch) if k not in by_position]
+        return out + (self._run_batch(items, rest) if rest else [])
 
     def _send(self, values: List[Any]) -> List[Any]:
         module = self._module()
@@ -156,12 +190,17 @@ class Client:
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         outputs = [module.InferRequestedOutput(name) for name in self._outputs]
+        kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
+        start, error = time.perf_counter(), None
         try:
-            kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
             result = self._client().infer(self.model_name, inputs, outputs=outputs, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - becomes a per-item error
-            operator, message = _parse_error(exc)
-            raise ItemError(-1, operator, message) from None
+        except Exception as exc:  # noqa: BLE001 - becomes per-item errors
+            text = _error_text(exc)
+            error = _RequestFailed(decode_failures(text), text)
+            raise error from None
+        finally:
+            if self.on_request is not None:
+                self.on_request(RequestRecord(len(values), time.perf_counter() - start, error))
         arrays = {name: result.as_numpy(name) for name in self._outputs}
         if len(arrays) == 1:
             return list(next(iter(arrays.values())))
@@ -181,31 +220,33 @@ def encode_item(value: Any) -> bytes:
     """What is sent for one item: a local file's bytes, or the value itself as bytes."""
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
+    path = _local_file(value)
+    if path is not None:
+        with open(path, "rb") as f:
+            return f.read()
     if isinstance(value, os.PathLike):
         value = os.fspath(value)
     if not isinstance(value, str):
         raise ConfigError(f"cannot send item of type {type(value).__name__}; expected a path, "
                           "a URL, bytes or a string")
-    path = value[len("file://"):] if value.startswith("file://") else value
-    if len(path) < 4096 and "\n" not in path and os.path.isfile(path):
-        with open(path, "rb") as f:
-            return f.read()
     return value.encode("utf-8")
 
 
-def _name_local_file(item: Any, message: str) -> str:
-    """Put the local path back in place of the server's ``<encoded image, N bytes>``."""
-    if isinstance(item, (str, os.PathLike)) and message.startswith("<encoded"):
-        return f"{os.fspath(item)}{message[message.index('>') + 1:]}"
-    return message
+def _local_file(value: Any) -> Optional[str]:
+    """The local file ``value`` names (a path or ``file://`` URL), or ``None``."""
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str):
+        return None
+    path = value[len("file://"):] if value.startswith("file://") else value
+    if len(path) < 4096 and "\n" not in path and os.path.isfile(path):
+        return path
+    return None
 
 
-def _parse_error(exc: Exception) -> Tuple[Optional[str], str]:
+def _error_text(exc: Exception) -> str:
     text = exc.message() if hasattr(exc, "message") and callable(exc.message) else str(exc)
-    match = _OPERATOR_MESSAGE.search(text or "")
-    if match:
-        return match.group(1), match.group(2).strip()
-    return None, text or type(exc).__name__
+    return text or type(exc).__name__
 
 
 def _check_positive(value: Any, name: str) -> None:

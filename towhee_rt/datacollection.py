@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, List, Optional
 
 from .errors import ConfigError
-from .pipeline import PipelineBuilder
+from .pipeline import Pipeline, PipelineBuilder
 
 
 class DataCollection:
@@ -21,6 +21,7 @@ class DataCollection:
     def __init__(self, items: Iterable[Any], builder: Optional[PipelineBuilder] = None):
         self._items = list(items)
         self._builder = builder or PipelineBuilder()
+        self._pipe: Optional[Pipeline] = None  # built on the first to_list, then reused
 
     def pipeline_config(self, **values: Any) -> "DataCollection":
         """Same as :meth:`PipelineBuilder.pipeline_config`."""
@@ -41,11 +42,12 @@ class DataCollection:
         """Run the chain locally over the items (the items themselves if there is no chain)."""
         if not self._builder.steps:
             return list(self._items)
-        pipe = self._builder.as_function()
+        if self._pipe is None:
+            self._pipe = self._builder.as_function()
         try:
-            return pipe.batch(self._items, errors=errors)
+            return self._pipe.batch(self._items, errors=errors)
         finally:
-            pipe.close()
+            self._pipe.close()
 
     def remote(self, url: str = "127.0.0.1:8001", mode: str = "infer", protocol: str = "grpc",
                model_name: str = "pipeline", batch_size: int = 1, concurrency: int = 4,

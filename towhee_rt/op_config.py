@@ -7,30 +7,34 @@ valid choices.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
+from .backends._operator import usable_cores
 from .errors import ConfigError
 
 #: Model formats ``format_priority`` may name, best first when the hardware allows.
 FORMATS = ("tensorrt", "tensorrt_fp16", "onnx_int8", "onnx", "torch")
 #: ``jit`` values: ``'towhee'`` (the seed's name) maps to the best available, torch.compile here.
 JIT_CHOICES = ("towhee", "torch")
-PIPELINE_KEYS = ("parallel", "chunksize", "jit", "format_priority", "calibration_data",
-                 "int8_min_cosine")
-OP_KEYS = PIPELINE_KEYS + ("dynamic_batching", "device_ids", "instance_count")
 DYNAMIC_BATCHING_KEYS = ("max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds")
-#: Keys that only apply to model operators.
-MODEL_ONLY_KEYS = ("jit", "format_priority", "calibration_data", "int8_min_cosine")
-#: Keys that only affect the Triton repository (stored for the builder, unused locally).
-SERVER_ONLY_KEYS = ("dynamic_batching", "instance_count")
 
 DEFAULT_CHUNKSIZE = 8
-#: Triton instances of a CPU model operator when neither instance_count nor parallel is given:
-#: two single-threaded instances beat one two-threaded instance on 2 cores (bench/results:
-#: resnet50 22.9 vs 19.7 img/s, CLIP 17.8 vs 15.4, MiniLM 208 vs 170 items/s served).
-DEFAULT_CPU_MODEL_INSTANCES = 2
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_QUEUE_DELAY_US = 2000
+
+
+def default_cpu_model_instances(cores: Optional[int] = None) -> int:
+    """Triton instances of a CPU model operator when neither instance_count nor parallel is
+    given, for a machine with ``cores`` (default: the cores this process may use).
+
+    Measured on 2 cores: two single-threaded instances beat one two-threaded instance
+    (bench/results: resnet50 22.9 vs 19.7 img/s, CLIP 17.8 vs 15.4, MiniLM 208 vs 170 items/s
+    served). Larger machines get one instance per 4 cores (each then runs 4 intra-op threads,
+    see the adapter), a heuristic not yet measured there. The count is written into the
+    repository; the threads per instance are decided on the serving machine.
+    """
+    cores = usable_cores() if cores is None else cores
+    return max(min(cores, 2), cores // 4)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,9 +66,27 @@ class OpConfig:
         return self.instance_count or self.parallel
 
     @property
+    def max_batch_size(self) -> int:
+        """The model's max batch size: the dynamic batching limit, else the default."""
+        return self.dynamic_batching.max_batch_size if self.dynamic_batching else \
+            DEFAULT_MAX_BATCH_SIZE
+
+    @property
     def device(self) -> str:
         """The device the operator runs on locally: the first of ``device_ids``, else CPU."""
         return f"cuda:{self.device_ids[0]}" if self.device_ids else "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigKey:
+    """One key of ``pipeline_config`` / ``op_config``: its check and where it applies."""
+
+    name: str
+    check: Callable[[Any, str], Any]
+    #: Settable in ``pipeline_config`` (every key is settable in ``op_config``).
+    pipeline: bool = True
+    #: Applies to model operators only (image_embedding.*, image_text_embedding.*, ...).
+    model_only: bool = False
 
 
 def validate_pipeline_config(values: Mapping[str, Any]) -> Dict[str, Any]:
@@ -85,13 +107,13 @@ def resolve(pipeline_values: Mapping[str, Any], op_values: Mapping[str, Any],
             operator: str, is_model: bool) -> OpConfig:
     """Merge pipeline defaults with one operator's overrides into an :class:`OpConfig`."""
     for key in MODEL_ONLY_KEYS:
-        if key in op_values and op_values[key] and not is_model:
+        if op_values.get(key) and not is_model:
             raise ConfigError(f"{operator}: op_config key {key!r} only applies to model "
                               "operators (image_embedding.*, image_text_embedding.*, "
                               "text_embedding.*); remove it from this operator")
     merged = {**pipeline_values, **op_values}
     if is_model and not ({"instance_count", "parallel", "device_ids"} & set(merged)):
-        merged["instance_count"] = DEFAULT_CPU_MODEL_INSTANCES
+        merged["instance_count"] = default_cpu_model_instances()
     if not is_model:
         for key in MODEL_ONLY_KEYS:
             merged.pop(key, None)
@@ -105,7 +127,7 @@ def _validate(values: Mapping[str, Any], allowed: Tuple[str, ...], where: str) -
                           f"valid keys are: {', '.join(allowed)}")
     out: Dict[str, Any] = {}
     for key, value in values.items():
-        out[key] = _CHECKS[key](value, f"{where}[{key!r}]")
+        out[key] = KEYS[key].check(value, f"{where}[{key!r}]")
     return out
 
 
@@ -188,14 +210,18 @@ def _unit_interval(value: Any, where: str) -> float:
     return float(value)
 
 
-_CHECKS = {
-    "parallel": _positive_int,
-    "chunksize": _positive_int,
-    "instance_count": _positive_int,
-    "jit": _jit,
-    "format_priority": _format_priority,
-    "device_ids": _device_ids,
-    "dynamic_batching": _dynamic_batching,
-    "calibration_data": _calibration_data,
-    "int8_min_cosine": _unit_interval,
-}
+#: Every config key, in the order error messages list them; OpConfig has one field per key.
+KEYS: Dict[str, ConfigKey] = {key.name: key for key in (
+    ConfigKey("parallel", _positive_int),
+    ConfigKey("chunksize", _positive_int),
+    ConfigKey("jit", _jit, model_only=True),
+    ConfigKey("format_priority", _format_priority, model_only=True),
+    ConfigKey("calibration_data", _calibration_data, model_only=True),
+    ConfigKey("int8_min_cosine", _unit_interval, model_only=True),
+    ConfigKey("dynamic_batching", _dynamic_batching, pipeline=False),
+    ConfigKey("device_ids", _device_ids, pipeline=False),
+    ConfigKey("instance_count", _positive_int, pipeline=False),
+)}
+PIPELINE_KEYS = tuple(k for k, key in KEYS.items() if key.pipeline)
+OP_KEYS = tuple(KEYS)
+MODEL_ONLY_KEYS = tuple(k for k, key in KEYS.items() if key.model_only)

@@ -9,11 +9,12 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Tuple, Type
 
-from .backends._operator import Operator, OperatorInputError, TensorSpec
+from .backends._operator import (Operator, OperatorInputError, OperatorLimitError, Param,
+                                 TensorSpec)
 from .errors import ConfigError
 
-__all__ = ["Operator", "OperatorInputError", "TensorSpec", "OPERATORS", "operator_class",
-           "backend_module_name"]
+__all__ = ["Operator", "OperatorInputError", "OperatorLimitError", "Param", "TensorSpec",
+           "OPERATORS", "operator_class"]
 
 #: Registered operator name -> (backend module in ``towhee_rt.backends``, class name).
 OPERATORS: Dict[str, Tuple[str, str]] = {
@@ -36,17 +37,14 @@ def namespaces() -> Dict[str, list]:
     return {ns: sorted(names) for ns, names in sorted(out.items())}
 
 
-def backend_module_name(name: str) -> str:
-    """The backend module (file name without .py) that implements operator ``name``."""
-    return _lookup(name)[0]
-
-
 def operator_class(name: str) -> Type[Operator]:
     """Import and return the class registered as ``name`` (e.g. ``'image_embedding.timm'``)."""
     module_name, class_name = _lookup(name)
     module = importlib.import_module(f"towhee_rt.backends.{module_name}")
     cls = getattr(module, class_name)
-    cls.name = name
+    if cls.name != name:
+        raise ConfigError(f"operator class {module_name}.{class_name} is registered as {name!r} "
+                          f"but declares name = {cls.name!r}; make them agree")
     return cls
 
 

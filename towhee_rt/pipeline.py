@@ -9,22 +9,24 @@ Example::
             .as_function())
     vec = pipe('photo.jpg')            # one input -> one result
     vecs = pipe(['a.jpg', 'b.jpg'])    # a list -> a list, in order
+
+``as_function()`` validates (op_config keys, operator params, the chain) and constructs the
+operators, which is cheap; :meth:`Pipeline.build` does the expensive part once (see
+:mod:`towhee_rt.build`) and is called for you by the first run or ``build_model_repo``.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import logging
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from . import op_config as cfg
-from .accel import formats
-from .errors import ConfigError, ItemError, PipelineError
-from .operator import OPERATORS, Operator, namespaces, operator_class
-from .runner import LocalStep, run_local
-
-ERROR_MODES = ("raise", "return")
-log = logging.getLogger("towhee_rt")
+from .accel.formats import FormatChoice
+from .backends._operator import OperatorParamError
+from .build import BuiltPipeline, build_pipeline
+from .errors import ConfigError, ItemError, PipelineError, check_error_mode
+from .operator import Operator, namespaces, operator_class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +54,8 @@ class PipelineBuilder:
     def add_operator(self, name: str, op_config: Optional[Mapping[str, Any]] = None,
                      **params: Any) -> "PipelineBuilder":
         """Append operator ``name`` (e.g. ``'image_embedding.timm'``) with its params."""
-        if name not in OPERATORS:
-            operator_class(name)  # raises the ConfigError that lists the choices
         _check_json(name, params)
+        _check_params(operator_class(name), params)
         step = StepSpec(name, dict(params), cfg.validate_op_config(op_config, name))
         return type(self)(self._steps + (step,), self._pipeline_values)
 
@@ -118,43 +119,37 @@ class Pipeline:
             cfg.resolve(self.pipeline_values, s.op_values, s.name, c.is_model)
             for s, c in zip(self.steps, classes))
         _check_chain(self.steps, classes)
-        self.operators: List[Operator] = [c(**s.params) for c, s in zip(classes, self.steps)]
-        self._local = [LocalStep(op, conf) for op, conf in zip(self.operators, self.configs)]
-        self._formats = [
-            formats.select_format(op, conf, lambda k=k: self._calibration_batches(k))
-            if op.is_model else None
-            for k, (op, conf) in enumerate(zip(self.operators, self.configs))]
+        self.operators: Tuple[Operator, ...] = tuple(
+            _construct(c, s.params) for c, s in zip(classes, self.steps))
+        self._built: Optional[BuiltPipeline] = None
+        self._build_lock = threading.Lock()
+
+    def build(self) -> BuiltPipeline:
+        """Choose formats, export and check models (once); return the frozen result."""
+        with self._build_lock:
+            if self._built is None:
+                self._built = build_pipeline([s.name for s in self.steps],
+                                             [s.params for s in self.steps],
+                                             self.operators, self.configs)
+            return self._built
 
     def __call__(self, inputs: Any, errors: str = "raise") -> Any:
-        if errors not in ERROR_MODES:
-            raise ConfigError(f"errors must be one of {ERROR_MODES}, got {errors!r}")
+        check_error_mode(errors)
         if isinstance(inputs, (list, tuple)):
             return self.batch(inputs, errors=errors)
-        result = run_local(self._local, [inputs])[0]
+        result = self.build().run([inputs])[0]
         if isinstance(result, ItemError) and errors == "raise":
             raise result
         return result
 
     def batch(self, inputs: Sequence[Any], errors: str = "raise") -> List[Any]:
         """Run a list of inputs; see the class docstring for ``errors``."""
-        results = run_local(self._local, list(inputs))
+        check_error_mode(errors)
+        results = self.build().run(list(inputs))
         failed = [r for r in results if isinstance(r, ItemError)]
         if failed and errors == "raise":
             raise PipelineError(failed, results)
         return results
-
-    def _calibration_batches(self, index: int) -> List[Dict[str, Any]]:
-        """Operator ``index``'s calibration_data, run through the operators before it and
-        preprocessed into model inputs (one batch per sample; failing samples are skipped)."""
-        op, samples = self.operators[index], list(self.configs[index].calibration_data)
-        upstream = run_local(self._local[:index], samples) if index else samples
-        batches = []
-        for number, value in enumerate(upstream):
-            if isinstance(value, ItemError):
-                log.warning("%s: calibration sample %d skipped: %s", op.name, number, value)
-                continue
-            batches.append(op.preprocess({op.inputs[0].name: [value]}))
-        return batches
 
     def formats(self) -> Dict[str, str]:
         """The model format chosen for each model operator, keyed by ``'<index>:<name>'``.
@@ -162,16 +157,12 @@ class Pipeline:
         >>> pipe.formats()   # doctest: +SKIP
         {'1:image_embedding.timm': 'onnx'}
         """
-        return {f"{i}:{s.name}": c.format
-                for i, (s, c) in enumerate(zip(self.steps, self._formats)) if c}
+        return {f"{s.index}:{s.name}": s.format.format
+                for s in self.build().steps if s.format}
 
-    def format_choice(self, index: int) -> Optional[formats.FormatChoice]:
+    def format_choice(self, index: int) -> Optional[FormatChoice]:
         """How operator ``index``'s format was chosen (``None`` for operators without a model)."""
-        return self._formats[index]
-
-    def export_model_files(self, index: int, directory: str) -> Dict[str, Any]:
-        """Write operator ``index``'s model files into ``directory``; return the params for them."""
-        return formats.export_model_files(self.operators[index], self._formats[index], directory)
+        return self.build().steps[index].format
 
     @property
     def input_specs(self):
@@ -184,9 +175,9 @@ class Pipeline:
         return list(self.operators[-1].outputs)
 
     def close(self) -> None:
-        """Stop the local worker pools."""
-        for step in self._local:
-            step.close()
+        """Stop the local worker pools (the built models are kept)."""
+        if self._built is not None:
+            self._built.close()
 
     def __repr__(self) -> str:
         chain = " -> ".join(f"{s.name}({dict(s.params)})" for s in self.steps)
@@ -204,6 +195,20 @@ def _check_json(name: str, params: Mapping[str, Any]) -> None:
     except TypeError as exc:
         raise ConfigError(f"{name}: params must be JSON-serialisable (they are stored in the "
                           f"Triton model config): {exc}") from None
+
+
+def _check_params(cls: Type[Operator], params: Mapping[str, Any]) -> None:
+    try:
+        cls.check_params(params)
+    except OperatorParamError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _construct(cls: Type[Operator], params: Mapping[str, Any]) -> Operator:
+    try:
+        return cls(**params)
+    except OperatorParamError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _check_chain(steps: Sequence[StepSpec], classes: Sequence[type]) -> None:

@@ -11,7 +11,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Sequence
 
-from .backends._operator import Operator, describe_error, process_items
+from .backends._operator import ItemFailure, Operator, process_items
 from .errors import ItemError
 from .op_config import OpConfig
 
@@ -62,7 +62,8 @@ def run_local(steps: Sequence[LocalStep], inputs: Sequence[Any]) -> List[Any]:
         for chunk, results in zip(index_chunks, outcomes):
             for i, result in zip(chunk, results):
                 if isinstance(result, BaseException):
-                    failures[i] = ItemError(i, step.operator.name, describe_error(result))
+                    failures[i] = ItemError.from_failure(
+                        ItemFailure.from_exception(step.operator.name, i, result))
                     states.pop(i, None)
                 else:
                     states[i] = result

@@ -117,10 +117,40 @@ def test_bad_images_get_named_errors_and_good_ones_survive(served, bad_dir, prot
         error = results[index]
         assert isinstance(error, ItemError), (name, error)
         assert (error.index, error.operator) == (index, "image_decode.cv2_rgb")
-        assert name in error.message
+        assert error.source == str(bad_dir / name)  # the local file, not "<encoded image ...>"
+        # The same spelling as a local run of the same item.
+        assert str(error) == str(towhee.dummy_input().image_decode.cv2_rgb().as_function()(
+            [str(bad_dir / name)] * (index + 1), errors="return")[index])
+        kind = "limit" if name.startswith("bomb") else "bad_input"
+        assert error.kind == kind and isinstance(error, towhee.BadInputError)
     with pytest.raises(PipelineError, match="empty.jpg"):
         towhee.dc(items).remote(url=url, protocol=protocol, model_name="image")
     assert server.models_ready()
+
+
+def test_failed_items_are_not_sent_again_but_their_neighbours_are(served, bad_dir):
+    server, local, images = served
+    records = []
+    client = towhee.Client(server.grpc_url, model_name="image", on_request=records.append)
+    same_size = [list(GOOD_SHAPES).index(n) for n in ("astronaut.jpg", "camera_gray.jpg")]
+    with client:
+        results = client.infer([images[same_size[0]], str(bad_dir / "empty.jpg"),
+                                images[same_size[1]]], batch_size=3, errors="return")
+    _assert_close([results[0], results[2]], [local["image"][i] for i in same_size])
+    assert isinstance(results[1], towhee.BadInputError) and results[1].index == 1
+    # The request of 3 failed on item 1 only: items 0 and 2 went again, together.
+    assert [(r.items, r.error is None) for r in records] == [(3, False), (2, True)]
+    assert all(r.seconds > 0 for r in records)
+
+
+def test_threads_are_decided_where_the_model_runs(served):
+    import os
+
+    server, _, _ = served
+    cores = len(os.sched_getaffinity(0))
+    # The test_resnet model of "image" has 2 instances: each gets half the server's cores.
+    line = f"operator image_embedding.timm on cpu, num_threads {max(1, cores // 2)}, format:"
+    assert line in server.log_text()
 
 
 def test_onnx_format_is_served_within_the_parity_bound_of_torch(served):

@@ -44,5 +44,5 @@ def test_embedding_stays_within_the_int8_gate(good_dir):
 
 
 def test_min_side_is_validated():
-    with pytest.raises(ValueError, match="min_side must be a positive integer"):
+    with pytest.raises(ValueError, match="param 'min_side' must be positive"):
         CV2RGBDecode(min_side=0)

@@ -54,6 +54,7 @@ def test_image_int8_is_calibrated_gated_and_recorded(good_dir, tmp_path):
 def test_failed_gate_falls_back_to_the_next_format_with_the_reason(good_dir, caplog):
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
         pipe = _image_pipe(good_dir, int8_min_cosine=1.0)
+        pipe.build()
     assert pipe.formats() == {"1:image_embedding.timm": "onnx"}
     assert "onnx_int8 skipped: accuracy gate failed: no int8 recipe keeps min cosine to fp32 " \
         ">= 1.0 (static-qdq-per-channel: min cosine 0.9" in caplog.text
@@ -62,7 +63,7 @@ def test_failed_gate_falls_back_to_the_next_format_with_the_reason(good_dir, cap
 def test_without_calibration_data_the_user_is_warned(caplog):
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
         (towhee.dummy_input().pipeline_config(format_priority=["onnx_int8", "onnx"])
-         .image_embedding.timm(model_name="test_resnet").as_function())
+         .image_embedding.timm(model_name="test_resnet").as_function().build())
     assert "no calibration_data given; calibrating on 12 random inputs" in caplog.text
 
 

@@ -93,11 +93,24 @@ def test_empty_pipeline_is_rejected():
         towhee.dummy_input().as_function()
 
 
-def test_cpu_model_operators_default_to_two_single_threaded_instances():
+@pytest.mark.parametrize("cores, instances", [(1, 1), (2, 2), (4, 2), (8, 2), (16, 4), (64, 16)])
+def test_default_instance_count_follows_the_cores(cores, instances):
+    # 2 cores: two single-threaded instances, as measured (bench/results).
+    assert cfg.default_cpu_model_instances(cores) == instances
+
+
+def test_config_keys_are_declared_once():
+    import dataclasses
+
+    assert set(cfg.OP_KEYS) == {f.name for f in dataclasses.fields(cfg.OpConfig)}
+    assert set(cfg.PIPELINE_KEYS) < set(cfg.OP_KEYS)
+
+
+def test_cpu_model_operators_get_the_default_instance_count():
     pipe = (towhee.dummy_input().image_decode.cv2_rgb()
             .image_embedding.timm(model_name="test_resnet").as_function())
     decode, embed = pipe.configs
-    assert (decode.instances, embed.instances) == (1, cfg.DEFAULT_CPU_MODEL_INSTANCES)
+    assert (decode.instances, embed.instances) == (1, cfg.default_cpu_model_instances())
     explicit = (towhee.dummy_input().pipeline_config(parallel=1)
                 .image_embedding.timm(model_name="test_resnet").as_function())
     assert explicit.configs[0].instances == 1

@@ -2,8 +2,10 @@
 import numpy as np
 import pytest
 
-from towhee_rt.backends._operator import (Operator, OperatorInputError, TensorSpec,
-                                           describe_error, process_items, stack_items)
+from towhee_rt.backends._operator import (ItemFailure, Operator, OperatorInputError,
+                                           OperatorLimitError, OperatorParamError, Param,
+                                           TensorSpec, decode_failures, encode_failures,
+                                           positive, process_items, stack_items)
 
 
 class Reciprocal(Operator):
@@ -44,9 +46,60 @@ def test_single_item_failure_is_not_retried():
     assert isinstance(out, OperatorInputError) and op.calls == [1]
 
 
-def test_describe_error_keeps_type_of_unexpected_errors():
-    assert describe_error(OperatorInputError("bad")) == "bad"
-    assert describe_error(KeyError("k")) == "KeyError: 'k'"
+def test_item_failure_kinds_and_the_one_spelling():
+    bad = ItemFailure.from_exception("op.x", 2, OperatorInputError("not an image", source="a.jpg"))
+    assert (bad.kind, bad.source, bad.message) == ("bad_input", "a.jpg", "not an image")
+    assert bad.describe() == "item 2: operator op.x: a.jpg: not an image"
+    limit = ItemFailure.from_exception("op.x", 0, OperatorLimitError("too many pixels"))
+    assert limit.kind == "limit"
+    internal = ItemFailure.from_exception("op.x", 1, KeyError("k"))
+    assert (internal.kind, internal.message) == ("internal", "KeyError: 'k'")
+
+
+def test_failures_round_trip_through_a_wrapped_wire_message():
+    failures = [ItemFailure(0, "op.x", "bad_input", 'quote " and ; and \u00e9', "<encoded, 3 bytes>"),
+                ItemFailure(3, "op.x", "internal", "RuntimeError: boom")]
+    # Triton prefixes the step's message when it passes through an ensemble.
+    text = "in ensemble 'pipeline', " + encode_failures(failures)
+    assert decode_failures(text) == failures
+
+
+@pytest.mark.parametrize("text", ["", "failed to connect to all addresses",
+                                  "towhee_rt.item_errors=[{\"index\": 0}]",
+                                  "towhee_rt.item_errors=not json",
+                                  'towhee_rt.item_errors=[{"index": 0, "operator": "x", '
+                                  '"kind": "weird", "message": "m"}]'])
+def test_decode_failures_ignores_text_without_valid_failures(text):
+    assert decode_failures(text) == []
+
+
+class Scaled(Operator):
+    name = "test.scaled"
+    params_spec = Operator.params_spec + (
+        Param("factor", (int, float), 1.0, "multiplier", positive),
+        Param("label", (str,), doc="required label"),
+    )
+
+
+def test_declared_params_get_defaults_and_are_checked():
+    assert Scaled(label="a").params == {"artifact_dir": None, "factor": 1.0, "label": "a"}
+    for params, fragment in [
+            ({"label": "a", "factr": 2}, "unknown param(s) 'factr'; valid params are: factor "
+                                         "(number, default 1.0), label (str, required)"),
+            ({"label": "a", "factor": "2"}, "param 'factor' must be number, got '2'"),
+            ({"label": "a", "factor": True}, "param 'factor' must be number, got True"),
+            ({"label": "a", "factor": -1}, "param 'factor' must be positive, got -1"),
+            ({}, "the param 'label' is required"),
+    ]:
+        with pytest.raises(OperatorParamError) as info:
+            Scaled(**params)
+        assert fragment in str(info.value) and "test.scaled" in str(info.value)
+
+
+def test_internal_params_are_refused_from_users_only():
+    with pytest.raises(OperatorParamError, match="set by towhee_rt itself"):
+        Scaled.check_params({"label": "a", "artifact_dir": "/x"})
+    assert Scaled(label="a", artifact_dir="/x").artifact_dir == "/x"
 
 
 def test_wrong_output_length_is_an_error():

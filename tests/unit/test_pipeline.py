@@ -44,7 +44,7 @@ def test_bad_items_get_named_errors_and_good_items_are_kept(good_dir, bad_dir):
         error = results[index]
         assert isinstance(error, ItemError)
         assert (error.index, error.operator) == (index, "image_decode.cv2_rgb")
-        assert name in error.message and f"item {index}" in str(error)
+        assert name in error.source and f"item {index}" in str(error) and name in str(error)
 
     with pytest.raises(PipelineError) as info:
         pipe(items)

@@ -23,7 +23,7 @@ def cache_dir() -> Path:
     else ``~/.cache/towhee_rt``. Exports live here, and so does the runnable copy of the
     embedded tritonserver (:mod:`towhee_rt.triton.embedded`)."""
     root = os.environ.get("TOWHEE_RT_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "towhee_rt")
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "towhee_rt")
     return Path(root)
 
 

@@ -3,17 +3,19 @@
 For each format in ``format_priority`` the first one that is available here, exports, and
 passes a parity check against the torch model is used; every skipped format is logged once with
 its reason. torch comes last (``torch.compile`` first when ``jit`` is set, itself checked).
+Nothing here changes the operator's params: :func:`select_format` returns the choice and the
+verified runner, :func:`model_files` the files and params a served copy of the operator needs.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..backends._model import ModelOperator
-from ..backends._runners import TorchRunner, make_file_runner
+from ..backends._runners import Runner, TorchRunner, make_file_runner
 from ..errors import FormatError
 from ..op_config import OpConfig
 from . import parity
@@ -25,17 +27,26 @@ MODEL_FILES = {"onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "tensorrt":
 _logged: set = set()
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """A file an operator's served model directory needs: its name there and how to write it."""
+
+    name: str
+    write: Callable[[Path], None]
+
+
+@dataclasses.dataclass(frozen=True)
 class FormatChoice:
     """The format chosen for one operator, why others were skipped, and its parity error."""
 
     format: str
+    #: The exported file (in the export cache) of the file formats.
     model_file: Optional[str] = None
     relative_error: Optional[float] = None
     min_cosine: Optional[float] = None
     #: How the model was made, when that is more than the format says (the int8 recipe).
     detail: Optional[str] = None
-    skipped: List[Tuple[str, str]] = dataclasses.field(default_factory=list)
+    skipped: Tuple[Tuple[str, str], ...] = ()
 
     def summary(self) -> str:
         """E.g. ``onnx (rel. err 1.6e-07; skipped tensorrt: module not installed)``."""
@@ -51,41 +62,43 @@ class FormatChoice:
         return text
 
 
-def select_format(op: ModelOperator, config: OpConfig,
-                  samples: Optional[Callable[[], List[Dict[str, Any]]]] = None) -> FormatChoice:
-    """Pick ``op``'s format, set its ``format``/``model_file`` params, and return the choice.
+Samples = Optional[Callable[[], List[Dict[str, Any]]]]
 
+
+def select_format(op: ModelOperator, config: OpConfig,
+                  samples: Samples = None) -> Tuple[FormatChoice, Optional[Runner]]:
+    """Pick ``op``'s format; return the choice and the runner that passed its checks.
+
+    The runner is ``None`` for plain torch (the operator builds it in ``setup``).
     ``samples()`` returns model-input batches made from ``config.calibration_data`` by the
     pipeline's upstream operators (used by ``onnx_int8`` only, and only when it is tried).
     """
-    choice, skipped = FormatChoice("torch"), []
+    skipped: List[Tuple[str, str]] = []
     for fmt in config.format_priority:
         if fmt == "torch":
             break
         try:
-            choice = _try_file_format(op, fmt, config, samples)
-            break
+            choice, runner = _try_file_format(op, fmt, config, samples)
+            return dataclasses.replace(choice, skipped=tuple(skipped)), runner
         except FormatError as exc:
             _skip(op, skipped, fmt, str(exc))
         except Exception as exc:  # noqa: BLE001 - an unexpected failure also means "skip"
             _skip(op, skipped, fmt, _first_line(exc))
-    choice.skipped = skipped
-    if choice.format == "torch" and config.jit:
+    if config.jit:
         try:
             compiled = TorchRunner(op.torch_module(), "cpu", compile=True)
             error = parity.check_parity(op, compiled)
-            choice.format, choice.relative_error = "torch_compile", error
-            op.use_runner(compiled, "cpu")
+            if config.device != "cpu":  # checked on the CPU; run where the operator runs
+                compiled = TorchRunner(op.torch_module(), config.device, compile=True)
+            return FormatChoice("torch_compile", relative_error=error,
+                                skipped=tuple(skipped)), compiled
         except Exception as exc:  # noqa: BLE001 - compile errors come in many types
             _skip(op, skipped, f"jit={config.jit!r} (torch.compile)", _first_line(exc))
-    op.params["format"] = choice.format
-    if choice.model_file:
-        op.params["model_file"] = choice.model_file
-    return choice
+    return FormatChoice("torch", skipped=tuple(skipped)), None
 
 
 def _try_file_format(op: ModelOperator, fmt: str, config: OpConfig,
-                     samples: Optional[Callable[[], List[Dict[str, Any]]]]) -> FormatChoice:
+                     samples: Samples) -> Tuple[FormatChoice, Runner]:
     if fmt == "onnx_int8":
         return _try_int8(op, config, samples)
     if fmt in ("tensorrt", "tensorrt_fp16"):
@@ -113,12 +126,11 @@ def _try_file_format(op: ModelOperator, fmt: str, config: OpConfig,
     except Exception as exc:  # noqa: BLE001 - the runtime refused the file
         raise FormatError(f"could not load {path.name}: {_first_line(exc)}") from None
     error = parity.check_parity(op, runner, precision)
-    op.use_runner(runner, device)
-    return FormatChoice(fmt, str(path), error)
+    return FormatChoice(fmt, str(path), error), runner
 
 
 def _try_int8(op: ModelOperator, config: OpConfig,
-              samples: Optional[Callable[[], List[Dict[str, Any]]]]) -> FormatChoice:
+              samples: Samples) -> Tuple[FormatChoice, Runner]:
     from . import quantize
     from .onnx_export import export_onnx
 
@@ -129,9 +141,8 @@ def _try_int8(op: ModelOperator, config: OpConfig,
                     "held out for the accuracy gate)", op.name, quantize.RANDOM_SAMPLES)
         batches = quantize.random_samples(op)
     model = quantize.int8_runner(op, export_onnx(op), batches, config.int8_min_cosine)
-    op.use_runner(model.runner, "cpu")
     return FormatChoice("onnx_int8", str(model.path), min_cosine=model.min_cosine,
-                        detail=model.recipe.description)
+                        detail=model.recipe.description), model.runner
 
 
 def _skip(op: ModelOperator, skipped: list, fmt: str, reason: str) -> None:
@@ -147,22 +158,28 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0][:300] if text else ''}"
 
 
-def export_model_files(op: ModelOperator, choice: FormatChoice, directory: str) -> Dict[str, Any]:
-    """Write ``op``'s model in the chosen format into ``directory``; return the params to load it.
+def model_files(op: ModelOperator, choice: FormatChoice, params: Mapping[str, Any]
+                ) -> Tuple[Dict[str, Any], Tuple[ModelFile, ...]]:
+    """``params`` (the user's) completed with what a served copy of ``op`` needs to run in the
+    chosen format, and the files it needs.
 
     The torch formats store the state dict (so served weights equal local ones even when they
-    were randomly initialised); the others copy the exported ONNX file or TensorRT engine.
+    were randomly initialised); the others copy the exported ONNX file or TensorRT engine,
+    which holds the weights (so ``checkpoint_path`` is dropped). Nothing is written here.
     """
-    params: Dict[str, Any] = {"format": choice.format}
+    params = {k: v for k, v in params.items() if k != "checkpoint_path"}
+    params["format"] = choice.format
     if choice.model_file:
-        name = MODEL_FILES[choice.format]
-        shutil.copy2(choice.model_file, os.path.join(directory, name))
+        name, source = MODEL_FILES[choice.format], choice.model_file
         params["model_file"] = name
-        return params
+        return params, (ModelFile(name, lambda target: shutil.copy2(source, target)),)
+    params["checkpoint_path"] = WEIGHTS_FILE
+    return params, (ModelFile(WEIGHTS_FILE, lambda target: _save_weights(op, target)),)
+
+
+def _save_weights(op: ModelOperator, target: Path) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous().clone()
              for k, v in op.torch_module().state_dict().items()}
-    save_file(state, os.path.join(directory, WEIGHTS_FILE))
-    params["checkpoint_path"] = WEIGHTS_FILE
-    return params
+    save_file(state, str(target))

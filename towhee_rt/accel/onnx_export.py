@@ -17,23 +17,31 @@ EXPORT_LIBRARIES = ("torch", "onnx", "timm", "open_clip_torch", "sentence-transf
                     "transformers")
 
 
-def onnx_cache_key(op: ModelOperator) -> str:
+def onnx_cache_key(op: ModelOperator, module=None, variant: str = "") -> str:
     """Key of ``op``'s ONNX export: operator, model params, weights and library versions."""
-    return cache.cache_key(operator=type(op).__name__, params=cache.model_params(op.params),
-                           weights=cache.weights_digest(op.torch_module()),
-                           versions=cache.library_versions(EXPORT_LIBRARIES), opset=OPSET,
-                           layout="single-file")  # older entries may have external data
+    parts = dict(operator=type(op).__name__, params=cache.model_params(op.params),
+                 weights=cache.weights_digest(module or op.torch_module()),
+                 versions=cache.library_versions(EXPORT_LIBRARIES), opset=OPSET,
+                 layout="single-file")  # older entries may have external data
+    if variant:
+        parts["variant"] = variant
+    return cache.cache_key(**parts)
 
 
-def export_onnx(op: ModelOperator) -> Path:
-    """The ONNX file of ``op``'s torch model (exported once, then reused from the cache)."""
-    return cache.cached_file("onnx", onnx_cache_key(op), ".onnx", lambda p: _export(op, p))
+def export_onnx(op: ModelOperator, module=None, variant: str = "") -> Path:
+    """The ONNX file of ``op``'s torch model (exported once, then reused from the cache).
+
+    ``module`` replaces ``op.torch_module()`` (e.g. an fp16 copy), ``variant`` names it in the
+    cache key.
+    """
+    module = module or op.torch_module()
+    return cache.cached_file("onnx", onnx_cache_key(op, module, variant), ".onnx",
+                             lambda p: _export(op, module, p))
 
 
-def _export(op: ModelOperator, path: Path) -> None:
+def _export(op: ModelOperator, module, path: Path) -> None:
     import torch
 
-    module = op.torch_module()
     specs = op.model_inputs()
     example = op.example_inputs(2, np.random.default_rng(0))
     args = tuple(torch.from_numpy(example[s.name]) for s in specs)

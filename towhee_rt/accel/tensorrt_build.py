@@ -13,7 +13,7 @@ from typing import Optional, Sequence
 
 from ..backends._model import ModelOperator
 from ..errors import FormatError
-from ..op_config import DEFAULT_MAX_BATCH_SIZE, OpConfig
+from ..op_config import OpConfig
 from . import cache
 
 log = logging.getLogger("towhee_rt")
@@ -40,7 +40,7 @@ def unavailable_reason(device_ids: Sequence[int]) -> Optional[str]:
 def batch_profile(config: OpConfig) -> tuple:
     """(min, opt, max) batch sizes: 1, the largest preferred size, the max batch size."""
     batching = config.dynamic_batching
-    largest = batching.max_batch_size if batching else DEFAULT_MAX_BATCH_SIZE
+    largest = config.max_batch_size
     opt = max(batching.preferred_batch_size) if batching and batching.preferred_batch_size \
         else largest
     return 1, opt, largest
@@ -110,12 +110,9 @@ def _fp16_onnx(op: ModelOperator) -> Path:
 
     from .onnx_export import export_onnx
 
-    half = copy.copy(op)
-    half.params = {**op.params, "precision": "fp16"}
     module = _half_wrapper(copy.deepcopy(op.torch_module()).half())
-    half._torch_module = module
     try:
-        return export_onnx(half)
+        return export_onnx(op, module=module, variant="fp16")
     except torch.OutOfMemoryError as exc:  # pragma: no cover - GPU only
         raise FormatError(f"tensorrt: fp16 export ran out of memory: {exc}") from None
 

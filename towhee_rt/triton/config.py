@@ -13,9 +13,10 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from ..backends._operator import TensorSpec
-from ..op_config import DEFAULT_MAX_BATCH_SIZE, OpConfig
+from ..op_config import OpConfig
 
-#: Model parameter names read by the generic Python-backend adapter (model.py).
+#: Model parameter names read by the generic Python-backend adapter (model.py): the operator,
+#: its params, and how its model format was chosen (logged when the model loads).
 PARAM_OPERATOR = "towhee_operator"
 PARAM_PARAMS = "towhee_params"
 PARAM_FORMAT = "towhee_format"
@@ -34,18 +35,14 @@ class OperatorModel:
     outputs: Tuple[TensorSpec, ...]
     config: OpConfig
     format: str = ""
-
-
-def max_batch_size(config: OpConfig) -> int:
-    """The model's max batch size: the dynamic batching limit, else the default."""
-    return config.dynamic_batching.max_batch_size if config.dynamic_batching else \
-        DEFAULT_MAX_BATCH_SIZE
+    #: Model files (``towhee_rt.accel.formats.ModelFile``) written beside the code.
+    files: Tuple[Any, ...] = ()
 
 
 def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
     """The Python-backend config of one operator model."""
     config = pb.ModelConfig(name=model.model_name, backend="python",
-                            max_batch_size=max_batch_size(model.config))
+                            max_batch_size=model.config.max_batch_size)
     ragged = model.config.dynamic_batching is not None
     for spec in model.inputs:
         _add_tensor(config.input, spec, allow_ragged=ragged and not spec.is_fixed_shape)
@@ -60,7 +57,7 @@ def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
 def ensemble_config(name: str, models: Sequence[OperatorModel]) -> pb.ModelConfig:
     """The ensemble that chains ``models`` in order, output i feeding input i of the next."""
     config = pb.ModelConfig(name=name, platform="ensemble",
-                            max_batch_size=min(max_batch_size(m.config) for m in models))
+                            max_batch_size=min(m.config.max_batch_size for m in models))
     for spec in models[0].inputs:
         _add_tensor(config.input, spec)
     input_names = {spec.name for spec in models[0].inputs}

@@ -22,14 +22,14 @@ import re
 import shutil
 import string
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 from .. import backends as _backends_pkg
 from .. import model_repo_templates as _templates_pkg
-from ..backends._operator import cpu_threads_per_instance
+from ..build import BuiltPipeline
 from ..errors import ConfigError
-from ..operator import OPERATORS
 from . import config as triton_config
+from . import flags
 from .config import OperatorModel
 
 BACKENDS_DIR = Path(_backends_pkg.__file__).parent
@@ -52,33 +52,26 @@ class ModelRepository:
         return [m.model_name for m in self.models] + [self.model_name]
 
 
-def plan_models(pipe, model_name: str = "pipeline") -> List[OperatorModel]:
-    """Describe the operator models of ``pipe`` without touching the disk (pure)."""
+def plan_models(built: BuiltPipeline, model_name: str = "pipeline") -> List[OperatorModel]:
+    """Describe the operator models of a built pipeline without touching the disk (pure)."""
     if not _NAME_RE.match(model_name):
         raise ConfigError(f"model_name {model_name!r} must start with a letter and contain only "
                           "letters, digits, '_' and '-' (it becomes a directory name)")
-    models = []
-    for index, (step, conf, op) in enumerate(zip(pipe.steps, pipe.configs, pipe.operators)):
-        module, class_name = OPERATORS[step.name]
-        params = dict(step.params)
-        if op.is_model:
-            params.setdefault("num_threads", cpu_threads_per_instance(conf.instances))
-        models.append(OperatorModel(
-            model_name=f"{model_name}_{index}_{step.name.replace('.', '_')}",
-            operator=step.name, module=module, class_name=class_name, params=params,
-            inputs=tuple(op.inputs), outputs=tuple(op.outputs), config=conf,
-            format=_format_summary(pipe.format_choice(index))))
-    return models
-
-
-def _format_summary(choice) -> str:
-    return choice.summary() if choice else ""
+    return [OperatorModel(
+        model_name=f"{model_name}_{step.index}_{step.name.replace('.', '_')}",
+        operator=step.name, module=step.operator_class.__module__.rsplit(".", 1)[-1],
+        class_name=step.operator_class.__qualname__, params=dict(step.params),
+        inputs=tuple(step.operator_class.inputs), outputs=tuple(step.operator_class.outputs),
+        config=step.config, format=step.format.summary() if step.format else "",
+        files=step.model_files)
+        for step in built.steps]
 
 
 def build_model_repo(pipe, path, model_name: str = "pipeline",
                      overwrite: bool = False) -> ModelRepository:
     """Write ``pipe`` as a Triton model repository at ``path`` and return its description.
 
+    Builds the pipeline first if it is not built yet (:meth:`~towhee_rt.Pipeline.build`).
     ``path`` must not exist or be empty unless ``overwrite=True`` (then models of the same
     names are replaced and other models in the directory are kept, so several pipelines can
     share one repository).
@@ -87,22 +80,20 @@ def build_model_repo(pipe, path, model_name: str = "pipeline",
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise ConfigError(f"{root} is not empty; pass overwrite=True to replace the models of "
                           f"pipeline {model_name!r} in it, or choose a new directory")
-    models = plan_models(pipe, model_name)
+    models = plan_models(pipe.build(), model_name)
     root.mkdir(parents=True, exist_ok=True)
-    written = []
-    for index, model in enumerate(models):
+    for model in models:
         model_dir = _fresh_dir(root / model.model_name)
         version_dir = model_dir / "1"
         version_dir.mkdir()
         _copy_operator_source(version_dir)
-        extra_params = _write_model_files(pipe, index, version_dir)
-        model = dataclasses.replace(model, params={**model.params, **extra_params})
+        for file in model.files:
+            file.write(version_dir / file.name)
         _write_config(model_dir, triton_config.operator_model_config(model))
-        written.append(model)
     ensemble_dir = _fresh_dir(root / model_name)
     (ensemble_dir / "1").mkdir()
-    _write_config(ensemble_dir, triton_config.ensemble_config(model_name, written))
-    repo = ModelRepository(root, model_name, tuple(written))
+    _write_config(ensemble_dir, triton_config.ensemble_config(model_name, models))
+    repo = ModelRepository(root, model_name, tuple(models))
     (root / "README.md").write_text(render_readme(repo))
     return repo
 
@@ -123,14 +114,6 @@ def _copy_operator_source(version_dir: Path) -> None:
         shutil.copy2(source, ops_dir / source.name)
 
 
-def _write_model_files(pipe, index: int, version_dir: Path) -> Dict[str, str]:
-    """Write the operator's model files into ``version_dir``; return the params that point at them."""
-    op = pipe.operators[index]
-    if not op.is_model:
-        return {}
-    return pipe.export_model_files(index, str(version_dir))
-
-
 def _write_config(model_dir: Path, config) -> None:
     (model_dir / "config.pbtxt").write_text(triton_config.to_pbtxt(config))
 
@@ -144,6 +127,13 @@ def render_readme(repo: ModelRepository) -> str:
         for m in repo.models)
     template = string.Template((TEMPLATES_DIR / "README.md.template").read_text())
     return template.substitute(
+        host_command=_shell(["tritonserver"] + flags.server_flags("$PWD", gpu_metrics=False)),
+        debug_command=_shell(flags.container_command(log_verbose=1)),
         ensemble=repo.model_name, rows=rows,
         inputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[0].inputs),
         outputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[-1].outputs))
+
+
+def _shell(argv: List[str]) -> str:
+    """A command for the README: one flag per line."""
+    return " \\\n          ".join(argv)

@@ -1,0 +1,103 @@
+"""The build step: a validated pipeline -> a frozen :class:`BuiltPipeline` that the rest reads.
+
+Config flows one way::
+
+    op params + op_config  ->  Pipeline (validated, operators constructed)
+                           ->  build_pipeline(): per step the final params, the chosen model
+                               format with its reasons, the model files, the local runner
+                           ->  the local runner (runner.py) and the repository writer
+                               (triton/repository.py), which both only read it.
+
+Building a model step exports and checks its formats (ONNX export, parity checks, int8
+calibration through the steps before it, TensorRT engines): the expensive part, done once per
+:class:`~towhee_rt.pipeline.Pipeline`. Nothing changes an operator's params afterwards; a
+served copy of the operator is constructed from :attr:`BuiltStep.params` instead.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
+
+from .accel import formats
+from .accel.formats import FormatChoice, ModelFile
+from .errors import ItemError
+from .op_config import OpConfig
+from .operator import Operator
+from .runner import LocalStep, run_local
+
+log = logging.getLogger("towhee_rt")
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltStep:
+    """One built operator: what to serve and what runs locally."""
+
+    index: int
+    #: The registered operator name, e.g. ``'image_embedding.timm'``.
+    name: str
+    operator_class: Type[Operator]
+    #: The params a served copy of the operator is constructed with: the user's params plus,
+    #: for a model operator, its ``format`` and the names of its model files.
+    params: Mapping[str, Any]
+    config: OpConfig
+    #: How the model format was chosen (``None`` for operators without a model).
+    format: Optional[FormatChoice]
+    #: The files the served model directory needs (weights, ONNX file, engine).
+    model_files: Tuple[ModelFile, ...]
+    #: The in-process operator (with the runner its format checks verified) and its workers.
+    local: LocalStep
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltPipeline:
+    """Every step built, in order."""
+
+    steps: Tuple[BuiltStep, ...]
+
+    def run(self, inputs: Sequence[Any]) -> List[Any]:
+        """Run ``inputs`` in-process; each item's result or its :class:`ItemError`."""
+        return run_local([step.local for step in self.steps], inputs)
+
+    def close(self) -> None:
+        """Stop the local worker pools (they restart when needed)."""
+        for step in self.steps:
+            step.local.close()
+
+
+def build_pipeline(names: Sequence[str], params: Sequence[Mapping[str, Any]],
+                   operators: Sequence[Operator], configs: Sequence[OpConfig]
+                   ) -> BuiltPipeline:
+    """Build every step in order (a model step may calibrate through the ones before it)."""
+    built: List[BuiltStep] = []
+    for index, (name, user_params, op, config) in enumerate(
+            zip(names, params, operators, configs)):
+        local = LocalStep(op, config)
+        if not op.is_model:
+            built.append(BuiltStep(index, name, type(op), dict(user_params), config, None, (),
+                                   local))
+            continue
+        upstream = [step.local for step in built]
+        choice, runner = formats.select_format(
+            op, config, lambda: _calibration_batches(op, config, upstream))
+        if runner is not None:
+            op.use_runner(runner)
+        served_params, files = formats.model_files(op, choice, user_params)
+        built.append(BuiltStep(index, name, type(op), served_params, config, choice, files,
+                               local))
+    return BuiltPipeline(tuple(built))
+
+
+def _calibration_batches(op: Operator, config: OpConfig,
+                         upstream: Sequence[LocalStep]) -> List[Dict[str, Any]]:
+    """``config.calibration_data`` run through the ``upstream`` steps and preprocessed into
+    model inputs (one batch per sample; failing samples are skipped with a warning)."""
+    samples = list(config.calibration_data)
+    values = run_local(upstream, samples) if upstream else samples
+    batches = []
+    for number, value in enumerate(values):
+        if isinstance(value, ItemError):
+            log.warning("%s: calibration sample %d skipped: %s", op.name, number, value)
+            continue
+        batches.append(op.preprocess({op.inputs[0].name: [value]}))
+    return batches
