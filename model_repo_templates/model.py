@@ -57,37 +57,73 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             device = "cuda:%s" % args["model_instance_device_id"]
         self.op.ensure_setup(device)
+        # Set on the first model of a pipeline (it receives the client's data); 0: no limit.
+        self.max_request_bytes = int(parameters.get("towhee_max_request_bytes") or 0)
+        self.max_item_bytes = int(parameters.get("towhee_max_item_bytes") or 0)
         pb_utils.Logger.log_info("%s: operator %s on %s, num_threads %s, format: %s" % (
             args.get("model_instance_name", self.name), self.name, device,
             params.get("num_threads", "-"), parameters.get("towhee_format") or "-"))
 
     def execute(self, requests):
-        items, counts, bad_requests = [], [], {}
-        for r, request in enumerate(requests):
+        items, plans, received = [], [], 0
+        for request in requests:
             try:
                 columns = [self._read_input(request, spec) for spec in self.op.inputs]
             except Exception as exc:  # noqa: BLE001 - a malformed request fails alone
-                bad_requests[r] = "operator %s: bad request: %s" % (self.name, exc)
-                counts.append(0)
+                plans.append(("operator %s: bad request: %s" % (self.name, exc), [], {}))
                 continue
-            counts.append(len(columns[0]))
-            items.extend(zip(*columns))
+            rows = list(zip(*columns))
+            sizes = [sum(_nbytes(value) for value in row) for row in rows]
+            received += sum(sizes)
+            refused = self._over_limits(sizes)
+            mine = [k for k in range(len(rows)) if k not in refused]
+            plans.append((None, list(range(len(items), len(items) + len(mine))), refused))
+            items.extend(rows[k] for k in mine)
         results = process_items(self.op, items)
-        responses, start = [], 0
-        for r, count in enumerate(counts):
-            mine, start = results[start:start + count], start + count
-            if r in bad_requests:
-                responses.append(self._error(bad_requests[r]))
-                continue
-            failed = [ItemFailure.from_exception(self.name, i, x)
-                      for i, x in enumerate(mine) if isinstance(x, BaseException)]
-            if failed:
-                responses.append(self._error(encode_failures(failed)))
-                continue
-            outputs = [self._write_output(spec, [row[k] for row in mine])
-                       for k, spec in enumerate(self.op.outputs)]
-            responses.append(pb_utils.InferenceResponse(output_tensors=outputs))
+        responses = [self._respond(plan, results) for plan in plans]
+        if received > _TRIM_AFTER_BYTES:
+            _release_free_memory()
         return responses
+
+    def _over_limits(self, sizes):
+        """Item index -> ItemFailure for the items over the request or item byte limit."""
+        total = sum(sizes)
+        if self.max_request_bytes and total > self.max_request_bytes:
+            message = ("the request carries %d bytes, more than max_request_bytes=%d; send fewer "
+                       "items per request, or raise pipeline_config(max_request_bytes=...) when "
+                       "building the repository" % (total, self.max_request_bytes))
+            return {k: ItemFailure(k, self.name, "limit", message) for k in range(len(sizes))}
+        return {k: ItemFailure(k, self.name, "limit",
+                               "the item carries %d bytes, more than max_item_bytes=%d; raise "
+                               "pipeline_config(max_item_bytes=...) when building the "
+                               "repository" % (size, self.max_item_bytes))
+                for k, size in enumerate(sizes)
+                if self.max_item_bytes and size > self.max_item_bytes}
+
+    def _respond(self, plan, results):
+        """One request's response: its outputs, or every failure of its items."""
+        bad_request, positions, refused = plan
+        if bad_request:
+            return self._error(bad_request, pb_utils.TritonError.INVALID_ARG)
+        failures = dict(refused)
+        kept = [k for k in range(len(positions) + len(refused)) if k not in refused]
+        for k, position in zip(kept, positions):
+            if isinstance(results[position], BaseException):
+                failures[k] = ItemFailure.from_exception(self.name, k, results[position])
+        if failures:
+            internal = any(f.kind == "internal" for f in failures.values())
+            code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
+            return self._error(encode_failures([failures[k] for k in sorted(failures)]), code)
+        rows = [results[position] for position in positions]
+        try:
+            outputs = [self._write_output(spec, [row[k] for row in rows])
+                       for k, spec in enumerate(self.op.outputs)]
+        except Exception as exc:  # noqa: BLE001 - e.g. items of different shapes: this request only
+            return self._error("operator %s: cannot batch the outputs of this request (%s: %s); "
+                               "send such items in separate requests"
+                               % (self.name, type(exc).__name__, exc),
+                               pb_utils.TritonError.INTERNAL)
+        return pb_utils.InferenceResponse(output_tensors=outputs)
 
     def finalize(self):
         self.op = None
@@ -120,12 +156,35 @@ class TritonPythonModel:
         return pb_utils.Tensor(spec.name, array)
 
     @staticmethod
-    def _error(message):
-        """An error response; the ensemble passes the message on to the client."""
-        return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message))
+    def _error(message, code):
+        """An error response; the ensemble passes the message and the code on to the client."""
+        return pb_utils.InferenceResponse(output_tensors=[],
+                                          error=pb_utils.TritonError(message, code))
 
 
 def _instances(config):
     """This model's instance count on one device (the instance group of its kind)."""
     groups = config.get("instance_group") or [{}]
     return max(1, int(groups[0].get("count", 1)))
+
+
+#: After a call that received this much, give freed heap memory back to the system.
+_TRIM_AFTER_BYTES = 8 * 1024 * 1024
+
+
+def _nbytes(value):
+    """The size of one input value as received (bytes items, or arrays)."""
+    if isinstance(value, (bytes, bytearray)):
+        return len(value)
+    return int(getattr(value, "nbytes", 0))
+
+
+def _release_free_memory():
+    """glibc keeps freed heap pages in its arenas; one huge request would then keep the stub's
+    RSS up for good. malloc_trim hands them back (a no-op elsewhere)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

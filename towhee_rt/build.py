@@ -22,7 +22,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 from .accel import formats
 from .accel.formats import FormatChoice, ModelFile
 from .errors import ItemError
-from .op_config import OpConfig
+from .op_config import OpConfig, RequestLimits
 from .operator import Operator
 from .runner import LocalStep, run_local
 
@@ -51,9 +51,10 @@ class BuiltStep:
 
 @dataclasses.dataclass(frozen=True)
 class BuiltPipeline:
-    """Every step built, in order."""
+    """Every step built, in order, and what the served pipeline accepts per request."""
 
     steps: Tuple[BuiltStep, ...]
+    limits: RequestLimits = RequestLimits()
 
     def run(self, inputs: Sequence[Any]) -> List[Any]:
         """Run ``inputs`` in-process; each item's result or its :class:`ItemError`."""
@@ -66,8 +67,8 @@ class BuiltPipeline:
 
 
 def build_pipeline(names: Sequence[str], params: Sequence[Mapping[str, Any]],
-                   operators: Sequence[Operator], configs: Sequence[OpConfig]
-                   ) -> BuiltPipeline:
+                   operators: Sequence[Operator], configs: Sequence[OpConfig],
+                   limits: RequestLimits = RequestLimits()) -> BuiltPipeline:
     """Build every step in order (a model step may calibrate through the ones before it)."""
     built: List[BuiltStep] = []
     for index, (name, user_params, op, config) in enumerate(
@@ -85,7 +86,7 @@ def build_pipeline(names: Sequence[str], params: Sequence[Mapping[str, Any]],
         served_params, files = formats.model_files(op, choice, user_params)
         built.append(BuiltStep(index, name, type(op), served_params, config, choice, files,
                                local))
-    return BuiltPipeline(tuple(built))
+    return BuiltPipeline(tuple(built), limits)
 
 
 def _calibration_batches(op: Operator, config: OpConfig,

@@ -19,6 +19,10 @@ JIT_CHOICES = ("towhee", "torch")
 DYNAMIC_BATCHING_KEYS = ("max_batch_size", "preferred_batch_size", "max_queue_delay_microseconds")
 
 DEFAULT_CHUNKSIZE = 8
+#: What one request (all its items) and one item may weigh on the wire, by default: a served
+#: pipeline refuses more before decoding anything, and towhee_rt's client before sending.
+DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_QUEUE_DELAY_US = 2000
 
@@ -78,13 +82,33 @@ class OpConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """What a served pipeline accepts per request and per item (bytes on the wire)."""
+
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
+    max_item_bytes: int = DEFAULT_MAX_ITEM_BYTES
+
+
+def request_limits(pipeline_values: Mapping[str, Any]) -> RequestLimits:
+    """The :class:`RequestLimits` set by ``pipeline_config`` (defaults for the others)."""
+    given = {k: v for k, v in pipeline_values.items()
+             if k in {f.name for f in dataclasses.fields(RequestLimits)}}
+    limits = RequestLimits(**given)
+    if limits.max_item_bytes > limits.max_request_bytes:
+        raise ConfigError(f"pipeline_config: max_item_bytes ({limits.max_item_bytes:,}) exceeds "
+                          f"max_request_bytes ({limits.max_request_bytes:,})")
+    return limits
+
+
+@dataclasses.dataclass(frozen=True)
 class ConfigKey:
     """One key of ``pipeline_config`` / ``op_config``: its check and where it applies."""
 
     name: str
     check: Callable[[Any, str], Any]
-    #: Settable in ``pipeline_config`` (every key is settable in ``op_config``).
-    pipeline: bool = True
+    #: Where the key may be set: ``'both'``, ``'op'`` (op_config only) or ``'pipeline'``
+    #: (pipeline_config only: it applies to the pipeline as a whole).
+    scope: str = "both"
     #: Applies to model operators only (image_embedding.*, image_text_embedding.*, ...).
     model_only: bool = False
 
@@ -111,7 +135,7 @@ def resolve(pipeline_values: Mapping[str, Any], op_values: Mapping[str, Any],
             raise ConfigError(f"{operator}: op_config key {key!r} only applies to model "
                               "operators (image_embedding.*, image_text_embedding.*, "
                               "text_embedding.*); remove it from this operator")
-    merged = {**pipeline_values, **op_values}
+    merged = {k: v for k, v in {**pipeline_values, **op_values}.items() if k in OP_KEYS}
     if is_model and not ({"instance_count", "parallel", "device_ids"} & set(merged)):
         merged["instance_count"] = default_cpu_model_instances()
     if not is_model:
@@ -218,10 +242,12 @@ KEYS: Dict[str, ConfigKey] = {key.name: key for key in (
     ConfigKey("format_priority", _format_priority, model_only=True),
     ConfigKey("calibration_data", _calibration_data, model_only=True),
     ConfigKey("int8_min_cosine", _unit_interval, model_only=True),
-    ConfigKey("dynamic_batching", _dynamic_batching, pipeline=False),
-    ConfigKey("device_ids", _device_ids, pipeline=False),
-    ConfigKey("instance_count", _positive_int, pipeline=False),
+    ConfigKey("max_request_bytes", _positive_int, scope="pipeline"),
+    ConfigKey("max_item_bytes", _positive_int, scope="pipeline"),
+    ConfigKey("dynamic_batching", _dynamic_batching, scope="op"),
+    ConfigKey("device_ids", _device_ids, scope="op"),
+    ConfigKey("instance_count", _positive_int, scope="op"),
 )}
-PIPELINE_KEYS = tuple(k for k, key in KEYS.items() if key.pipeline)
-OP_KEYS = tuple(KEYS)
+PIPELINE_KEYS = tuple(k for k, key in KEYS.items() if key.scope in ("both", "pipeline"))
+OP_KEYS = tuple(k for k, key in KEYS.items() if key.scope in ("both", "op"))
 MODEL_ONLY_KEYS = tuple(k for k, key in KEYS.items() if key.model_only)

@@ -119,6 +119,7 @@ class Pipeline:
             cfg.resolve(self.pipeline_values, s.op_values, s.name, c.is_model)
             for s, c in zip(self.steps, classes))
         _check_chain(self.steps, classes)
+        self.limits = cfg.request_limits(self.pipeline_values)
         self.operators: Tuple[Operator, ...] = tuple(
             _construct(c, s.params) for c, s in zip(classes, self.steps))
         self._built: Optional[BuiltPipeline] = None
@@ -130,7 +131,7 @@ class Pipeline:
             if self._built is None:
                 self._built = build_pipeline([s.name for s in self.steps],
                                              [s.params for s in self.steps],
-                                             self.operators, self.configs)
+                                             self.operators, self.configs, self.limits)
             return self._built
 
     def __call__(self, inputs: Any, errors: str = "raise") -> Any:
@@ -205,6 +206,10 @@ def _check_params(cls: Type[Operator], params: Mapping[str, Any]) -> None:
 
 
 def _construct(cls: Type[Operator], params: Mapping[str, Any]) -> Operator:
+    """The in-process operator: one that reads locations (paths, URLs) is told it runs in the
+    user's own process, where that is the user's right (a served copy treats items as data)."""
+    if any(p.name == "in_process" for p in cls.params_spec):
+        params = {**params, "in_process": True}
     try:
         return cls(**params)
     except OperatorParamError as exc:

@@ -23,7 +23,7 @@ def test_op_config_overrides_pipeline_config():
 
 @pytest.mark.parametrize("values, fragment", [
     ({"paralel": 2}, "valid keys are: parallel, chunksize, jit, format_priority, "
-                     "calibration_data, int8_min_cosine"),
+                     "calibration_data, int8_min_cosine, max_request_bytes, max_item_bytes"),
     ({"calibration_data": "a.jpg"}, "must be a list of pipeline inputs"),
     ({"int8_min_cosine": 1.5}, "number in (0, 1]"),
     ({"parallel": 0}, "positive integer"),
@@ -103,7 +103,19 @@ def test_config_keys_are_declared_once():
     import dataclasses
 
     assert set(cfg.OP_KEYS) == {f.name for f in dataclasses.fields(cfg.OpConfig)}
-    assert set(cfg.PIPELINE_KEYS) < set(cfg.OP_KEYS)
+    pipeline_only = set(cfg.PIPELINE_KEYS) - set(cfg.OP_KEYS)
+    assert pipeline_only == {f.name for f in dataclasses.fields(cfg.RequestLimits)}
+
+
+def test_request_limits_are_pipeline_wide():
+    pipe = (towhee.dummy_input().pipeline_config(max_item_bytes=1000, max_request_bytes=5000)
+            .image_decode.cv2_rgb().as_function())
+    assert pipe.build().limits == cfg.RequestLimits(5000, 1000)
+    with pytest.raises(ConfigError, match="max_item_bytes .* exceeds max_request_bytes"):
+        towhee.dummy_input().pipeline_config(max_item_bytes=10, max_request_bytes=5) \
+            .image_decode.cv2_rgb().as_function()
+    with pytest.raises(ConfigError, match="valid keys are: parallel"):
+        towhee.dummy_input().image_decode.cv2_rgb(op_config={"max_item_bytes": 10})
 
 
 def test_cpu_model_operators_get_the_default_instance_count():

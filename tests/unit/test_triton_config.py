@@ -1,10 +1,11 @@
 """config.pbtxt generation: golden files, round trip, and each op_config key's effect."""
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from towhee_rt.backends._operator import TensorSpec
-from towhee_rt.op_config import DynamicBatching, OpConfig
+from towhee_rt.op_config import DynamicBatching, OpConfig, RequestLimits
 from towhee_rt.triton import config as tc
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -19,8 +20,9 @@ def _model(name, operator, io, config, params=None, fmt=""):
     return tc.OperatorModel(name, operator, module, cls, params or {}, io[0], io[1], config, fmt)
 
 
-DECODE = _model("pipeline_0_image_decode_cv2_rgb", "image_decode.cv2_rgb", DECODE_IO,
-                OpConfig(instance_count=2))
+DECODE = dataclasses.replace(
+    _model("pipeline_0_image_decode_cv2_rgb", "image_decode.cv2_rgb", DECODE_IO,
+           OpConfig(instance_count=2)), limits=RequestLimits())  # the first model checks them
 EMBED = _model("pipeline_1_image_embedding_timm", "image_embedding.timm", EMBED_IO,
                OpConfig(device_ids=(0,), dynamic_batching=DynamicBatching(8, (4, 8), 500)),
                params={"model_name": "resnet50"}, fmt="onnx")

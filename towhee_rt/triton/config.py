@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from ..backends._operator import TensorSpec
-from ..op_config import OpConfig
+from ..op_config import OpConfig, RequestLimits
 
 #: Model parameter names read by the generic Python-backend adapter (model.py): the operator,
 #: its params, and how its model format was chosen (logged when the model loads).
 PARAM_OPERATOR = "towhee_operator"
 PARAM_PARAMS = "towhee_params"
 PARAM_FORMAT = "towhee_format"
+#: What the first model (it receives the client's data) and the ensemble (for clients to read)
+#: say about the requests they accept.
+PARAM_MAX_REQUEST_BYTES = "towhee_max_request_bytes"
+PARAM_MAX_ITEM_BYTES = "towhee_max_item_bytes"
+#: The ensemble's input kind for clients: the first operator's input name ("image", "text").
+PARAM_INPUT_KIND = "towhee_input_kind"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +43,8 @@ class OperatorModel:
     format: str = ""
     #: Model files (``towhee_rt.accel.formats.ModelFile``) written beside the code.
     files: Tuple[Any, ...] = ()
+    #: The request limits this model enforces (the first model of a pipeline only).
+    limits: Optional[RequestLimits] = None
 
 
 def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
@@ -54,10 +62,16 @@ def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
     return config
 
 
-def ensemble_config(name: str, models: Sequence[OperatorModel]) -> pb.ModelConfig:
-    """The ensemble that chains ``models`` in order, output i feeding input i of the next."""
+def ensemble_config(name: str, models: Sequence[OperatorModel],
+                    limits: RequestLimits = RequestLimits()) -> pb.ModelConfig:
+    """The ensemble that chains ``models`` in order, output i feeding input i of the next.
+
+    Its parameters tell clients the input kind and the request limits (Triton ignores them).
+    """
     config = pb.ModelConfig(name=name, platform="ensemble",
                             max_batch_size=min(m.config.max_batch_size for m in models))
+    config.parameters[PARAM_INPUT_KIND].string_value = models[0].inputs[0].name
+    _set_limits(config, limits)
     for spec in models[0].inputs:
         _add_tensor(config.input, spec)
     input_names = {spec.name for spec in models[0].inputs}
@@ -127,6 +141,13 @@ def _set_parameters(config: pb.ModelConfig, model: OperatorModel) -> None:
                                                               sort_keys=True)
     if model.format:
         config.parameters[PARAM_FORMAT].string_value = model.format
+    if model.limits:
+        _set_limits(config, model.limits)
     if model.config.device_ids:
         # Keep GPU tensors on the GPU between ensemble steps (inputs may then be on either device).
         config.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+
+
+def _set_limits(config: pb.ModelConfig, limits: RequestLimits) -> None:
+    config.parameters[PARAM_MAX_REQUEST_BYTES].string_value = str(limits.max_request_bytes)
+    config.parameters[PARAM_MAX_ITEM_BYTES].string_value = str(limits.max_item_bytes)

@@ -63,7 +63,7 @@ def plan_models(built: BuiltPipeline, model_name: str = "pipeline") -> List[Oper
         class_name=step.operator_class.__qualname__, params=dict(step.params),
         inputs=tuple(step.operator_class.inputs), outputs=tuple(step.operator_class.outputs),
         config=step.config, format=step.format.summary() if step.format else "",
-        files=step.model_files)
+        files=step.model_files, limits=built.limits if step.index == 0 else None)
         for step in built.steps]
 
 
@@ -80,7 +80,8 @@ def build_model_repo(pipe, path, model_name: str = "pipeline",
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise ConfigError(f"{root} is not empty; pass overwrite=True to replace the models of "
                           f"pipeline {model_name!r} in it, or choose a new directory")
-    models = plan_models(pipe.build(), model_name)
+    built = pipe.build()
+    models = plan_models(built, model_name)
     root.mkdir(parents=True, exist_ok=True)
     for model in models:
         model_dir = _fresh_dir(root / model.model_name)
@@ -92,7 +93,7 @@ def build_model_repo(pipe, path, model_name: str = "pipeline",
         _write_config(model_dir, triton_config.operator_model_config(model))
     ensemble_dir = _fresh_dir(root / model_name)
     (ensemble_dir / "1").mkdir()
-    _write_config(ensemble_dir, triton_config.ensemble_config(model_name, models))
+    _write_config(ensemble_dir, triton_config.ensemble_config(model_name, models, built.limits))
     repo = ModelRepository(root, model_name, tuple(models))
     (root / "README.md").write_text(render_readme(repo))
     return repo
