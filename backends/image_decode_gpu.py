@@ -1,12 +1,16 @@
 """GPU image decode operators: nvJPEG (through torchvision) and NVIDIA DALI.
 
-Both read inputs, apply the decompression-bomb guard and reject bad data exactly like
-``image_decode.cv2_rgb`` (they reuse its helpers), and both run on a machine without CUDA: nvJPEG
-falls back to OpenCV, DALI runs its CPU decoder. Output items are numpy HxWx3 uint8 RGB arrays;
-handing GPU tensors on to the next model without a copy (DLPack) is the Triton adapter's job.
+Both read every item with ``image_decode.cv2_rgb``'s ``load`` (a CPU decoder built from the same
+params), so they take the same inputs (image data; paths and URLs only in process or where
+``allow_paths`` / ``allow_urls`` opt in), apply the same byte cap, download deadline and
+decompression-bomb guard, and reject bad data with the same messages. Both run on a machine
+without CUDA: nvJPEG falls back to OpenCV, DALI runs its CPU decoder. Output items are numpy
+HxWx3 uint8 RGB arrays; handing GPU tensors on to the next model without a copy (DLPack) is the
+Triton adapter's job.
 
 This module is copied verbatim into Triton model directories together with its siblings
-``image_decode.py`` and ``_operator.py``; torch, torchvision and DALI are imported lazily.
+``image_decode.py``, ``_fetch.py`` and ``_operator.py``; torch, torchvision and DALI are
+imported lazily.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ import numpy as np
 
 from ._operator import (Operator, OperatorInputError, Param, TensorSpec,
                         cpu_threads_per_instance, positive)
-from .image_decode import DECODE_PARAMS, EXPECTED, CV2RGBDecode, ImageHeader, decode_cv2
+from .image_decode import (DECODE_PARAMS, EXPECTED, CV2RGBDecode, ImageHeader, decode_cv2,
+                           decode_params)
 
 logger = logging.getLogger("towhee_rt")
 
@@ -60,7 +65,8 @@ class NvJpegDecode(Operator):
 
     Non-JPEG items, CMYK JPEGs and JPEGs nvJPEG refuses are decoded on the CPU with OpenCV.
     Without a CUDA device the whole batch is decoded with OpenCV (one warning is logged).
-    Params: ``max_pixels`` and ``timeout`` as for ``image_decode.cv2_rgb``.
+    Params: ``max_pixels``, ``max_bytes``, ``timeout``, ``allow_paths``, ``allow_urls`` and
+    ``allow_private_networks`` as for ``image_decode.cv2_rgb``.
     """
 
     name = "image_decode.nvjpeg"
@@ -70,8 +76,7 @@ class NvJpegDecode(Operator):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self._cpu = CV2RGBDecode(max_pixels=self.params["max_pixels"],
-                                 timeout=self.params["timeout"])
+        self._cpu = CV2RGBDecode(**decode_params(self.params))  # reads and checks items
         self._gpu: Optional[str] = None  # torch device string when decoding on the GPU
 
     def setup(self, device: str = "cpu") -> None:
@@ -148,7 +153,8 @@ class DaliDecode(Operator):
 
     On ``cuda:N`` the pipeline uses DALI's ``mixed`` decoder (nvJPEG/nvImageCodec on the GPU);
     on ``cpu`` its CPU decoder. DALI applies the EXIF orientation itself.
-    Params: ``max_pixels`` and ``timeout`` as for ``image_decode.cv2_rgb``; ``batch_size``
+    Params: ``max_pixels``, ``max_bytes``, ``timeout``, ``allow_paths``, ``allow_urls`` and
+    ``allow_private_networks`` as for ``image_decode.cv2_rgb``; ``batch_size``
     (the largest batch one pipeline run takes, default 64) and ``num_threads`` (DALI CPU
     threads, default: this instance's share of the cores).
     """
@@ -164,8 +170,7 @@ class DaliDecode(Operator):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self._cpu = CV2RGBDecode(max_pixels=self.params["max_pixels"],
-                                 timeout=self.params["timeout"])
+        self._cpu = CV2RGBDecode(**decode_params(self.params))  # reads and checks items
         self.batch_size = self.params["batch_size"]
         self.num_threads = self.params["num_threads"]
         self._device_id: Optional[int] = None

@@ -7,7 +7,7 @@ from towhee_rt.backends.image_decode import CV2RGBDecode
 
 
 def _decode(path, **params):
-    op = CV2RGBDecode(**params)
+    op = CV2RGBDecode(in_process=True, **params)
     op.ensure_setup("cpu")
     return op.process_batch({"image": [str(path)]})["image"][0]
 
