@@ -171,7 +171,7 @@ class Param:
         return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
 
     def describe(self) -> str:
-        """``max_pixels (int, default 89478485)``."""
+        """``max_pixels (int, default 16777216)``."""
         default = "required" if self.default is REQUIRED else f"default {self.default!r}"
         return f"{self.name} ({self.type_text()}, {default})"
 

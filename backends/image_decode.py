@@ -35,8 +35,10 @@ from ._operator import (Operator, OperatorInputError, OperatorLimitError, Param,
 #: Formats every decoder accepts (PIL's format names).
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
 EXPECTED = "expected a JPEG, PNG, WebP, BMP or TIFF image"
-#: Same default limit as PIL's ``Image.MAX_IMAGE_PIXELS``.
-DEFAULT_MAX_PIXELS = 89_478_485
+#: 4096 x 4096 decoded pixels (48 MiB of RGB). A served image travels between the Triton
+#: stubs in shared-memory pools that keep their largest size, so this bounds what one request
+#: leaves behind (PIL's own limit, 89,478,485, would keep 2 x 256 MiB).
+DEFAULT_MAX_PIXELS = 4096 * 4096
 DEFAULT_MAX_BYTES = 32 * 2**20
 DEFAULT_TIMEOUT = 10.0
 #: A bytes item shorter than this, without NUL, that starts with one of these is a location.
@@ -309,9 +311,11 @@ def _open_header(data: bytes):
     return None
 
 
-def read_header(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageHeader:
+def read_header(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+                min_side: Optional[int] = None) -> ImageHeader:
     """Parse the header of ``data`` and refuse it before decoding when it is not an image of a
-    supported format or declares more than ``max_pixels`` pixels (a decompression bomb)."""
+    supported format or would decode to more than ``max_pixels`` pixels (a decompression bomb;
+    a JPEG decoded at a reduced scale for ``min_side`` counts at that scale)."""
     if not data:
         raise OperatorInputError(f"empty input (0 bytes); {EXPECTED}", source=name)
     im = _open_header(data)
@@ -319,15 +323,19 @@ def read_header(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS) ->
         raise OperatorInputError(f"not a recognised image (unknown format or corrupted header); "
                                  f"{EXPECTED}", source=name)
     width, height = im.size
-    if width * height > max_pixels:
+    header = ImageHeader(im.format, width, height, im.mode)
+    factor = jpeg_reduction(header, min_side)
+    decoded = -(-width // factor) * -(-height // factor)
+    if decoded > max_pixels:
+        scale = f", {decoded:,} decoded at 1/{factor} scale" if factor > 1 else ""
         raise OperatorLimitError(
-            f"the {im.format} header declares {width}x{height} = {width * height:,} pixels, more "
-            f"than max_pixels={max_pixels:,} (decompression-bomb guard); raise the operator "
-            f"param max_pixels if this image is trusted", source=name)
+            f"the {im.format} header declares {width}x{height} = {width * height:,} pixels"
+            f"{scale}, more than max_pixels={max_pixels:,} (decompression-bomb guard); raise "
+            f"the operator param max_pixels if this image is trusted", source=name)
     if width <= 0 or height <= 0:
         raise OperatorInputError(f"the header declares an empty {width}x{height} image; "
                                  f"{EXPECTED}", source=name)
-    return ImageHeader(im.format, width, height, im.mode)
+    return header
 
 
 def jpeg_reduction(header: ImageHeader, min_side: Optional[int]) -> int:
@@ -375,8 +383,9 @@ class CV2RGBDecode(Operator):
     image data unless ``allow_paths`` / ``allow_urls`` opt in.
 
     Params:
-        max_pixels: refuse images whose header declares more pixels than this (default
-            89,478,485, PIL's limit), before any pixel is decoded.
+        max_pixels: refuse images that would decode to more pixels than this, from their
+            header, before any pixel is decoded (default 16,777,216 = 4096 x 4096: 48 MiB of
+            RGB; a JPEG decoded at a reduced scale for ``min_side`` counts at that scale).
         max_bytes: refuse an encoded image larger than this many bytes, before decoding:
             bytes sent, a file read or a URL fetched (default 33,554,432: 32 MiB).
         timeout: seconds allowed in total to fetch one URL item: connect, headers, body and
@@ -430,7 +439,8 @@ class CV2RGBDecode(Operator):
         """Read one item and check its size and header: ``(name, encoded bytes, header)``."""
         name, data = read_source(item, self.policy)
         try:
-            return name, data, read_header(data, name, self.max_pixels)
+            return name, data, read_header(data, name, self.max_pixels,
+                                           self.params.get("min_side"))
         except OperatorLimitError:
             raise
         except OperatorInputError as exc:

@@ -99,6 +99,10 @@ def server(tmp_path_factory, allowed_root):
                                     allow_private_networks=True, max_bytes=300_000, timeout=1.0)
               .as_function())
     towhee.build_model_repo(opened, repo, model_name="opened", overwrite=True)
+    embed = (towhee.dummy_input().image_decode.cv2_rgb()
+             .image_embedding.timm(model_name="test_resnet", op_config={"instance_count": 1})
+             .as_function())
+    towhee.build_model_repo(embed, repo, model_name="embed", overwrite=True)
     with towhee.serve(repo, grpc_port=0, http_port=0, metrics_port=0) as srv:
         yield srv
 
@@ -213,3 +217,50 @@ def test_allowed_urls_are_fetched_under_the_rules(server, site):
     slow = _failure(server, f"{site}/slow".encode(), "opened")
     assert time.monotonic() - start < 4 and "timeout" in slow.message
     assert server.models_ready()
+
+
+def _memory_mib(pid):
+    """(anonymous RSS, largest shared RSS) in MiB over tritonserver and its stubs."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        try:
+            parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(entry))
+        except (OSError, ValueError, IndexError):
+            continue
+    pids, anon, shared = [pid], 0, 0
+    while pids:
+        current = pids.pop()
+        pids.extend(children.get(current, []))
+        try:
+            status = dict(line.split(":", 1) for line in open(f"/proc/{current}/status"))
+        except OSError:
+            continue
+        anon += int(status["RssAnon"].split()[0]) // 1024
+        shared = max(shared, int(status["RssShmem"].split()[0]) // 1024)
+    return anon, shared
+
+
+def test_memory_comes_back_after_the_largest_image(server, good_dir):
+    import io
+
+    from PIL import Image
+
+    client = towhee.Client(server.grpc_url, model_name="embed")
+    client.infer([str(good_dir / "chelsea.jpg")])
+    anon_before, _ = _memory_mib(server.pid)
+    largest = io.BytesIO()
+    Image.new("RGB", (4096, 4096), (120, 30, 200)).save(largest, "PNG")  # 58 KB, 48 MiB RGB
+    too_large = io.BytesIO()
+    Image.new("RGB", (4097, 4096), (120, 30, 200)).save(too_large, "PNG")
+    results = client.infer([largest.getvalue(), too_large.getvalue()], errors="return")
+    assert results[0].shape == (96,)  # test_resnet's features
+    assert isinstance(results[1], towhee.LimitExceededError)
+    assert "more than max_pixels=16,777,216" in str(results[1])
+    client.infer([str(good_dir / "chelsea.jpg")])
+    anon_after, shared = _memory_mib(server.pid)
+    client.close()
+    # Heap memory is given back; the stubs' shared-memory pools keep their largest size, which
+    # max_pixels bounds (one 48 MiB image plus the pool's growth step).
+    assert anon_after - anon_before < 100, (anon_before, anon_after)
+    assert shared < 160, shared

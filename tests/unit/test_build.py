@@ -58,7 +58,7 @@ def test_data_collection_builds_once(monkeypatch, good_dir):
 @pytest.mark.parametrize("make, fragment", [
     (lambda b: b.image_decode.cv2_rgb(max_pixel=10),
      "image_decode.cv2_rgb: unknown param(s) 'max_pixel'; valid params are: max_pixels (int, "
-     "default 89478485), timeout (number, default 10.0), max_bytes (int, default 33554432), "
+     "default 16777216), timeout (number, default 10.0), max_bytes (int, default 33554432), "
      "allow_paths (list or None, default None), allow_urls (list or None, default None), "
      "allow_private_networks (bool, default False), min_side (int or None, default None)"),
     (lambda b: b.image_decode.cv2_rgb(timeout="10"), "param 'timeout' must be number"),

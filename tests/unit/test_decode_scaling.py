@@ -46,3 +46,12 @@ def test_embedding_stays_within_the_int8_gate(good_dir):
 def test_min_side_is_validated():
     with pytest.raises(ValueError, match="param 'min_side' must be positive"):
         CV2RGBDecode(min_side=0)
+
+
+def test_max_pixels_counts_the_pixels_actually_decoded(good_dir):
+    # coffee_1920x1280.jpg holds 2,457,600 pixels; at 1/4 scale (min_side 256) 153,600.
+    data = (good_dir / "coffee_1920x1280.jpg").read_bytes()
+    scaled = CV2RGBDecode(max_pixels=1_000_000, min_side=256)
+    assert scaled.process_batch({"image": [data]})["image"][0].shape == (320, 480, 3)
+    with pytest.raises(ValueError, match="1920x1280 = 2,457,600 pixels, more than max_pixels"):
+        CV2RGBDecode(max_pixels=1_000_000).process_batch({"image": [data]})
