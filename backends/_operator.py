@@ -278,6 +278,18 @@ class Operator:
         self.ensure_setup()
         return self.process_batch(batch)
 
+    def warmup_items(self) -> List[Tuple[Any, ...]]:
+        """Sample items (tuples ordered like ``inputs``) that a served model runs once while it
+        loads, so its first real request is as fast as the next ones. The default makes one
+        from the input specs (``"warm up"`` for bytes, a mid-grey 224-pixel array for arrays);
+        operators whose inputs need more (an encoded image) override it."""
+        def sample(spec: TensorSpec) -> Any:
+            if spec.dtype == "bytes":
+                return b"warm up"
+            return np.full([224 if d < 0 else d for d in spec.shape], 128, dtype=spec.dtype)
+
+        return [tuple(sample(spec) for spec in self.inputs)]
+
     # -- helpers for subclasses -----------------------------------------------------------
     @property
     def artifact_dir(self) -> Optional[str]:
@@ -310,6 +322,27 @@ def stack_items(items: Sequence[Any], spec: TensorSpec) -> np.ndarray:
             out[i] = item.encode() if isinstance(item, str) else bytes(item)
         return out
     return np.stack([np.asarray(item, dtype=spec.dtype) for item in items])
+
+
+#: Suffix of the tensor that carries each item's shape beside a padded variable-shape tensor
+#: handed from one Triton step to the next (a request may hold images of different sizes).
+SHAPES_SUFFIX = "__shapes"
+
+
+def pad_items(items: Sequence[Any], spec: TensorSpec) -> Tuple[np.ndarray, np.ndarray]:
+    """Items of possibly different shapes as one zero-padded batch array, and their shapes."""
+    arrays = [np.asarray(item, dtype=spec.dtype) for item in items]
+    shapes = np.array([a.shape for a in arrays], dtype=np.int64).reshape(len(arrays), -1)
+    out = np.zeros((len(arrays),) + tuple(shapes.max(axis=0)), dtype=spec.dtype)
+    for i, array in enumerate(arrays):
+        out[(i,) + tuple(slice(0, d) for d in array.shape)] = array
+    return out, shapes
+
+
+def crop_items(batch: Any, shapes: np.ndarray) -> List[Any]:
+    """The items :func:`pad_items` padded, cut back to their shapes (views, no copy)."""
+    return [batch[(i,) + tuple(slice(0, int(d)) for d in shape)]
+            for i, shape in enumerate(shapes)]
 
 
 def process_items(op: Operator, items: Sequence[Tuple[Any, ...]]) -> List[Any]:

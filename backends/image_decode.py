@@ -452,6 +452,14 @@ class CV2RGBDecode(Operator):
                                          source=exc.source) from None
             raise
 
+    def warmup_items(self) -> List[Tuple[Any, ...]]:
+        """One small encoded JPEG (a served decoder decodes it once while it loads)."""
+        import cv2
+
+        gradient = np.tile(np.arange(0, 256, 4, dtype=np.uint8), (64, 1))
+        _, encoded = cv2.imencode(".jpg", np.dstack([gradient] * 3))
+        return [(encoded.tobytes(),)]
+
     def decode(self, item: Any) -> np.ndarray:
         """Decode one item into an HxWx3 uint8 RGB array (raises OperatorInputError)."""
         name, data, header = self.load(item)

@@ -79,6 +79,10 @@ class NvJpegDecode(Operator):
         self._cpu = CV2RGBDecode(**decode_params(self.params))  # reads and checks items
         self._gpu: Optional[str] = None  # torch device string when decoding on the GPU
 
+    def warmup_items(self) -> List[Tuple[Any, ...]]:
+        """One small encoded JPEG, as for ``image_decode.cv2_rgb``."""
+        return self._cpu.warmup_items()
+
     def setup(self, device: str = "cpu") -> None:
         """Pick the GPU named by ``device`` when CUDA is there, else fall back to OpenCV."""
         super().setup(device)
@@ -175,6 +179,10 @@ class DaliDecode(Operator):
         self.num_threads = self.params["num_threads"]
         self._device_id: Optional[int] = None
         self._pipe = None  # built lazily; dropped after a failed run (DALI invalidates it)
+
+    def warmup_items(self) -> List[Tuple[Any, ...]]:
+        """One small encoded JPEG, as for ``image_decode.cv2_rgb``."""
+        return self._cpu.warmup_items()
 
     def setup(self, device: str = "cpu") -> None:
         """Import DALI and build the pipeline for ``device``."""

@@ -18,6 +18,7 @@ Per-machine values are decided here, when the model loads: an operator that take
 import json
 import os
 import sys
+import time
 
 # Each instance is its own process and the operators size their runtimes' threads explicitly
 # (num_threads = cores / instances, below); OpenMP's default of one thread per core in every
@@ -31,8 +32,9 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from towhee_ops._operator import (ItemFailure, cpu_threads_per_instance,  # noqa: E402
-                                  encode_failures, process_items, stack_items)
+from towhee_ops._operator import (SHAPES_SUFFIX, ItemFailure,  # noqa: E402
+                                  cpu_threads_per_instance, crop_items, encode_failures,
+                                  pad_items, process_items, stack_items)
 
 
 class TritonPythonModel:
@@ -57,12 +59,34 @@ class TritonPythonModel:
         if args.get("model_instance_kind") == "GPU":
             device = "cuda:%s" % args["model_instance_device_id"]
         self.op.ensure_setup(device)
+        # Variable-shape tensors handed between steps travel padded, with their items' shapes.
+        inputs = {t["name"] for t in config.get("input", [])}
+        outputs = {t["name"] for t in config.get("output", [])}
+        self.shaped_inputs = {s.name for s in self.op.inputs if s.name + SHAPES_SUFFIX in inputs}
+        self.shaped_outputs = {s.name for s in self.op.outputs
+                               if s.name + SHAPES_SUFFIX in outputs}
+        # With dynamic batching the requests of one call form one batch; else one at a time.
+        self.merge_requests = parameters.get("towhee_merge_requests", "yes") == "yes"
         # Set on the first model of a pipeline (it receives the client's data); 0: no limit.
         self.max_request_bytes = int(parameters.get("towhee_max_request_bytes") or 0)
         self.max_item_bytes = int(parameters.get("towhee_max_item_bytes") or 0)
-        pb_utils.Logger.log_info("%s: operator %s on %s, num_threads %s, format: %s" % (
-            args.get("model_instance_name", self.name), self.name, device,
-            params.get("num_threads", "-"), parameters.get("towhee_format") or "-"))
+        instance = args.get("model_instance_name", self.name)
+        warmup_ms = self._warm_up(instance)
+        pb_utils.Logger.log_info("%s: operator %s on %s, num_threads %s, format: %s, warm-up "
+                                 "%.0f ms" % (instance, self.name, device,
+                                              params.get("num_threads", "-"),
+                                              parameters.get("towhee_format") or "-", warmup_ms))
+
+    def _warm_up(self, instance):
+        """Run the operator once on its own sample items before the model reports ready, so
+        the first request is as fast as the steady state; a failure is logged, not fatal."""
+        started = time.perf_counter()
+        for outcome in process_items(self.op, self.op.warmup_items()):
+            if isinstance(outcome, BaseException):
+                pb_utils.Logger.log_warn("%s: warm-up failed (%s: %s); the first request will "
+                                         "be slower" % (instance, type(outcome).__name__,
+                                                        outcome))
+        return (time.perf_counter() - started) * 1000
 
     def execute(self, requests):
         items, plans, received = [], [], 0
@@ -79,7 +103,11 @@ class TritonPythonModel:
             mine = [k for k in range(len(rows)) if k not in refused]
             plans.append((None, list(range(len(items), len(items) + len(mine))), refused))
             items.extend(rows[k] for k in mine)
-        results = process_items(self.op, items)
+        if self.merge_requests:
+            results = process_items(self.op, items)
+        else:
+            results = [result for _, positions, _ in plans for result in process_items(
+                self.op, items[positions[0]:positions[-1] + 1] if positions else [])]
         responses = [self._respond(plan, results) for plan in plans]
         if received > _TRIM_AFTER_BYTES:
             _release_free_memory()
@@ -116,8 +144,8 @@ class TritonPythonModel:
             return self._error(encode_failures([failures[k] for k in sorted(failures)]), code)
         rows = [results[position] for position in positions]
         try:
-            outputs = [self._write_output(spec, [row[k] for row in rows])
-                       for k, spec in enumerate(self.op.outputs)]
+            outputs = [tensor for k, spec in enumerate(self.op.outputs)
+                       for tensor in self._write_output(spec, [row[k] for row in rows])]
         except Exception as exc:  # noqa: BLE001 - e.g. items of different shapes: this request only
             return self._error("operator %s: cannot batch the outputs of this request (%s: %s); "
                                "send such items in separate requests"
@@ -140,20 +168,31 @@ class TritonPythonModel:
             array = torch.utils.dlpack.from_dlpack(tensor.to_dlpack())
         if not spec.shape:  # scalar per item, sent as [batch, 1]
             array = array.reshape(array.shape[0])
+        if spec.name in self.shaped_inputs:  # padded by the step before: cut each item back
+            shapes = pb_utils.get_input_tensor_by_name(request, spec.name + SHAPES_SUFFIX)
+            return crop_items(array, shapes.as_numpy())
         return list(array)
 
-    @staticmethod
-    def _write_output(spec, values):
-        first = values[0]
-        if hasattr(first, "__dlpack__") and not isinstance(first, np.ndarray):
-            import torch
+    def _write_output(self, spec, values):
+        """The tensors of one output for one request: the batch, and the items' shapes when
+        it travels padded (its items may differ in shape)."""
+        if hasattr(values[0], "__dlpack__") and not isinstance(values[0], np.ndarray):
+            import torch  # GPU items stay on the GPU: handed over through DLPack
 
+            if spec.name in self.shaped_outputs:
+                batch, shapes = _pad_torch(values)
+                return [pb_utils.Tensor.from_dlpack(spec.name, torch.utils.dlpack.to_dlpack(batch)),
+                        pb_utils.Tensor(spec.name + SHAPES_SUFFIX, shapes)]
             stacked = torch.stack(list(values)).contiguous()
-            return pb_utils.Tensor.from_dlpack(spec.name, torch.utils.dlpack.to_dlpack(stacked))
+            return [pb_utils.Tensor.from_dlpack(spec.name, torch.utils.dlpack.to_dlpack(stacked))]
+        if spec.name in self.shaped_outputs:
+            batch, shapes = pad_items(values, spec)
+            return [pb_utils.Tensor(spec.name, batch),
+                    pb_utils.Tensor(spec.name + SHAPES_SUFFIX, shapes)]
         array = stack_items(values, spec)
         if not spec.shape:
             array = array.reshape(-1, 1)
-        return pb_utils.Tensor(spec.name, array)
+        return [pb_utils.Tensor(spec.name, array)]
 
     @staticmethod
     def _error(message, code):
@@ -188,3 +227,15 @@ def _release_free_memory():
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def _pad_torch(values):
+    """Torch items of possibly different shapes as one zero-padded tensor, and their shapes."""
+    import torch
+
+    shapes = np.array([tuple(v.shape) for v in values], dtype=np.int64)
+    batch = torch.zeros((len(values),) + tuple(int(d) for d in shapes.max(axis=0)),
+                        dtype=values[0].dtype, device=values[0].device)
+    for i, value in enumerate(values):
+        batch[(i,) + tuple(slice(0, d) for d in value.shape)] = value
+    return batch, shapes

@@ -25,6 +25,10 @@ DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_QUEUE_DELAY_US = 2000
+#: Each model's queue: at most this many requests wait, each at most this long, then Triton
+#: rejects them ("server busy") instead of letting latency grow without bound.
+DEFAULT_MAX_QUEUE_SIZE = 64
+DEFAULT_QUEUE_TIMEOUT_MS = 5000
 
 
 def default_cpu_model_instances(cores: Optional[int] = None) -> int:
@@ -63,6 +67,8 @@ class OpConfig:
     instance_count: Optional[int] = None
     calibration_data: Tuple[Any, ...] = ()
     int8_min_cosine: float = 0.99
+    max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
+    queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
 
     @property
     def instances(self) -> int:
@@ -242,6 +248,8 @@ KEYS: Dict[str, ConfigKey] = {key.name: key for key in (
     ConfigKey("format_priority", _format_priority, model_only=True),
     ConfigKey("calibration_data", _calibration_data, model_only=True),
     ConfigKey("int8_min_cosine", _unit_interval, model_only=True),
+    ConfigKey("max_queue_size", _positive_int),
+    ConfigKey("queue_timeout_ms", _positive_int),
     ConfigKey("max_request_bytes", _positive_int, scope="pipeline"),
     ConfigKey("max_item_bytes", _positive_int, scope="pipeline"),
     ConfigKey("dynamic_batching", _dynamic_batching, scope="op"),

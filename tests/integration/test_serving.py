@@ -132,15 +132,27 @@ def test_failed_items_are_not_sent_again_but_their_neighbours_are(served, bad_di
     server, local, images = served
     records = []
     client = towhee.Client(server.grpc_url, model_name="image", on_request=records.append)
-    same_size = [list(GOOD_SHAPES).index(n) for n in ("astronaut.jpg", "camera_gray.jpg")]
+    same_size = [list(GOOD_SHAPES).index(n) for n in ("astronaut.jpg", "coffee.jpg")]
     with client:
         results = client.infer([images[same_size[0]], str(bad_dir / "empty.jpg"),
                                 images[same_size[1]]], batch_size=3, errors="return")
     _assert_close([results[0], results[2]], [local["image"][i] for i in same_size])
     assert isinstance(results[1], towhee.BadInputError) and results[1].index == 1
     # The request of 3 failed on item 1 only: items 0 and 2 went again, together.
+    # (Their sizes differ: they travel padded between the steps.)
     assert [(r.items, r.error is None) for r in records] == [(3, False), (2, True)]
     assert all(r.seconds > 0 for r in records)
+
+
+@pytest.mark.parametrize("name", ["image", "clip_image"])
+def test_a_request_of_images_of_different_sizes_works(served, name):
+    server, local, images = served
+    records = []
+    client = towhee.Client(server.grpc_url, model_name=name, on_request=records.append)
+    with client:  # every image of the test set in requests of 4: sizes differ within each
+        results = client.infer(images, batch_size=4, mode="async_infer")
+    _assert_close(results, local[name])
+    assert all(r.error is None for r in records) and len(records) == -(-len(images) // 4)
 
 
 def test_threads_are_decided_where_the_model_runs(served):

@@ -22,10 +22,12 @@ def _model(name, operator, io, config, params=None, fmt=""):
 
 DECODE = dataclasses.replace(
     _model("pipeline_0_image_decode_cv2_rgb", "image_decode.cv2_rgb", DECODE_IO,
-           OpConfig(instance_count=2)), limits=RequestLimits())  # the first model checks them
-EMBED = _model("pipeline_1_image_embedding_timm", "image_embedding.timm", EMBED_IO,
-               OpConfig(device_ids=(0,), dynamic_batching=DynamicBatching(8, (4, 8), 500)),
-               params={"model_name": "resnet50"}, fmt="onnx")
+           OpConfig(instance_count=2)), limits=RequestLimits(),  # the first model checks them
+    shaped_outputs=("image",))  # images of different sizes travel padded, with their shapes
+EMBED = dataclasses.replace(
+    _model("pipeline_1_image_embedding_timm", "image_embedding.timm", EMBED_IO,
+           OpConfig(device_ids=(0,), dynamic_batching=DynamicBatching(8, (4, 8), 500)),
+           params={"model_name": "resnet50"}, fmt="onnx"), shaped_inputs=("image",))
 
 
 @pytest.mark.parametrize("name, config", [
@@ -68,11 +70,24 @@ def test_ensemble_batch_size_is_the_smallest_step():
     assert ensemble.max_batch_size == 8
     assert not ensemble.instance_group
     steps = ensemble.ensemble_scheduling.step
-    assert dict(steps[0].output_map) == {"image": "step0_image"}
-    assert dict(steps[1].input_map) == {"image": "step0_image"}
+    shaped = {"image": "step0_image", "image__shapes": "step0_image__shapes"}
+    assert dict(steps[0].output_map) == shaped and dict(steps[1].input_map) == shaped
     assert dict(steps[1].output_map) == {"embedding": "embedding"}
 
 
-def test_variable_shape_inputs_are_ragged_only_with_dynamic_batching():
+def test_variable_shape_array_inputs_are_ragged():
     assert tc.operator_model_config(EMBED).input[0].allow_ragged_batch
-    assert not tc.operator_model_config(DECODE).input[0].allow_ragged_batch
+    assert not tc.operator_model_config(DECODE).input[0].allow_ragged_batch  # bytes: scalar
+
+
+def test_every_model_has_a_bounded_queue_and_merges_requests_only_when_batching():
+    for model, merge in ((DECODE, "no"), (EMBED, "yes")):
+        config = tc.operator_model_config(model)
+        policy = config.dynamic_batching.default_queue_policy
+        assert (policy.max_queue_size, policy.default_timeout_microseconds) == (64, 5_000_000)
+        assert policy.allow_timeout_override and policy.timeout_action == policy.REJECT
+        assert tc.read_parameters(config)["towhee_merge_requests"] == merge
+    decode = dataclasses.replace(DECODE, config=OpConfig(max_queue_size=3,
+                                                         queue_timeout_ms=250))
+    policy = tc.operator_model_config(decode).dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (3, 250_000)

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ..backends._operator import TensorSpec
+from ..backends._operator import SHAPES_SUFFIX, TensorSpec
 from ..op_config import OpConfig, RequestLimits
 
 #: Model parameter names read by the generic Python-backend adapter (model.py): the operator,
@@ -20,6 +20,8 @@ from ..op_config import OpConfig, RequestLimits
 PARAM_OPERATOR = "towhee_operator"
 PARAM_PARAMS = "towhee_params"
 PARAM_FORMAT = "towhee_format"
+#: Whether the adapter runs the requests of one execute() call as one batch (dynamic batching).
+PARAM_MERGE_REQUESTS = "towhee_merge_requests"
 #: What the first model (it receives the client's data) and the ensemble (for clients to read)
 #: say about the requests they accept.
 PARAM_MAX_REQUEST_BYTES = "towhee_max_request_bytes"
@@ -45,17 +47,33 @@ class OperatorModel:
     files: Tuple[Any, ...] = ()
     #: The request limits this model enforces (the first model of a pipeline only).
     limits: Optional[RequestLimits] = None
+    #: Inputs / outputs that travel padded, each with a ``<name>__shapes`` companion tensor.
+    shaped_inputs: Tuple[str, ...] = ()
+    shaped_outputs: Tuple[str, ...] = ()
+
+
+def carries_shapes(output: TensorSpec, next_input: TensorSpec) -> bool:
+    """Whether a tensor passed between two steps travels padded with its items' shapes: a
+    variable-shape array on both sides (a request may hold items of different shapes)."""
+    return output.dtype != "bytes" and not output.is_fixed_shape and not next_input.is_fixed_shape
+
+
+def _shapes_spec(spec: TensorSpec) -> TensorSpec:
+    return TensorSpec(spec.name + SHAPES_SUFFIX, "int64", (len(spec.shape),))
 
 
 def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
     """The Python-backend config of one operator model."""
     config = pb.ModelConfig(name=model.model_name, backend="python",
                             max_batch_size=model.config.max_batch_size)
-    ragged = model.config.dynamic_batching is not None
     for spec in model.inputs:
-        _add_tensor(config.input, spec, allow_ragged=ragged and not spec.is_fixed_shape)
+        _add_tensor(config.input, spec, allow_ragged=not spec.is_fixed_shape)
+        if spec.name in model.shaped_inputs:
+            _add_tensor(config.input, _shapes_spec(spec))
     for spec in model.outputs:
         _add_tensor(config.output, spec)
+        if spec.name in model.shaped_outputs:
+            _add_tensor(config.output, _shapes_spec(spec))
     _set_instance_group(config, model.config)
     _set_dynamic_batching(config, model.config)
     _set_parameters(config, model)
@@ -83,11 +101,15 @@ def ensemble_config(name: str, models: Sequence[OperatorModel],
         step = config.ensemble_scheduling.step.add(model_name=model.model_name, model_version=-1)
         for spec, source in zip(model.inputs, tensor_names):
             step.input_map[spec.name] = source
+            if spec.name in model.shaped_inputs:
+                step.input_map[spec.name + SHAPES_SUFFIX] = source + SHAPES_SUFFIX
         last = index == len(models) - 1
         tensor_names = output_names if last else [f"step{index}_{spec.name}"
                                                   for spec in model.outputs]
         for spec, target in zip(model.outputs, tensor_names):
             step.output_map[spec.name] = target
+            if spec.name in model.shaped_outputs:
+                step.output_map[spec.name + SHAPES_SUFFIX] = target + SHAPES_SUFFIX
     return config
 
 
@@ -127,11 +149,19 @@ def _set_instance_group(config: pb.ModelConfig, op: OpConfig) -> None:
 
 
 def _set_dynamic_batching(config: pb.ModelConfig, op: OpConfig) -> None:
+    """Every model gets Triton's dynamic scheduler, for its bounded queue; the requests it
+    hands over together are merged into one operator batch only when ``dynamic_batching`` is
+    asked for (``towhee_merge_requests``), else they run one after the other with no wait."""
     batching = op.dynamic_batching
-    if batching is None:
-        return
-    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
-    config.dynamic_batching.preferred_batch_size.extend(batching.preferred_batch_size)
+    scheduler = config.dynamic_batching
+    if batching is not None:
+        scheduler.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
+        scheduler.preferred_batch_size.extend(batching.preferred_batch_size)
+    policy = scheduler.default_queue_policy
+    policy.timeout_action = pb.ModelQueuePolicy.REJECT
+    policy.default_timeout_microseconds = op.queue_timeout_ms * 1000
+    policy.allow_timeout_override = True  # a client's own, shorter deadline wins
+    policy.max_queue_size = op.max_queue_size
 
 
 def _set_parameters(config: pb.ModelConfig, model: OperatorModel) -> None:
@@ -139,6 +169,8 @@ def _set_parameters(config: pb.ModelConfig, model: OperatorModel) -> None:
     config.parameters[PARAM_OPERATOR].string_value = json.dumps(operator, sort_keys=True)
     config.parameters[PARAM_PARAMS].string_value = json.dumps(dict(model.params),
                                                               sort_keys=True)
+    config.parameters[PARAM_MERGE_REQUESTS].string_value = \
+        "yes" if model.config.dynamic_batching else "no"
     if model.format:
         config.parameters[PARAM_FORMAT].string_value = model.format
     if model.limits:

@@ -57,14 +57,24 @@ def plan_models(built: BuiltPipeline, model_name: str = "pipeline") -> List[Oper
     if not _NAME_RE.match(model_name):
         raise ConfigError(f"model_name {model_name!r} must start with a letter and contain only "
                           "letters, digits, '_' and '-' (it becomes a directory name)")
+    steps = built.steps
+    shaped_outputs: List[Tuple[str, ...]] = [() for _ in steps]
+    shaped_inputs: List[Tuple[str, ...]] = [() for _ in steps]
+    for k in range(len(steps) - 1):  # each tensor handed from step k to step k + 1
+        pairs = [(out, nxt) for out, nxt in zip(steps[k].operator_class.outputs,
+                                                steps[k + 1].operator_class.inputs)
+                 if triton_config.carries_shapes(out, nxt)]
+        shaped_outputs[k] = tuple(out.name for out, _ in pairs)
+        shaped_inputs[k + 1] = tuple(nxt.name for _, nxt in pairs)
     return [OperatorModel(
         model_name=f"{model_name}_{step.index}_{step.name.replace('.', '_')}",
         operator=step.name, module=step.operator_class.__module__.rsplit(".", 1)[-1],
         class_name=step.operator_class.__qualname__, params=dict(step.params),
         inputs=tuple(step.operator_class.inputs), outputs=tuple(step.operator_class.outputs),
         config=step.config, format=step.format.summary() if step.format else "",
-        files=step.model_files, limits=built.limits if step.index == 0 else None)
-        for step in built.steps]
+        files=step.model_files, limits=built.limits if step.index == 0 else None,
+        shaped_inputs=shaped_inputs[step.index], shaped_outputs=shaped_outputs[step.index])
+        for step in steps]
 
 
 def build_model_repo(pipe, path, model_name: str = "pipeline",
