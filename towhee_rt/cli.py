@@ -1,13 +1,17 @@
 """The ``towhee-rt`` command line (also ``python -m towhee_rt``).
 
-    towhee-rt serve REPO [--grpc-port 8001] [--http-port 8000] [--host 127.0.0.1] ...
+    towhee-rt serve REPO [--grpc-port 8001] [--http-port 8000] [--host 127.0.0.1]
+                         [--api-key-file FILE] [--admin-key-file FILE] ...
     towhee-rt quickstart --images DIR [--model-name resnet50] [--repo DIR]
 
 ``serve`` starts tritonserver (the one carried by ``nvidia-pytriton`` unless ``--tritonserver
 PATH`` or ``--docker IMAGE`` says otherwise), waits until the server and every model are ready,
 prints the endpoints and blocks; Ctrl-C (SIGINT) or SIGTERM stops it gracefully, then forcibly.
-Endpoints bind 127.0.0.1 unless ``--host`` says otherwise. Exit codes: 0 after a stop by
-signal, 1 when the server cannot start or dies, 130 when interrupted while starting.
+Endpoints bind 127.0.0.1 unless ``--host`` says otherwise. ``--api-key-file`` makes inference
+require the key in that file (a file, so that the key is not on a command line ``ps`` shows);
+the admin APIs need ``--admin-key-file``'s key, or are closed. Exit codes: 0 after a stop by
+signal, 1 when the server cannot start or dies, 2 for a usage error (a bad key file), 130 when
+interrupted while starting.
 ``python -m towhee_rt.serve REPO`` is the same as ``towhee-rt serve REPO``.
 
 ``quickstart`` is the README's demo (:mod:`towhee_rt.quickstart`).
@@ -15,18 +19,24 @@ signal, 1 when the server cannot start or dies, 130 when interrupted while start
 from __future__ import annotations
 
 import argparse
+import os
 import signal
+import stat
 import sys
 import threading
 from pathlib import Path
 from typing import List, Optional
 
 from . import quickstart
-from .errors import TowheeRTError
-from .triton.flags import DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT
+from .errors import ConfigError, TowheeRTError
+from .triton.flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
+                           DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, GRPC_HEADER_PREFIX,
+                           check_key)
 from .triton.server import TritonServer
 
 STOP_TIMEOUT = 15.0
+#: A key file is read up to this size (a key is short; anything larger is a wrong file).
+MAX_KEY_FILE_BYTES = 4096
 SERVE_DESCRIPTION = "Serve a Triton model repository (e.g. from towhee_rt.build_model_repo)."
 
 
@@ -79,6 +89,40 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds to wait for every model to load (default %(default)s)")
     parser.add_argument("--log-verbose", type=int, default=0,
                         help="tritonserver --log-verbose level (default %(default)s)")
+    parser.add_argument("--api-key-file", type=Path, metavar="FILE",
+                        help=f"inference requires the key in FILE (header {API_KEY_HEADER}; "
+                             "clients: api_key=...); the file must not be readable by others")
+    parser.add_argument("--admin-key-file", type=Path, metavar="FILE",
+                        help=f"the admin APIs ({', '.join(ADMIN_APIS)}) require the key in "
+                             f"FILE (header {ADMIN_KEY_HEADER}); default: closed to everyone")
+
+
+def read_key_file(path: Path, option: str = "--api-key-file") -> str:
+    """The key in ``path``, surrounding whitespace stripped. Raises :class:`ConfigError` when
+    the file is missing, not a regular file, readable by others, empty or not a valid key."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(f"{option} {path}: not a regular file")
+        if info.st_mode & stat.S_IROTH:
+            raise ConfigError(f"{option} {path} is readable by every user of this machine; "
+                              f"make it private first: chmod 600 {path}")
+        with open(path, "rb") as f:
+            data = f.read(MAX_KEY_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > MAX_KEY_FILE_BYTES:
+        raise ConfigError(f"{option} {path} is larger than {MAX_KEY_FILE_BYTES} bytes; it "
+                          "should hold just the key")
+    try:
+        key = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"{option} {path}: the key may hold printable ASCII characters "
+                          "only") from None
+    if not key:
+        raise ConfigError(f"{option} {path} is empty; write a key into it, e.g. python -c "
+                          "'import secrets; print(secrets.token_urlsafe(32))' > FILE")
+    return check_key(key, f"the key in {path}")
 
 
 def run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -86,11 +130,18 @@ def run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     interrupted while starting). ``parser`` reports usage errors."""
     if args.repository is None and not args.docker:
         parser.error("the model repository is required (unless --docker IMAGE is given)")
+    try:
+        api_key = read_key_file(args.api_key_file) if args.api_key_file else None
+        admin_key = (read_key_file(args.admin_key_file, "--admin-key-file")
+                     if args.admin_key_file else None)
+    except ConfigError as exc:
+        parser.error(str(exc))
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port,
                           tritonserver=args.tritonserver, docker_image=args.docker,
                           log_file=args.log_file, log_verbose=args.log_verbose,
-                          ready_timeout=args.ready_timeout)
+                          ready_timeout=args.ready_timeout, api_key=api_key,
+                          admin_key=admin_key)
     ready, stop_requested = threading.Event(), threading.Event()
 
     def on_signal(signum, frame):
@@ -138,9 +189,16 @@ def _serve_until_stopped(server: TritonServer, ready: threading.Event,
 
 def _print_endpoints(server: TritonServer) -> None:
     models = ", ".join(sorted(server.model_states())) or "(none)"
+    inference = (f"requires the key (HTTP header {API_KEY_HEADER}, gRPC metadata "
+                 f"{GRPC_HEADER_PREFIX}{API_KEY_HEADER}; clients: api_key=...)"
+                 if server.api_key else "open to every client that reaches the endpoints")
+    admin = ("require the --admin-key-file key (header " + ADMIN_KEY_HEADER + ")"
+             if not server.admin_key_random else "closed (pass --admin-key-file to use them)")
     print(f"tritonserver ready (pid {server.pid}, log {server.log_file})\n"
           f"  gRPC:    {server.grpc_url}\n"
           f"  HTTP:    http://{server.http_url}\n"
           f"  metrics: {server.metrics_url}\n"
           f"  models:  {models}\n"
+          f"  inference: {inference}\n"
+          f"  admin APIs ({', '.join(ADMIN_APIS)}): {admin}\n"
           "Press Ctrl-C to stop", flush=True)

@@ -9,7 +9,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, List, Optional
+from typing import Any, Iterable, Iterator, List, Mapping, Optional
 
 from .errors import ConfigError
 from .pipeline import Pipeline, PipelineBuilder
@@ -51,20 +51,26 @@ class DataCollection:
 
     def remote(self, url: str = "127.0.0.1:8001", mode: str = "infer", protocol: str = "grpc",
                model_name: str = "pipeline", batch_size: int = 1, concurrency: int = 4,
-               errors: str = "raise", timeout: float = 60.0):
+               errors: str = "raise", timeout: float = 60.0, api_key: Optional[str] = None,
+               headers: Optional[Mapping[str, str]] = None):
         """Send the items to a pipeline served by tritonserver and return results in order.
 
         ``mode``: ``'infer'`` (one request at a time), ``'async_infer'`` (``concurrency``
         requests in flight) or ``'stream'`` (an iterator of ``(index, result)`` as results
-        arrive). Local files are sent as bytes, URLs as strings. ``errors='return'`` puts an
-        :class:`~towhee_rt.errors.ItemError` in place of each failed item.
+        arrive). A text pipeline gets strings as they are; an image pipeline gets bytes (local
+        files read, URLs downloaded here within ``timeout``), items over the server's byte
+        limits failing here. ``errors='return'`` puts an
+        :class:`~towhee_rt.errors.ItemError` in place of each failed item. ``api_key``: the
+        key the server was started with; ``headers``: more headers for every call (see
+        :class:`~towhee_rt.client.Client`).
         """
         if self._builder.steps:
             raise ConfigError("remote() sends items to the pipeline already served by "
                               "tritonserver; drop the operator chain before .remote(...)")
         from .client import Client
 
-        client = Client(url, model_name=model_name, protocol=protocol, timeout=timeout)
+        client = Client(url, model_name=model_name, protocol=protocol, timeout=timeout,
+                        api_key=api_key, headers=headers)
         if mode == "stream":
             return client.stream(self._items, batch_size=batch_size, concurrency=concurrency,
                                  close=True)

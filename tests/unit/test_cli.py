@@ -105,3 +105,49 @@ def test_console_script_runs():
         pytest.fail(f"{script} is missing: reinstall towhee_rt (bash .ci/setup)")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.startswith("usage: towhee-rt "), result.stderr
+
+
+# ------------------------------------------------------------------------------ key files
+def _key_file(tmp_path, text, mode=0o600):
+    path = tmp_path / "key"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_key_file_is_stripped_and_checked(tmp_path):
+    assert cli.read_key_file(_key_file(tmp_path, "  s3cr3t-key_1\n\n")) == "s3cr3t-key_1"
+    assert cli.read_key_file(_key_file(tmp_path, "k", mode=0o640)) == "k"  # group may read
+
+
+@pytest.mark.parametrize("text, mode, message", [
+    ("\n  \n", 0o600, "is empty; write a key into it"),
+    ("key", 0o644, "is readable by every user of this machine; make it private first: "
+                   "chmod 600"),
+    ("two words", 0o600, "printable ASCII characters only"),
+    ("x" * 5000, 0o600, "larger than 4096 bytes"),
+], ids=["empty", "world-readable", "spaces", "huge"])
+def test_bad_key_files_are_refused(tmp_path, text, mode, message):
+    with pytest.raises(cli.ConfigError, match=message):
+        cli.read_key_file(_key_file(tmp_path, text, mode))
+
+
+def test_missing_key_file_and_directory_are_refused(tmp_path):
+    with pytest.raises(cli.ConfigError, match="--api-key-file .*nope: cannot read it"):
+        cli.read_key_file(tmp_path / "nope")
+    with pytest.raises(cli.ConfigError, match="--admin-key-file .*: not a regular file"):
+        cli.read_key_file(tmp_path, "--admin-key-file")
+
+
+def test_serve_with_a_bad_key_file_is_a_usage_error_before_anything_starts(tmp_path, capsys):
+    key = _key_file(tmp_path, "", 0o600)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", str(tmp_path), "--api-key-file", str(key)])
+    assert info.value.code == 2
+    assert f"--api-key-file {key} is empty" in capsys.readouterr().err
+
+
+def test_serve_help_names_the_key_files_not_keys():
+    result = _python(["-m", "towhee_rt", "serve", "--help"])
+    assert "--api-key-file FILE" in result.stdout and "--admin-key-file FILE" in result.stdout
+    assert "--api-key " not in result.stdout  # no way to put a key on the command line

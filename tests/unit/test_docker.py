@@ -1,16 +1,23 @@
-"""build_docker_image: the build context, the Dockerfile, and the error without a Docker engine;
-the tritonserver flags shared by the Dockerfile, ``docker run`` and the host launcher."""
+"""build_docker_image: the build context, the Dockerfile, the entrypoint script, the base
+image's tag (releases with the 2025 security fixes), and the error without a Docker engine; the
+tritonserver flags shared by the entrypoint, ``docker run`` and the host launcher."""
 import json
 import logging
 import os
+import shutil
+import subprocess
+import textwrap
 
 import pytest
 
 import towhee_rt as towhee
 from towhee_rt.errors import ConfigError, DockerError
 from towhee_rt.triton import docker
-from towhee_rt.triton.flags import CONTAINER_REPOSITORY, container_command, server_flags
+from towhee_rt.triton.flags import (ADMIN_APIS, CONTAINER_REPOSITORY, INFERENCE_APIS,
+                                    container_command, restriction_flags, server_flags)
 from towhee_rt.triton.server import build_command, docker_command
+
+CVES = "CVE-2025-23310/23311/23319/23320/23334"
 
 
 @pytest.fixture(scope="module")
@@ -18,27 +25,62 @@ def pipe():
     return towhee.dummy_input().image_decode.cv2_rgb().as_function()
 
 
-@pytest.mark.parametrize("cuda, tag", [("11.4", "21.10"), ("12.6", "24.10"), ("12.6.2", "24.10"),
-                                       ("12.4", "24.05")])
+# ------------------------------------------------------------------------- the base image
+@pytest.mark.parametrize("cuda, tag", [("12.9", "25.07"), ("12.9.1", "25.07"), ("13.0", "25.10"),
+                                       ("13.0.2", "25.10")])
 def test_triton_tag_follows_the_cuda_version(cuda, tag):
     assert docker.triton_tag_for_cuda(cuda) == tag
+    assert docker.is_fixed_release(tag)
 
 
-def test_old_cuda_warns_about_python_and_unknown_cuda_fails(caplog):
+def test_default_is_a_release_with_the_fixes():
+    assert docker.resolve_triton_tag() == docker.DEFAULT_TRITON_TAG
+    assert docker.is_fixed_release(docker.DEFAULT_TRITON_TAG)
+    assert docker.FIXED_TRITON_TAG == "25.07" and docker.is_fixed_release("25.07")
+    assert not docker.is_fixed_release("25.06") and not docker.is_fixed_release("24.12")
+    assert docker.is_fixed_release("26.01")
+
+
+@pytest.mark.parametrize("cuda, old", [("11.4", "21.10"), ("12.6", "24.12"), ("12.8", "25.03")])
+def test_cuda_without_a_fixed_release_is_refused_with_the_way_out(cuda, old):
+    with pytest.raises(ConfigError) as info:
+        docker.triton_tag_for_cuda(cuda)
+    message = str(info.value)
+    assert f"newest tritonserver for CUDA {cuda} is {old}" in message
+    assert CVES in message and "25.07" in message
+    assert "cuda='12.9' or '13.0'" in message and f"triton_tag={old!r}" in message
+
+
+def test_explicit_old_tag_is_allowed_with_warnings(caplog):
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
-        docker.triton_tag_for_cuda("11.4")
-    assert "Python 3.8" in caplog.text and "cuda='12.6'" in caplog.text
-    with pytest.raises(ConfigError, match="supported versions: 11.4"):
+        assert docker.resolve_triton_tag(triton_tag="21.10") == "21.10"
+    assert CVES in caplog.text and "predates" in caplog.text
+    assert "Python 3.8" in caplog.text  # too old for the pinned packages as well
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="towhee_rt"):
+        assert docker.resolve_triton_tag(cuda="11.4", triton_tag="25.10") == "25.10"
+    assert caplog.text == ""  # triton_tag wins over cuda; a fixed release warns of nothing
+
+
+def test_unknown_cuda_and_malformed_tags_fail():
+    with pytest.raises(ConfigError, match=r"supported versions: 12\.9, 13\.0"):
         docker.triton_tag_for_cuda("10.2")
+    with pytest.raises(ConfigError, match="triton_tag must be an NGC release such as"):
+        docker.resolve_triton_tag(triton_tag="latest")
 
 
-def test_build_context_holds_repository_dockerfile_and_pins(pipe, tmp_path):
-    context = docker.write_build_context(pipe, tmp_path / "ctx", cuda="12.6",
+def test_build_context_holds_repository_dockerfile_entrypoint_and_pins(pipe, tmp_path):
+    context = docker.write_build_context(pipe, tmp_path / "ctx", cuda="12.9",
                                          model_name="image_embedding")
     dockerfile = (context / "Dockerfile").read_text()
-    assert "FROM nvcr.io/nvidia/tritonserver:24.10-py3" in dockerfile
+    assert "FROM nvcr.io/nvidia/tritonserver:25.07-py3" in dockerfile
+    assert "(chosen for CUDA 12.9)" in dockerfile
     assert "COPY models /workspace/models" in dockerfile
-    assert _dockerfile_cmd(dockerfile) == container_command()
+    assert f"COPY {docker.ENTRYPOINT_NAME} {docker.ENTRYPOINT_PATH}" in dockerfile
+    assert _dockerfile_cmd(dockerfile) == ["/bin/bash", docker.ENTRYPOINT_PATH]
+    script = context / docker.ENTRYPOINT_NAME
+    assert script.read_text() == docker.render_entrypoint("image_embedding")
+    assert os.access(script, os.X_OK)
     assert (context / "models" / "image_embedding" / "config.pbtxt").is_file()
     pins = (context / "requirements.txt").read_text().split()
     assert any(p.startswith("torch==2.14.1") for p in pins)
@@ -49,12 +91,20 @@ def test_without_docker_engine_the_error_names_context_and_command(pipe, tmp_pat
                                                                     monkeypatch):
     monkeypatch.setattr(docker, "docker_engine_available", lambda timeout=10.0: False)
     with pytest.raises(DockerError) as info:
-        towhee.build_docker_image(pipe, image_name="image_embedding:v1", cuda="12.6",
+        towhee.build_docker_image(pipe, image_name="image_embedding:v1",
                                   context_dir=str(tmp_path / "ctx"))
     message = str(info.value)
     assert str(tmp_path / "ctx") in message
     assert f"docker build -t image_embedding:v1 {tmp_path / 'ctx'}" in message
-    assert (tmp_path / "ctx" / "Dockerfile").is_file()
+    dockerfile = (tmp_path / "ctx" / "Dockerfile").read_text()
+    assert f"FROM nvcr.io/nvidia/tritonserver:{docker.DEFAULT_TRITON_TAG}-py3" in dockerfile
+
+
+def test_build_refuses_an_old_cuda_before_writing_anything(pipe, tmp_path):
+    with pytest.raises(ConfigError, match="predates"):
+        towhee.build_docker_image(pipe, image_name="x:v1", cuda="11.4",
+                                  context_dir=str(tmp_path / "ctx"))
+    assert not (tmp_path / "ctx").exists()
 
 
 def test_engine_probe_answers_false_on_this_machine_or_true_with_an_engine():
@@ -68,12 +118,12 @@ def _dockerfile_cmd(dockerfile: str) -> list:
     return json.loads(line[len("CMD "):])  # exec form: a JSON array, no shell
 
 
-def test_dockerfile_cmd_is_the_container_command():
-    cmd = _dockerfile_cmd(docker.render_dockerfile("24.10", "12.6", "pipeline"))
-    assert cmd == container_command()
+def test_container_command_is_server_flags_on_all_interfaces():
+    cmd = container_command(admin_key="adm")
     assert cmd == ["tritonserver"] + server_flags(CONTAINER_REPOSITORY, host="0.0.0.0",
                                                   grpc_port=8001, http_port=8000,
-                                                  metrics_port=8002, gpu_metrics=True)
+                                                  metrics_port=8002, gpu_metrics=True,
+                                                  admin_key="adm")
     for flag in ("--model-repository=/workspace/models", "--grpc-address=0.0.0.0",
                  "--http-address=0.0.0.0", "--metrics-address=0.0.0.0",
                  "--disable-auto-complete-config", "--strict-readiness=true",
@@ -84,21 +134,23 @@ def test_dockerfile_cmd_is_the_container_command():
 
 def test_host_and_docker_commands_use_the_same_flags():
     ports = dict(grpc_port=7001, http_port=7000, metrics_port=7002)
+    keys = dict(api_key="k1", admin_key="a1")
     host = build_command("/bin/tritonserver", "repo", backend_directory="/b", log_verbose=1,
-                         gpu_metrics=False, extra_args=["--id=x"], **ports)
+                         gpu_metrics=False, extra_args=["--id=x"], **ports, **keys)
     assert host == (["/bin/tritonserver"]
                     + server_flags(os.path.abspath("repo"), host="127.0.0.1", log_verbose=1,
-                                   gpu_metrics=False, **ports)
+                                   gpu_metrics=False, **ports, **keys)
                     + ["--backend-directory=/b", "--id=x"])
-    run = docker_command("img:v1", model_repository="/data/repo", log_verbose=1, **ports)
+    run = docker_command("img:v1", model_repository="/data/repo", log_verbose=1, **ports,
+                         **keys)
     image_at = run.index("img:v1")
     assert run[image_at + 1:] == ["tritonserver"] + server_flags(
-        CONTAINER_REPOSITORY, host="127.0.0.1", log_verbose=1, **ports)
+        CONTAINER_REPOSITORY, host="127.0.0.1", log_verbose=1, **ports, **keys)
 
     def names(argv):  # flag names, values aside
         return [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
 
-    assert names(host[1:-2]) == names(run[image_at + 2:]) == names(container_command()[1:])
+    assert names(host[1:-2]) == names(run[image_at + 2:]) == names(container_command(**keys)[1:])
 
 
 def test_server_flags_take_address_ports_and_levels():
@@ -108,3 +160,125 @@ def test_server_flags_take_address_ports_and_levels():
                  "--http-address=10.0.0.1", "--http-port=9000", "--metrics-address=10.0.0.1",
                  "--metrics-port=9002", "--log-verbose=2", "--allow-gpu-metrics=false"):
         assert flag in flags
+
+
+# ------------------------------------------------------------------------- access flags
+def test_admin_apis_are_always_restricted_and_inference_only_with_a_key():
+    setting = f"{','.join(ADMIN_APIS)}:towhee-admin-key=a1"
+    assert restriction_flags(admin_key="a1") == [f"--http-restricted-api={setting}",
+                                                 f"--grpc-restricted-protocol={setting}"]
+    with_key = restriction_flags(api_key="k1", admin_key="a1")
+    assert with_key[2:] == [
+        f"--http-restricted-api={','.join(INFERENCE_APIS)}:towhee-api-key=k1",
+        f"--grpc-restricted-protocol={','.join(INFERENCE_APIS)}:towhee-api-key=k1"]
+    assert INFERENCE_APIS == ("inference", "model-config")
+    assert set(ADMIN_APIS) == {"shared-memory", "model-repository", "statistics", "trace",
+                               "logging"}
+    # Health and metadata stay open for probes and for clients reading the model's inputs.
+    assert not {"health", "metadata"} & set(ADMIN_APIS + INFERENCE_APIS)
+
+
+def test_without_an_admin_key_each_call_draws_a_random_one():
+    first, second = restriction_flags(), restriction_flags()
+    assert first != second
+    key = first[0].rsplit("=", 1)[1]
+    assert len(key) >= 40 and first[1].endswith(f"towhee-admin-key={key}")
+
+
+@pytest.mark.parametrize("key, problem", [("", "is empty"), ("a b", "printable ASCII"),
+                                          ("k\n", "printable ASCII"), ("kä", "printable ASCII"),
+                                          (123, "must be a string")])
+def test_bad_keys_are_refused(key, problem):
+    with pytest.raises(ConfigError, match=problem):
+        server_flags("/m", api_key=key)
+
+
+# ---------------------------------------------------------------- the entrypoint script
+BASH = shutil.which("bash")
+_FAKE_TRITONSERVER = textwrap.dedent("""\
+    #!/bin/sh
+    # Stands in for tritonserver: its arguments one per line, then the TOWHEE_RT_ variables left.
+    basename "$0"
+    for arg in "$@"; do printf '%s\\n' "$arg"; done
+    printf 'ENV:%s\\n' "$(env | grep '^TOWHEE_RT_' | tr '\\n' ' ')"
+""")
+
+
+@pytest.fixture(scope="module")
+def entrypoint(tmp_path_factory):
+    """The rendered script and a PATH whose tritonserver prints its arguments."""
+    root = tmp_path_factory.mktemp("entrypoint")
+    script = root / docker.ENTRYPOINT_NAME
+    script.write_text(docker.render_entrypoint("pipeline"))
+    fake = root / "bin" / "tritonserver"
+    fake.parent.mkdir()
+    fake.write_text(_FAKE_TRITONSERVER)
+    fake.chmod(0o755)
+    return script, f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
+def _run_entrypoint(entrypoint, env, *args):
+    script, path = entrypoint
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOWHEE_RT_")}
+    result = subprocess.run([BASH, str(script), *args], env={**clean, "PATH": path, **env},
+                            capture_output=True, text=True, timeout=30)
+    lines = result.stdout.splitlines()
+    argv = [line for line in lines if not line.startswith("ENV:")]
+    left = [line for line in lines if line.startswith("ENV:")]
+    return result, argv, left
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_entrypoint_is_valid_bash_and_holds_the_server_flags(entrypoint):
+    script, _ = entrypoint
+    check = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr
+    text = script.read_text()
+    for flag in server_flags(CONTAINER_REPOSITORY, host="0.0.0.0", admin_key="x")[:-2]:
+        assert flag in text  # every flag except the key-bearing ones, verbatim
+    assert text.count('towhee-admin-key="$admin_key"') == 4  # http + grpc, in both branches
+    assert text.count('towhee-api-key="$api_key"') == 2
+    assert "@@" not in text
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_entrypoint_runs_container_command_with_the_keys_from_the_environment(entrypoint,
+                                                                            tmp_path):
+    result, argv, left = _run_entrypoint(
+        entrypoint, {"TOWHEE_RT_API_KEY": "k:e=y,1", "TOWHEE_RT_ADMIN_KEY": "adm"},
+        "--log-info=true")
+    assert result.returncode == 0, result.stderr
+    assert argv == container_command(api_key="k:e=y,1", admin_key="adm") + ["--log-info=true"]
+    assert left == ["ENV:"]  # the keys are not handed down to tritonserver and its stubs
+
+    key_file = tmp_path / "api_key"
+    key_file.write_text("  from-a-file\n\n")
+    result, argv, _ = _run_entrypoint(entrypoint, {"TOWHEE_RT_API_KEY_FILE": str(key_file),
+                                                   "TOWHEE_RT_ADMIN_KEY": "adm"})
+    assert result.returncode == 0, result.stderr
+    assert argv == container_command(api_key="from-a-file", admin_key="adm")
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_entrypoint_without_keys_opens_inference_and_closes_admin(entrypoint):
+    result, argv, _ = _run_entrypoint(entrypoint, {})
+    assert result.returncode == 0, result.stderr
+    assert "inference is open" in result.stderr
+    admin_key = argv[-1].rsplit("=", 1)[1]
+    assert len(admin_key) == 64 and admin_key not in result.stderr
+    assert argv == container_command(admin_key=admin_key)
+    again = _run_entrypoint(entrypoint, {})[1]
+    assert again[-1] != argv[-1]  # a new random admin key per start
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+@pytest.mark.parametrize("env, message", [
+    ({"TOWHEE_RT_API_KEY": ""}, "TOWHEE_RT_API_KEY is set but empty"),
+    ({"TOWHEE_RT_API_KEY": " a b "}, "printable ASCII characters only"),
+    ({"TOWHEE_RT_API_KEY": "x", "TOWHEE_RT_API_KEY_FILE": "/etc/hostname"}, "not both"),
+    ({"TOWHEE_RT_ADMIN_KEY_FILE": "/no/such/file"}, "cannot read '/no/such/file'"),
+], ids=["empty", "spaces", "both", "missing-file"])
+def test_entrypoint_refuses_bad_keys_without_starting(entrypoint, env, message):
+    result, argv, _ = _run_entrypoint(entrypoint, env)
+    assert result.returncode == 64 and message in result.stderr
+    assert argv == []

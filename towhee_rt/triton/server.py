@@ -5,7 +5,9 @@ The server is, by precedence: ``docker_image`` (``docker run --rm --gpus=all --s
 ``tritonserver`` (that binary), else the one carried by ``nvidia-pytriton``
 (:mod:`towhee_rt.triton.embedded`). Endpoints bind ``host`` (default ``127.0.0.1``; Triton
 alone binds ``0.0.0.0``); every other flag comes from :mod:`towhee_rt.triton.flags`, shared
-with the generated Dockerfile. The child dies with the parent (``PR_SET_PDEATHSIG``: with the
+with the generated Dockerfile. The admin APIs (shared memory, model repository, statistics,
+trace, logging) need an admin key, random per start unless given; inference needs ``api_key``
+when one is given. The child dies with the parent (``PR_SET_PDEATHSIG``: with the
 *thread* that started it, so start servers from a long-lived thread), runs in its own session
 so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote. Example::
 
@@ -17,9 +19,12 @@ so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote. Ex
 from __future__ import annotations
 
 import ctypes
+import ipaddress
 import json
+import logging
 import os
 import re
+import secrets
 import signal
 import socket
 import subprocess
@@ -34,12 +39,13 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 from ..errors import ServerError
 from .embedded import find_tritonserver
 from .flags import (CONTAINER_REPOSITORY, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT,
-                    DEFAULT_METRICS_PORT, server_flags)
+                    DEFAULT_METRICS_PORT, check_key, key_headers, server_flags)
 # Defined here before flags.py existed; still importable from this module.
 from .flags import (EXIT_TIMEOUT_SECS, PYTHON_SHM_DEFAULT_BYTES,  # noqa: F401
                     PYTHON_SHM_GROWTH_BYTES)
 
 PathLike = Union[str, os.PathLike]
+log = logging.getLogger("towhee_rt")
 
 LOG_TAIL_LINES = 40
 _PORT_FLAGS = {"gRPC": "--grpc-port", "HTTP": "--http-port", "metrics": "--metrics-port"}
@@ -105,13 +111,15 @@ def build_command(binary: PathLike, model_repository: PathLike, *, host: str = "
                   grpc_port: int = DEFAULT_GRPC_PORT, http_port: int = DEFAULT_HTTP_PORT,
                   metrics_port: int = DEFAULT_METRICS_PORT,
                   backend_directory: Optional[PathLike] = None, log_verbose: int = 0,
-                  gpu_metrics: bool = True, extra_args: Sequence[str] = ()) -> List[str]:
+                  gpu_metrics: bool = True, extra_args: Sequence[str] = (),
+                  api_key: Optional[str] = None, admin_key: Optional[str] = None) -> List[str]:
     """The argv that runs ``binary`` on ``model_repository`` (made absolute: the Python
-    backend puts model directories on ``sys.path`` as given). Pure: starts nothing."""
+    backend puts model directories on ``sys.path`` as given). Starts nothing; ``api_key`` and
+    ``admin_key`` as in :func:`towhee_rt.triton.flags.restriction_flags`."""
     argv = [str(binary)] + server_flags(
         os.path.abspath(model_repository), host=host, grpc_port=grpc_port,
         http_port=http_port, metrics_port=metrics_port, log_verbose=log_verbose,
-        gpu_metrics=gpu_metrics)
+        gpu_metrics=gpu_metrics, api_key=api_key, admin_key=admin_key)
     if backend_directory is not None:
         argv.append(f"--backend-directory={backend_directory}")
     return argv + list(extra_args)
@@ -122,9 +130,12 @@ def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
                    http_port: int = DEFAULT_HTTP_PORT, metrics_port: int = DEFAULT_METRICS_PORT,
                    shm_size: str = "1g", gpus: Optional[str] = "all",
                    name: Optional[str] = None, log_verbose: int = 0,
-                   extra_args: Sequence[str] = ()) -> List[str]:
+                   extra_args: Sequence[str] = (), api_key: Optional[str] = None,
+                   admin_key: Optional[str] = None) -> List[str]:
     """The ``docker run`` argv serving ``image``'s ``/workspace/models`` (or
-    ``model_repository`` mounted there read-only) with host networking. Pure: starts nothing."""
+    ``model_repository`` mounted there read-only) with host networking. It runs
+    ``tritonserver`` with :func:`~towhee_rt.triton.flags.server_flags` itself (not the image's
+    entrypoint script), so any tritonserver image works. Starts nothing."""
     argv = ["docker", "run", "--rm"]
     if gpus:
         argv.append(f"--gpus={gpus}")
@@ -135,7 +146,8 @@ def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
         argv += ["-v", f"{os.path.abspath(model_repository)}:{CONTAINER_REPOSITORY}:ro"]
     return argv + [image, "tritonserver"] + server_flags(
         CONTAINER_REPOSITORY, host=host, grpc_port=grpc_port, http_port=http_port,
-        metrics_port=metrics_port, log_verbose=log_verbose) + list(extra_args)
+        metrics_port=metrics_port, log_verbose=log_verbose, api_key=api_key,
+        admin_key=admin_key) + list(extra_args)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -172,6 +184,16 @@ def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> List[str]:
     return kept[-lines:]
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or ``'localhost'``) is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
@@ -184,6 +206,9 @@ class TritonServer:
     Ports left ``None`` (or 0) get free loopback ports; a port given explicitly must be free.
     ``extra_args`` are appended to the tritonserver flags, ``env`` overrides environment
     variables. ``log_file`` defaults to a kept temporary file whose path errors quote.
+    ``api_key``: inference (and model configs) require it in the ``towhee-api-key`` header
+    (``Client(api_key=...)`` sends it). ``admin_key``: the admin APIs' key; without one each
+    :meth:`start` draws a random key that only this object knows (:attr:`admin_key`).
     """
 
     def __init__(self, model_repository: Optional[PathLike], *, host: str = "127.0.0.1",
@@ -192,10 +217,15 @@ class TritonServer:
                  docker_image: Optional[str] = None, log_file: Optional[PathLike] = None,
                  log_verbose: int = 0, ready_timeout: float = 120.0,
                  extra_args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
-                 shm_size: str = "1g"):
+                 shm_size: str = "1g", api_key: Optional[str] = None,
+                 admin_key: Optional[str] = None):
         if model_repository is None and docker_image is None:
             raise ServerError("no model repository given; build one with "
                               "towhee_rt.build_model_repo(pipe, 'repo/') and pass its path")
+        self.api_key = None if api_key is None else check_key(api_key, "api_key")
+        self._fixed_admin_key = None if admin_key is None else check_key(admin_key, "admin_key")
+        #: The admin APIs' key of the running server (random per start unless given).
+        self.admin_key: Optional[str] = self._fixed_admin_key
         self.model_repository = Path(model_repository) if model_repository else None
         self.host = host
         self.tritonserver = Path(tritonserver) if tritonserver else None
@@ -230,6 +260,11 @@ class TritonServer:
         return f"http://{self._endpoint('metrics')}/metrics"
 
     @property
+    def admin_key_random(self) -> bool:
+        """Whether :attr:`admin_key` is drawn at each start (no ``admin_key`` was given)."""
+        return self._fixed_admin_key is None
+
+    @property
     def pid(self) -> Optional[int]:
         """The process id of tritonserver (or of ``docker run``), once started."""
         return self._process.pid if self._process else None
@@ -245,22 +280,41 @@ class TritonServer:
         """The argv and environment for this server's ports and mode."""
         ports = dict(grpc_port=self.ports["gRPC"], http_port=self.ports["HTTP"],
                      metrics_port=self.ports["metrics"])
+        keys = dict(api_key=self.api_key, admin_key=self.admin_key)
         if self.docker_image:
-            return self._docker_argv(ports), {**os.environ, **self.env}
+            self._warn_exposure(embedded=False)
+            return self._docker_argv(ports, keys), {**os.environ, **self.env}
         binary, backend_dir, env = find_tritonserver(self.tritonserver)
+        # Only the wheel's embedded server comes with its own backend directory.
+        self._warn_exposure(embedded=self.tritonserver is None and backend_dir is not None)
         argv = build_command(binary, self.model_repository, host=self.host,
                              backend_directory=backend_dir, log_verbose=self.log_verbose,
                              gpu_metrics=os.path.exists("/dev/nvidiactl"),
-                             extra_args=self.extra_args, **ports)
+                             extra_args=self.extra_args, **ports, **keys)
         return argv, {**env, **self.env}
 
-    def _docker_argv(self, ports: Dict[str, int]) -> List[str]:
+    def _warn_exposure(self, embedded: bool) -> None:
+        """Log a warning when the endpoints are reachable beyond this machine."""
+        if is_loopback(self.host):
+            return
+        if embedded:
+            log.warning("binding %s with the embedded tritonserver 2.51, which predates the "
+                        "2025 security fixes (CVE-2025-23310/23311/23319/23320/23334, fixed in "
+                        "Triton 25.07): use it for development on loopback only. To serve a "
+                        "network, run a patched release (--docker IMAGE from "
+                        "towhee_rt.build_docker_image, or --tritonserver PATH)", self.host)
+        if self.api_key is None:
+            log.warning("binding %s without an api_key: anyone who reaches this machine can "
+                        "run inference (pass api_key=... / --api-key-file F)", self.host)
+
+    def _docker_argv(self, ports: Dict[str, int], keys: Dict[str, Optional[str]]) -> List[str]:
         from .docker import docker_engine_available
 
         name = f"towhee_rt-{os.getpid()}-{ports['grpc_port']}"
         argv = docker_command(self.docker_image, model_repository=self.model_repository,
                               host=self.host, shm_size=self.shm_size, name=name,
-                              log_verbose=self.log_verbose, extra_args=self.extra_args, **ports)
+                              log_verbose=self.log_verbose, extra_args=self.extra_args,
+                              **ports, **keys)
         if not docker_engine_available():
             raise ServerError("cannot run the container: no Docker engine is reachable (is "
                               "docker installed and its daemon running?). Command: "
@@ -285,6 +339,7 @@ class TritonServer:
             raise ServerError(f"tritonserver is already running (pid {self._process.pid})")
         self._check_repository()
         self.ports = _resolve_ports(self.host, self._requested)
+        self.admin_key = self._fixed_admin_key or secrets.token_urlsafe(32)
         argv, env = self._prepare()
         if self.log_file is None:
             fd, name = tempfile.mkstemp(prefix="towhee_rt-tritonserver-", suffix=".log")
@@ -387,10 +442,12 @@ class TritonServer:
         self.stop()
 
     # ------------------------------------------------------------------ queries
-    def _http(self, method: str, path: str, timeout: float = 2.0) -> Tuple[int, bytes]:
+    def _http(self, method: str, path: str, timeout: float = 2.0,
+              admin: bool = False) -> Tuple[int, bytes]:
         url = f"http://{self.http_url}{path}"
         data = b"{}" if method == "POST" else None
-        request = urllib.request.Request(url, data=data, method=method)
+        headers = key_headers("http", admin_key=self.admin_key) if admin else {}
+        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()
@@ -402,7 +459,7 @@ class TritonServer:
     def model_states(self) -> Dict[str, str]:
         """Model name -> Triton state (``'READY'``, ``'UNAVAILABLE'``, ``'LOADING'``...) from
         the repository index; empty when the server does not answer."""
-        status, body = self._http("POST", "/v2/repository/index")
+        status, body = self._http("POST", "/v2/repository/index", admin=True)
         if status != 200:
             return {}
         return {entry["name"]: entry.get("state", "UNKNOWN") for entry in json.loads(body)}
@@ -428,13 +485,17 @@ class TritonServer:
 
 def serve(model_repository: Optional[PathLike], *, grpc_port: Optional[int] = DEFAULT_GRPC_PORT,
           http_port: Optional[int] = DEFAULT_HTTP_PORT,
-          metrics_port: Optional[int] = DEFAULT_METRICS_PORT, **kwargs) -> TritonServer:
+          metrics_port: Optional[int] = DEFAULT_METRICS_PORT, api_key: Optional[str] = None,
+          **kwargs) -> TritonServer:
     """Start tritonserver on ``model_repository`` and return it once every model is ready.
 
     Ports default to Triton's 8001/8000/8002; ``None`` or 0 picks a free port. Other keyword
-    arguments go to :class:`TritonServer` (``host``, ``tritonserver``, ``docker_image``,
-    ``log_file``, ``ready_timeout``, ``extra_args``, ``env``...). The result is a context
-    manager that stops the server; otherwise call ``server.stop()``. Raises
+    arguments go to :class:`TritonServer` (``host``, ``api_key``, ``admin_key``,
+    ``tritonserver``, ``docker_image``, ``log_file``, ``ready_timeout``, ``extra_args``,
+    ``env``...). With ``api_key``, inference requires that key
+    (``dc(...).remote(..., api_key=...)``, ``Client(..., api_key=...)``); the admin APIs always
+    require an admin key (random per start unless ``admin_key`` is given). The result is a
+    context manager that stops the server; otherwise call ``server.stop()``. Raises
     :class:`~towhee_rt.errors.ServerError` (with the log tail and failing models) on failure,
     after stopping what was started. Example::
 
@@ -442,7 +503,7 @@ def serve(model_repository: Optional[PathLike], *, grpc_port: Optional[int] = DE
             towhee.dc(["photo.jpg"]).remote(url=server.grpc_url, protocol="grpc")
     """
     server = TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port,
-                          metrics_port=metrics_port, **kwargs)
+                          metrics_port=metrics_port, api_key=api_key, **kwargs)
     server.start()
     try:
         return server.wait_ready()
