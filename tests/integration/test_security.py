@@ -99,6 +99,9 @@ def server(tmp_path_factory, allowed_root):
                                     allow_private_networks=True, max_bytes=300_000, timeout=1.0)
               .as_function())
     towhee.build_model_repo(opened, repo, model_name="opened", overwrite=True)
+    public_only = towhee.dummy_input().image_decode.cv2_rgb(allow_urls=["127.0.0.1"]) \
+        .as_function()
+    towhee.build_model_repo(public_only, repo, model_name="public_only", overwrite=True)
     embed = (towhee.dummy_input().image_decode.cv2_rgb()
              .image_embedding.timm(model_name="test_resnet", op_config={"instance_count": 1})
              .as_function())
@@ -187,6 +190,14 @@ def test_urls_are_not_fetched_by_default(server, site):
     answers = {_failure(server, url.encode()).message
                for url in [f"{site}/ok.jpg", "http://127.0.0.1:1/x.jpg", "http://169.254.169.254/"]}
     assert len(answers) == 1  # no fetch, so no port-scan oracle either
+
+
+def test_an_allowed_host_on_a_private_address_is_refused_without_an_oracle(server, site):
+    # allow_urls names the host, but 127.0.0.1 is loopback: refused unless
+    # allow_private_networks, the same answer whether a server listens or not.
+    listening = _failure(server, f"{site}/ok.jpg".encode(), "public_only")
+    closed = _failure(server, b"http://127.0.0.1:1/ok.jpg", "public_only")
+    assert listening.message == closed.message and listening.kind == "bad_input"
 
 
 @pytest.mark.timeout(60)

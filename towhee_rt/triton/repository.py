@@ -35,6 +35,8 @@ from .config import OperatorModel
 BACKENDS_DIR = Path(_backends_pkg.__file__).parent
 TEMPLATES_DIR = Path(_templates_pkg.__file__).parent
 OPS_PACKAGE = "towhee_ops"
+#: The README's commands take the admin key from the shell (a key printed there would be shared).
+_ADMIN_KEY_VARIABLE = "$ADMIN_KEY"
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -138,8 +140,10 @@ def render_readme(repo: ModelRepository) -> str:
         for m in repo.models)
     template = string.Template((TEMPLATES_DIR / "README.md.template").read_text())
     return template.substitute(
-        host_command=_shell(["tritonserver"] + flags.server_flags("$PWD", gpu_metrics=False)),
-        debug_command=_shell(flags.container_command(log_verbose=1)),
+        host_command=_shell(["tritonserver"] + flags.server_flags(
+            "$PWD", gpu_metrics=False, admin_key=_ADMIN_KEY_VARIABLE)),
+        debug_command=_shell(flags.container_command(log_verbose=1,
+                                                     admin_key=_ADMIN_KEY_VARIABLE)),
         ensemble=repo.model_name, rows=rows,
         inputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[0].inputs),
         outputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[-1].outputs))
