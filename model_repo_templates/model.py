@@ -19,6 +19,8 @@ import json
 import os
 import sys
 import time
+import traceback
+import uuid
 
 # Each instance is its own process and the operators size their runtimes' threads explicitly
 # (num_threads = cores / instances, below); OpenMP's default of one thread per core in every
@@ -137,7 +139,7 @@ class TritonPythonModel:
         kept = [k for k in range(len(positions) + len(refused)) if k not in refused]
         for k, position in zip(kept, positions):
             if isinstance(results[position], BaseException):
-                failures[k] = ItemFailure.from_exception(self.name, k, results[position])
+                failures[k] = self._client_failure(k, results[position])
         if failures:
             internal = any(f.kind == "internal" for f in failures.values())
             code = pb_utils.TritonError.INTERNAL if internal else pb_utils.TritonError.INVALID_ARG
@@ -146,12 +148,26 @@ class TritonPythonModel:
         try:
             outputs = [tensor for k, spec in enumerate(self.op.outputs)
                        for tensor in self._write_output(spec, [row[k] for row in rows])]
-        except Exception as exc:  # noqa: BLE001 - e.g. items of different shapes: this request only
-            return self._error("operator %s: cannot batch the outputs of this request (%s: %s); "
-                               "send such items in separate requests"
-                               % (self.name, type(exc).__name__, exc),
+        except Exception as exc:  # noqa: BLE001 - whatever it is, this request only
+            failures = {k: self._client_failure(k, exc) for k in range(len(rows))}
+            return self._error(encode_failures([failures[k] for k in sorted(failures)]),
                                pb_utils.TritonError.INTERNAL)
         return pb_utils.InferenceResponse(output_tensors=outputs)
+
+    def _client_failure(self, index, exc):
+        """What the client is told of an item's failure. Bad input is explained; an operator
+        that broke is logged here in full and reported without its details (they may name
+        server paths), with a reference to find the log line."""
+        failure = ItemFailure.from_exception(self.name, index, exc)
+        if failure.kind != "internal":
+            return failure
+        reference = uuid.uuid4().hex[:12]
+        details = traceback.format_exception(type(exc), exc, exc.__traceback__)
+        pb_utils.Logger.log_error("%s: internal error %s: %s" % (
+            self.name, reference, "".join(details).rstrip()))
+        return ItemFailure(index, self.name, "internal",
+                           "internal error (%s) in the operator; the server log has the details "
+                           "under reference %s" % (type(exc).__name__, reference))
 
     def finalize(self):
         self.op = None

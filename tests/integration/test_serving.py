@@ -155,6 +155,34 @@ def test_a_request_of_images_of_different_sizes_works(served, name):
     assert all(r.error is None for r in records) and len(records) == -(-len(images) // 4)
 
 
+def test_poisoned_requests_do_not_fail_their_batch_neighbours(served, bad_dir):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server, local, images = served
+    bad = [str(bad_dir / name) for name in BAD_FILES]
+
+    def good_client(k):
+        with towhee.Client(server.grpc_url, model_name="image") as client:
+            return [client.infer([images[(k + j) % len(images)]])[0] for j in range(6)]
+
+    def poisoning_client(k):  # bad items next to good ones of another size, several per request
+        with towhee.Client(server.grpc_url, model_name="image") as client:
+            return client.infer([images[k], bad[k % len(bad)], images[k + 3]] * 2, batch_size=6,
+                                errors="return")
+
+    with ThreadPoolExecutor(6) as pool:  # the model step batches requests dynamically
+        good = [pool.submit(good_client, k) for k in range(4)]
+        poisoned = [pool.submit(poisoning_client, k) for k in range(2)]
+        for k, future in enumerate(good):
+            _assert_close(future.result(), [local["image"][(k + j) % len(images)]
+                                            for j in range(6)])
+        for k, future in enumerate(poisoned):
+            outcome = future.result()
+            assert [isinstance(r, ItemError) for r in outcome] == [False, True, False] * 2
+            _assert_close([outcome[0], outcome[2]], [local["image"][k], local["image"][k + 3]])
+    assert server.models_ready()
+
+
 def test_threads_are_decided_where_the_model_runs(served):
     import os
 
