@@ -43,13 +43,10 @@ class TritonPythonModel:
     """Adapter between ``pb_utils`` tensors and a towhee_rt operator (arrays in, arrays out)."""
 
     def initialize(self, args):
-        import importlib
-
         config = json.loads(args["model_config"])
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         operator = json.loads(parameters["towhee_operator"])
-        cls = getattr(importlib.import_module("towhee_ops." + operator["module"]),
-                      operator["class"])
+        cls = _operator_class(operator)
         params = json.loads(parameters["towhee_params"])
         params["artifact_dir"] = _HERE
         declared = {p.name for p in cls.params_spec}
@@ -215,6 +212,31 @@ class TritonPythonModel:
         """An error response; the ensemble passes the message and the code on to the client."""
         return pb_utils.InferenceResponse(output_tensors=[],
                                           error=pb_utils.TritonError(message, code))
+
+
+def _operator_class(operator):
+    """The class config.pbtxt's ``towhee_operator`` names, in ``towhee_ops/<module>.py``.
+
+    A user's own operator (towhee_rt.register) is shipped there as ``user_<module>.py``, with a
+    stand-in ``towhee_rt/`` package beside this file that answers its ``from towhee_rt import
+    ...``; a registered plain function is wrapped into its operator class as towhee_rt does.
+    """
+    import importlib
+
+    stand_in = os.path.join(_HERE, "towhee_rt")
+    towhee_rt = None
+    if os.path.isdir(stand_in):
+        # First on sys.path, whatever the stub put there: an installed towhee_rt must not answer.
+        sys.path.insert(0, _HERE)
+        towhee_rt = importlib.import_module("towhee_rt")
+        if os.path.dirname(os.path.abspath(towhee_rt.__file__)) != stand_in:
+            raise ImportError("towhee_rt was imported from %s before the model's stand-in %s; "
+                              "nothing may import towhee_rt before model.py"
+                              % (towhee_rt.__file__, stand_in))
+    found = getattr(importlib.import_module("towhee_ops." + operator["module"]), operator["class"])
+    if isinstance(found, type) or towhee_rt is None:
+        return found
+    return towhee_rt.function_operator_class(found, operator["name"])
 
 
 def _instances(config):

@@ -13,6 +13,8 @@ from .build import BuiltPipeline, BuiltStep
 from .errors import (BadInputError, ClientError, ConfigError, DockerError, FormatError,
                      ItemError, LimitExceededError, PipelineError, ServerError, TowheeRTError)
 from .operator import Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec
+from .backends._model import ModelInput, ModelOperator
+from .registry import register
 from .pipeline import Pipeline, PipelineBuilder, dummy_input
 # Not `from .serve import serve`: the towhee_rt.serve module is `python -m towhee_rt.serve`,
 # which must not be imported before it runs (RuntimeWarning); it is callable, like this function.
@@ -36,6 +38,7 @@ __all__ = [
     "dummy_input", "dc", "Pipeline", "PipelineBuilder", "DataCollection", "BuiltPipeline",
     "BuiltStep", "build_model_repo", "ModelRepository", "build_docker_image", "serve", "Client",
     "Operator", "OperatorInputError", "OperatorLimitError", "Param", "TensorSpec",
+    "ModelOperator", "ModelInput", "register",
     "TowheeRTError", "ConfigError", "ItemError", "BadInputError", "LimitExceededError",
     "PipelineError", "ServerError", "ClientError", "DockerError", "FormatError",
 ]

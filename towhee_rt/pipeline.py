@@ -65,7 +65,8 @@ class PipelineBuilder:
         known = namespaces()
         if namespace not in known:
             raise ConfigError(f"unknown operator namespace {namespace!r}; valid namespaces "
-                              f"are: {', '.join(known)}")
+                              f"are: {', '.join(known)} (import the module that registers "
+                              f"yours with towhee_rt.register)")
         return _Namespace(self, namespace, known[namespace])
 
     @property

@@ -11,9 +11,12 @@ Layout written for a pipeline named ``pipeline`` with two operators::
         1/towhee_ops/*.py                    the operator source (a copy of towhee_rt/backends)
       pipeline_1_image_embedding_timm/
         ...  1/weights.safetensors           model files live beside the code
+      pipeline_2_my_text_lower/              a user's operator (towhee_rt.register) also has
+        1/towhee_ops/user_my_ops.py          its module (``towhee_operator`` names it)
+        1/towhee_rt/                         a stand-in for its ``from towhee_rt import ...``
 
 Nothing in the repository imports towhee_rt or is pickled: it runs in any tritonserver whose
-Python has the third-party packages.
+Python has the third-party packages (towhee_rt.shipping).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from .. import backends as _backends_pkg
 from .. import model_repo_templates as _templates_pkg
 from ..build import BuiltPipeline
 from ..errors import ConfigError
+from .. import shipping
 from . import config as triton_config
 from . import flags
 from .config import OperatorModel
@@ -70,7 +74,7 @@ def plan_models(built: BuiltPipeline, model_name: str = "pipeline") -> List[Oper
         shaped_inputs[k + 1] = tuple(nxt.name for _, nxt in pairs)
     return [OperatorModel(
         model_name=f"{model_name}_{step.index}_{step.name.replace('.', '_')}",
-        operator=step.name, module=step.operator_class.__module__.rsplit(".", 1)[-1],
+        operator=step.name, module=shipping.served_module(step.operator_class),
         class_name=step.operator_class.__qualname__, params=dict(step.params),
         inputs=tuple(step.operator_class.inputs), outputs=tuple(step.operator_class.outputs),
         config=step.config, format=step.format.summary() if step.format else "",
@@ -92,14 +96,19 @@ def build_model_repo(pipe, path, model_name: str = "pipeline",
     if root.exists() and any(root.iterdir()) and not overwrite:
         raise ConfigError(f"{root} is not empty; pass overwrite=True to replace the models of "
                           f"pipeline {model_name!r} in it, or choose a new directory")
+    for op in pipe.operators:  # before the (expensive) build: refuse what cannot be served
+        if shipping.is_user_operator(type(op)):
+            shipping.check_shippable(type(op))
     built = pipe.build()
     models = plan_models(built, model_name)
     root.mkdir(parents=True, exist_ok=True)
-    for model in models:
+    for model, step in zip(models, built.steps):
         model_dir = _fresh_dir(root / model.model_name)
         version_dir = model_dir / "1"
         version_dir.mkdir()
         _copy_operator_source(version_dir)
+        if shipping.is_user_operator(step.operator_class):
+            shipping.ship(step.operator_class, version_dir)
         for file in model.files:
             file.write(version_dir / file.name)
         _write_config(model_dir, triton_config.operator_model_config(model))
