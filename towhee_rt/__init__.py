@@ -10,8 +10,9 @@ The public API follows Towhee's "Triton in Towhee" guide::
 """
 from .datacollection import DataCollection, dc
 from .build import BuiltPipeline, BuiltStep
-from .errors import (BadInputError, ClientError, ConfigError, DockerError, FormatError,
-                     ItemError, LimitExceededError, PipelineError, ServerError, TowheeRTError)
+from .errors import (BadInputError, ClientError, ConfigError, DeadlineExceededError,
+                     DockerError, FormatError, ItemError, LimitExceededError, PipelineError,
+                     ServerBusyError, ServerError, ServerUnavailableError, TowheeRTError)
 from .operator import Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec
 from .backends._model import ModelInput, ModelOperator
 from .registry import register
@@ -40,5 +41,6 @@ __all__ = [
     "Operator", "OperatorInputError", "OperatorLimitError", "Param", "TensorSpec",
     "ModelOperator", "ModelInput", "register",
     "TowheeRTError", "ConfigError", "ItemError", "BadInputError", "LimitExceededError",
-    "PipelineError", "ServerError", "ClientError", "DockerError", "FormatError",
+    "PipelineError", "ServerError", "ClientError", "ServerUnavailableError", "ServerBusyError",
+    "DeadlineExceededError", "DockerError", "FormatError",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, List, Mapping, Optional
 
 from .errors import ConfigError
+from .client import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .pipeline import Pipeline, PipelineBuilder
 
 
@@ -52,7 +53,8 @@ class DataCollection:
     def remote(self, url: str = "127.0.0.1:8001", mode: str = "infer", protocol: str = "grpc",
                model_name: str = "pipeline", batch_size: int = 1, concurrency: int = 4,
                errors: str = "raise", timeout: float = 60.0, api_key: Optional[str] = None,
-               headers: Optional[Mapping[str, str]] = None):
+               headers: Optional[Mapping[str, str]] = None, retries: int = DEFAULT_RETRIES,
+               backoff: float = DEFAULT_BACKOFF):
         """Send the items to a pipeline served by tritonserver and return results in order.
 
         ``mode``: ``'infer'`` (one request at a time), ``'async_infer'`` (``concurrency``
@@ -63,6 +65,15 @@ class DataCollection:
         :class:`~towhee_rt.errors.ItemError` in place of each failed item. ``api_key``: the
         key the server was started with; ``headers``: more headers for every call (see
         :class:`~towhee_rt.client.Client`).
+
+        ``batch_size`` items go in one request, at most the served model's
+        ``max_batch_size``. ``timeout`` (seconds) bounds each request with its retries and
+        travels with it: the server drops a request still queued when it passes. An
+        unreachable server is retried ``retries`` times (waits from ``backoff`` s, doubling,
+        with jitter), then one :class:`~towhee_rt.errors.ServerUnavailableError` is raised;
+        items whose request a busy server turned away (after one retry) or that timed out
+        fail as :class:`~towhee_rt.errors.ServerBusyError` /
+        :class:`~towhee_rt.errors.DeadlineExceededError`.
         """
         if self._builder.steps:
             raise ConfigError("remote() sends items to the pipeline already served by "
@@ -70,7 +81,7 @@ class DataCollection:
         from .client import Client
 
         client = Client(url, model_name=model_name, protocol=protocol, timeout=timeout,
-                        api_key=api_key, headers=headers)
+                        api_key=api_key, headers=headers, retries=retries, backoff=backoff)
         if mode == "stream":
             return client.stream(self._items, batch_size=batch_size, concurrency=concurrency,
                                  close=True)

@@ -22,8 +22,10 @@ class ItemError(TowheeRTError):
 
     ``index`` is the item's position in the caller's input list, ``operator`` the registered
     operator name (``None`` when the failure happened outside any operator, e.g. transport),
-    ``kind`` one of ``'bad_input'``, ``'limit'`` (both: the input's fault) or ``'internal'``,
-    ``source`` what the item was when known (a path, a URL, ``<encoded image, N bytes>``).
+    ``kind`` one of ``'bad_input'``, ``'limit'`` (both: the input's fault), ``'internal'``, or,
+    from towhee_rt's client only, ``'busy'`` (:class:`ServerBusyError`) and ``'timeout'``
+    (:class:`DeadlineExceededError`); ``source`` what the item was when known (a path, a URL,
+    ``<encoded image, N bytes>``).
     ``str()`` is the one spelling of an item failure, shared with the server (see
     :class:`~towhee_rt.backends._operator.ItemFailure`). :meth:`from_failure` returns the
     subclass for the kind: :class:`BadInputError`, :class:`LimitExceededError` or
@@ -75,6 +77,21 @@ class LimitExceededError(BadInputError):
     kind = "limit"
 
 
+class ServerBusyError(ItemError):
+    """The server turned the item's request away because it is overloaded: the model's queue
+    was full (``max_queue_size``) or the request waited longer than the model's
+    ``queue_timeout_ms``, also after the client's retry. Sending it again later may succeed."""
+
+    kind = "busy"
+
+
+class DeadlineExceededError(ItemError):
+    """The item's request was not answered within the client's ``timeout`` (retries
+    included); the server drops such requests from its queues instead of computing them."""
+
+    kind = "timeout"
+
+
 _BY_KIND = {"bad_input": BadInputError, "limit": LimitExceededError, "internal": ItemError}
 
 
@@ -98,6 +115,32 @@ class ServerError(TowheeRTError):
 
 class ClientError(TowheeRTError):
     """The Triton server could not be reached or answered with an unexpected result."""
+
+
+class ServerUnavailableError(ClientError):
+    """The Triton server cannot be reached (down, restarting, wrong url or port), also after
+    the client's retries. Raised once for a whole call, never once per item.
+
+    ``url`` and ``protocol`` name the endpoint, ``reason`` is the last transport error,
+    ``attempts`` and ``seconds`` say how long the client kept trying.
+    """
+
+    def __init__(self, url: str, protocol: str, reason: str, attempts: int = 1,
+                 seconds: float = 0.0, doing: str = "send requests"):
+        self.url, self.protocol, self.reason = url, protocol, reason
+        self.attempts, self.seconds, self.doing = attempts, seconds, doing
+        default_port = {"grpc": 8001, "http": 8000}.get(protocol, "its")
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts over {seconds:.1f} s"
+        super().__init__(
+            f"cannot {doing}: the Triton server at {url} ({protocol}) is unavailable ({tries}): "
+            f"{reason}. Check that tritonserver is running and ready (towhee-rt serve REPO), "
+            f"that {url} is its {protocol} endpoint (--{protocol}-port, {default_port} by "
+            "default) and that no firewall or proxy is in the way; retries= and timeout= "
+            "(Client(...), remote(...)) set how long the client keeps trying")
+
+    def __reduce__(self):  # picklable (e.g. across a process pool) despite its own arguments
+        return type(self), (self.url, self.protocol, self.reason, self.attempts, self.seconds,
+                            self.doing)
 
 
 class DockerError(TowheeRTError):

@@ -128,3 +128,16 @@ def test_limits_are_kept_by_the_client(server, pipes, site, good_dir):
         assert "pipeline_config(max_item_bytes=...)" in str(error)
     # Sent: the three small images in two requests under the limit; nothing else, no failure.
     assert [(r.items, r.error) for r in records] == [(2, None), (1, None)]
+
+
+def test_batch_size_over_the_served_max_batch_size_gives_requests_of_that_size(server, pipes):
+    from towhee_rt.op_config import DEFAULT_MAX_BATCH_SIZE
+
+    records = []
+    sentences = [f"sentence number {k}" for k in range(DEFAULT_MAX_BATCH_SIZE + 4)]
+    with towhee.Client(server.grpc_url, model_name="text", on_request=records.append) as client:
+        assert client.max_batch_size == DEFAULT_MAX_BATCH_SIZE  # from the ensemble's config
+        got = client.infer(sentences, batch_size=4 * DEFAULT_MAX_BATCH_SIZE)
+    assert [(r.items, r.error) for r in records] == [(DEFAULT_MAX_BATCH_SIZE, None), (4, None)]
+    for served, want in zip(got, pipes["text"](sentences)):
+        assert float(np.max(np.abs(served - want))) <= 1e-5 * float(np.max(np.abs(want)))

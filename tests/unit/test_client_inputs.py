@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from towhee_rt.backends._operator import OperatorInputError, OperatorLimitError
-from towhee_rt.client import (Client, ServedInput, encode_item, request_headers,
+from towhee_rt.client import (Client, RetryPolicy, ServedInput, encode_item, request_headers,
                               split_by_bytes)
 from towhee_rt.errors import BadInputError, ClientError, ConfigError, LimitExceededError
 
@@ -153,20 +153,26 @@ class _Recorder:
 
     def __init__(self):
         self.requests: List[List[bytes]] = []
+        self.timeouts: List[float] = []
 
-    def __call__(self, payloads):
+    def __call__(self, payloads, timeout=None):
         self.requests.append(list(payloads))
+        self.timeouts.append(timeout)
         return [len(p) for p in payloads]
 
 
-def _offline_client(served: ServedInput, protocol: str = "grpc", api_key=None) -> Client:
-    client = object.__new__(Client)  # no server: only what _run_batch and _refusal use
+def _offline_client(served: ServedInput, protocol: str = "grpc", api_key=None,
+                    max_batch_size=None, retry: RetryPolicy = RetryPolicy(),
+                    timeout: float = 5.0) -> Client:
+    client = object.__new__(Client)  # no server: only what stream and _refusal use
     client.url, client.model_name, client.protocol = "127.0.0.1:1", "pipeline", protocol
-    client.timeout, client.on_request, client._api_key = 5.0, None, api_key
+    client.timeout, client.on_request, client._api_key = timeout, None, api_key
+    client.retry = retry
     client.headers = request_headers(protocol, api_key)
     client._inputs = [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
     client._outputs = ["out"]
-    client.served = served
+    client.served, client.max_batch_size = served, max_batch_size
+    client._local, client._clients, client._lock = threading.local(), [], threading.Lock()
     client._send = _Recorder()
     return client
 
@@ -178,6 +184,8 @@ def test_batches_are_split_under_the_request_limit_and_results_keep_their_order(
     assert results == [300, 300, 300, 300, 50]
     assert [sum(map(len, r)) for r in client._send.requests] == [900, 350]
     assert all(sum(map(len, r)) <= IMAGE.max_request_bytes for r in client._send.requests)
+    # Each request is sent with what is left of the client's timeout (5 s), for the server too.
+    assert all(4.0 < t <= 5.0 for t in client._send.timeouts)
 
 
 def test_over_limit_and_unreadable_items_fail_alone_without_being_sent(tmp_path):
@@ -233,12 +241,15 @@ def test_a_refused_key_is_one_client_error_that_says_what_to_do(protocol, text):
 
 
 def test_a_refusal_at_inference_stops_the_whole_call():
+    from tritonclient.utils import InferenceServerException
+
     client = _offline_client(IMAGE, "http")
     sent = []
 
-    def refuse(payloads):
+    def refuse(payloads, timeout=None):
         sent.append(payloads)
-        raise client._refusal("This API is restricted, expecting header 'towhee-api-key'")
+        raise InferenceServerException("This API is restricted, expecting header "
+                                       "'towhee-api-key'", status="403")
 
     client._send = refuse
     with pytest.raises(ClientError, match="requires an API key"):
