@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 import numpy as np
 
 from ._operator import Operator, OperatorParamError, Param, TensorSpec, positive
+from ._weights import WeightsUnavailableError, file_sha256
 from . import _runners
 
 
@@ -48,14 +49,22 @@ class ModelOperator(Operator):
 
     Params understood by every model operator:
       ``checkpoint_path``: weights file (``.safetensors``, ``.pt``/``.pth`` state dict); relative
-        paths are resolved against ``artifact_dir`` (the model directory inside Triton);
-      ``seed``: seed for random initialisation when no checkpoint is given (default 0), so that
-        the same params build the same model in every process;
+        paths are resolved against ``artifact_dir`` (the model directory inside Triton). It wins
+        over pretrained weights: given one, nothing is downloaded;
+      ``seed``: seed for random initialisation (``pretrained=False``, default 0), so that the
+        same params build the same model in every process;
       ``num_threads``: intra-op threads for the CPU runtimes (default: the runtime's own; the
         Triton adapter gives each instance its share of the serving machine's cores).
+    Operators whose library has pretrained weights add ``pretrained`` (default: load them, the
+    way the library itself does; weights that cannot be loaded raise
+    :class:`~._weights.WeightsUnavailableError`, never fall back to random ones).
     Set by towhee_rt's build, not by users: ``format`` (``torch``, ``torch_compile``,
-    ``onnx``, ``onnx_int8`` or ``tensorrt``; chosen from ``format_priority``) and
-    ``model_file`` (the exported ONNX file or TensorRT engine of the non-torch formats).
+    ``onnx``, ``onnx_int8`` or ``tensorrt``; chosen from ``format_priority``), ``model_file``
+    (the exported ONNX file or TensorRT engine of the non-torch formats), ``model_dir`` (the
+    model's config and tokenizer files shipped in the repository, no weights) and ``lock``
+    (where the weights came from and the preprocessing config; see :meth:`lock_info`). A served
+    copy never downloads: it is built from ``model_dir`` / the library's registry, takes its
+    weights from ``checkpoint_path`` or ``model_file`` and its preprocessing from ``lock``.
     """
 
     is_model: ClassVar[bool] = True
@@ -66,16 +75,25 @@ class ModelOperator(Operator):
         Param("num_threads", (int,), None, "intra-op threads of the CPU runtime", positive),
         Param("format", (str,), "torch", "the model format", _run_format, internal=True),
         Param("model_file", (str,), None, "the exported model file", internal=True),
+        Param("model_dir", (str,), None, "the model's config and tokenizer files in the "
+              "repository", internal=True),
+        Param("lock", (dict,), None, "where the weights came from and the preprocessing config",
+              internal=True),
     )
 
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.runner: Optional[_runners.Runner] = None
         self._torch_module = None
+        #: How :meth:`build_torch_module` got pretrained weights (see :meth:`lock_info`).
+        self.weights_source: Dict[str, Any] = {}
 
     # -- to implement in subclasses --------------------------------------------------------
     def build_torch_module(self):
-        """Return the ``torch.nn.Module`` (random or default init) mapping model inputs to embeddings."""
+        """Return the ``torch.nn.Module`` mapping model inputs to embeddings, with the weights
+        :meth:`weights_mode` asks for: ``'pretrained'`` (loaded by the library; record where from
+        in :attr:`weights_source`), else random (seeded by the caller; a checkpoint is loaded
+        afterwards by :meth:`torch_module`)."""
         raise NotImplementedError
 
     def model_inputs(self) -> List[ModelInput]:
@@ -102,9 +120,62 @@ class ModelOperator(Operator):
         """
         return state
 
+    def preprocess_config(self) -> Dict[str, Any]:
+        """The preprocessing config (JSON) a served copy reads from its lock (default: none)."""
+        return {}
+
+    def served_files(self) -> Dict[str, Any]:
+        """Files or directories, besides the weights, that a served copy needs, as ``{name in
+        the model directory: write(path)}`` (e.g. tokenizer files); see :meth:`served_params`."""
+        return {}
+
+    def served_params(self) -> Dict[str, Any]:
+        """Params that make a served copy load from the repository only (no hub): by default
+        ``pretrained=False`` for operators that take it (the weights come from the shipped
+        file)."""
+        declared = {p.name for p in self.params_spec}
+        return {"pretrained": False} if "pretrained" in declared else {}
+
+    def lock_info(self) -> Dict[str, Any]:
+        """Where this operator's weights came from (JSON), for the repository's lock:
+        ``{'source': 'hf-hub', 'repo_id', 'revision', ...}`` for pretrained weights,
+        ``{'source': 'checkpoint', 'checkpoint', 'checkpoint_sha256'}`` or
+        ``{'source': 'random', 'seed'}``; plus ``'preprocess'``. Call after :meth:`torch_module`."""
+        if self.params.get("lock"):  # a served copy: what its build recorded
+            return dict(self.params["lock"])
+        mode = self.weights_mode()
+        if mode == "checkpoint":
+            path = self.resolve_path(self.params["checkpoint_path"])
+            info = {"source": "checkpoint", "checkpoint": path,
+                    "checkpoint_sha256": file_sha256(path)}
+            if self.weights_source:  # the named model it was applied over (text models)
+                info["base"] = dict(self.weights_source)
+        elif mode == "random":
+            info = {"source": "random", "seed": self.params["seed"]}
+        else:  # what build_torch_module recorded; else the operator made them itself
+            info = dict(self.weights_source) or {"source": "operator"}
+        return {**info, "preprocess": self.preprocess_config()}
+
+    def locked(self, key: str, default: Any = None) -> Any:
+        """An entry of the ``lock`` param (set in a served copy), or ``default``."""
+        return (self.params.get("lock") or {}).get(key, default)
+
     # -- shared machinery -------------------------------------------------------------------
+    def weights_mode(self) -> str:
+        """``'checkpoint'`` (``checkpoint_path`` wins), ``'pretrained'`` (the library loads
+        them) or ``'random'`` (``pretrained=False``, or a served copy's ``model_dir``)."""
+        if self.params["checkpoint_path"]:
+            return "checkpoint"
+        if self.params.get("model_dir") or not self.params.get("pretrained", True):
+            return "random"
+        return "pretrained"
+
     def torch_module(self):
-        """The torch model with its weights loaded (built once, eval mode, no grad)."""
+        """The torch model with its weights loaded (built once, eval mode, no grad).
+
+        Raises :class:`~._weights.WeightsUnavailableError` (an :class:`OperatorParamError`)
+        when the weights asked for cannot be loaded.
+        """
         if self._torch_module is None:
             import torch
 
@@ -112,13 +183,26 @@ class ModelOperator(Operator):
                 module = self.build_torch_module()
             path = self.resolve_path(self.params["checkpoint_path"])
             if path:
-                state = self.adapt_state_dict(load_state_dict(path), module)
-                module.load_state_dict(state, strict=True)
+                self._load_checkpoint(module, path)
             module.eval()
             for p in module.parameters():
                 p.requires_grad_(False)
             self._torch_module = module
         return self._torch_module
+
+    def _load_checkpoint(self, module, path: str) -> None:
+        if not os.path.isfile(path):
+            raise WeightsUnavailableError(
+                f"{self.name}: checkpoint_path {path!r} is not a file; pass the path of a "
+                f".safetensors or torch state dict file, or leave checkpoint_path out")
+        try:
+            state = self.adapt_state_dict(load_state_dict(path), module)
+            module.load_state_dict(state, strict=True)
+        except (RuntimeError, ValueError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else ""
+            raise WeightsUnavailableError(
+                f"{self.name}: checkpoint_path {path!r} does not fit "
+                f"{self.params.get('model_name')!r}: {type(exc).__name__}: {first}") from None
 
     def resolve_path(self, path: Optional[str]) -> Optional[str]:
         """Resolve a relative file param against ``artifact_dir`` when one is set."""

@@ -1,20 +1,26 @@
 """``image_text_embedding.clip_image`` / ``clip_text``: CLIP embeddings with open_clip.
 
-Both operators build the same open_clip model from the same params (random weights seeded by
-``seed``, or a checkpoint), so image and text vectors of one configuration share a space.
-Copied into generated Triton repositories: relative imports and third-party packages only;
-open_clip and torch are imported when first needed.
+Both operators build the same open_clip model from the same params (open_clip's pretrained
+weights by default, random weights seeded by ``seed`` with ``pretrained=False``, or a
+checkpoint), so image and text vectors of one configuration share a space. Copied into generated
+Triton repositories: relative imports and third-party packages only; open_clip and torch are
+imported when first needed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Dict, List
+import json
+import os
+import tempfile
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
 from ._model import ModelInput, ModelOperator
 from ._operator import OperatorParamError, Param, TensorSpec
 from ._preprocess import random_images, to_texts, transform_images
+from ._weights import download_hint, hub_source, jsonable, weights_unavailable
 
 #: Towhee's CLIP model names -> open_clip architecture names.
 TOWHEE_NAMES = {
@@ -22,22 +28,44 @@ TOWHEE_NAMES = {
     "clip_vit_base_patch16": "ViT-B-16",
     "clip_vit_large_patch14": "ViT-L-14",
 }
+#: open_clip models named by their Hugging Face repo (config and weights in the repo).
+HUB_PREFIX = "hf-hub:"
+#: The pretrained tag ``pretrained=True`` loads when the architecture has it (Towhee's CLIP
+#: names are OpenAI's models); otherwise open_clip's first listed tag for the architecture.
+PREFERRED_TAGS = ("openai",)
+#: Where a repository keeps the model's open_clip config (read with ``local-dir:``).
+CONFIG_DIR = "open_clip"
+CONFIG_FILE = "open_clip_config.json"
 
 
 def open_clip_name(model_name: str) -> str:
-    """The open_clip architecture for a Towhee name or an open_clip name usable offline.
+    """The open_clip architecture for a Towhee name or an open_clip name with a built-in
+    tokenizer; ``hf-hub:org/name`` names are returned as they are.
 
-    Raises :class:`OperatorParamError` naming the valid choices. Architectures whose tokenizer comes from the
-    Hugging Face hub (SigLIP, XLM-R...) are refused: no hub is reachable.
+    Raises :class:`OperatorParamError` naming the valid choices. Architectures whose tokenizer
+    comes from the Hugging Face hub (SigLIP, XLM-R...) are refused: a repository would have to
+    ship that tokenizer too, which is not supported yet.
     """
     if model_name in TOWHEE_NAMES:
         return TOWHEE_NAMES[model_name]
+    if model_name.startswith(HUB_PREFIX) and len(model_name) > len(HUB_PREFIX):
+        return model_name
     offline = _offline_open_clip_names()
     if model_name in offline:
         return model_name
     raise OperatorParamError(
-        f"CLIP: unknown model_name {model_name!r}; choose one of {sorted(TOWHEE_NAMES)} "
-        f"or an open_clip architecture with a built-in tokenizer: {', '.join(offline)}")
+        f"CLIP: unknown model_name {model_name!r}; choose one of {sorted(TOWHEE_NAMES)}, "
+        f"'hf-hub:<org>/<repo>' (an open_clip model on the Hugging Face hub) or an open_clip "
+        f"architecture with a built-in tokenizer: {', '.join(offline)}")
+
+
+def default_tag(arch: str) -> Optional[str]:
+    """The pretrained tag ``pretrained=True`` means for ``arch`` (``None``: open_clip has none)."""
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(arch)
+    preferred = [t for t in PREFERRED_TAGS if t in tags]
+    return (preferred or tags or [None])[0]
 
 
 @functools.lru_cache(maxsize=1)
@@ -52,18 +80,31 @@ def _offline_open_clip_names() -> List[str]:
     return names
 
 
+def _pretrained_value(value: Any) -> Optional[str]:
+    return None if value is None or isinstance(value, bool) or value.strip() else \
+        "must be True, False, None or an open_clip pretrained tag such as 'openai'"
+
+
 class _ClipOperator(ModelOperator):
-    """Shared params of the CLIP operators: ``model_name`` (default ``clip_vit_base_patch32``),
+    """Shared params of the CLIP operators: ``model_name`` (default ``clip_vit_base_patch32``;
+    an open_clip architecture, or ``'hf-hub:org/name'``), ``pretrained`` (default True: the
+    architecture's default pretrained tag, ``'openai'`` for ViT-B-32/B-16/L-14 and Towhee's
+    names, else open_clip's first listed one; a tag such as ``'laion2b_s34b_b79k'``; for
+    ``hf-hub:`` names the repo's weights; False or None: random weights seeded by ``seed``),
     ``normalize`` (L2-normalise the vectors inside the model, default False as in Towhee),
-    ``checkpoint_path`` (an open_clip state dict, or this operator's own module state dict),
-    ``seed`` and the other :class:`ModelOperator` params."""
+    ``checkpoint_path`` (an open_clip state dict, or this operator's own module state dict; wins
+    over ``pretrained``) and the other :class:`ModelOperator` params. Preprocessing (image
+    transform, context length) follows the pretrained config of the tag or hub repo."""
 
     #: Prefix of the open_clip keys inside this operator's module state dict.
     _key_prefix = ""
 
     params_spec = ModelOperator.params_spec + (
         Param("model_name", (str,), "clip_vit_base_patch32",
-              "a Towhee CLIP name or an open_clip architecture"),
+              "a Towhee CLIP name, an open_clip architecture or 'hf-hub:org/name'"),
+        Param("pretrained", (bool, str, type(None)), True,
+              "True: the default pretrained tag; a tag such as 'openai'; False/None: random",
+              _pretrained_value),
         Param("normalize", (bool,), False, "L2-normalise the vectors inside the model"),
     )
 
@@ -71,17 +112,183 @@ class _ClipOperator(ModelOperator):
         super().__init__(**params)
         self.arch = open_clip_name(self.params["model_name"])
         self.normalize = self.params["normalize"]
+        self.from_hub_repo = self.arch.startswith(HUB_PREFIX)
+        self.tag = self._tag()
+        self._model_config: Optional[Dict[str, Any]] = None
+        self._hub_config: Optional[Dict[str, Any]] = None
 
-    def model_config(self) -> Dict[str, Any]:
-        """open_clip's architecture config (``embed_dim``, ``vision_cfg``, ``text_cfg``)."""
+    # -- which weights -----------------------------------------------------------------------
+    def _tag(self) -> Optional[str]:
+        """The open_clip pretrained tag (weights and preprocessing) of the params, or None."""
         import open_clip
 
-        return open_clip.get_model_config(self.arch)
+        pretrained = self.params["pretrained"]
+        if self.params["model_dir"] or pretrained in (False, None):
+            return None
+        if self.from_hub_repo:
+            if isinstance(pretrained, str):
+                raise OperatorParamError(
+                    f"{self.name}: {self.arch!r} brings its own weights; pass pretrained=True "
+                    f"(them) or False (random), not the tag {pretrained!r}")
+            return None
+        if pretrained is True:
+            tag = default_tag(self.arch)
+            if tag is None and not self.params["checkpoint_path"]:
+                raise OperatorParamError(
+                    f"{self.name}: open_clip has no pretrained weights for {self.arch!r}; pass "
+                    f"pretrained=False for random weights (seeded by seed) or "
+                    f"checkpoint_path='<weights file>'")
+            return tag
+        tags = open_clip.list_pretrained_tags_by_model(self.arch)
+        tag = pretrained.lower().replace("-", "_")
+        if tag not in tags:
+            raise OperatorParamError(
+                f"{self.name}: {pretrained!r} is not an open_clip pretrained tag of "
+                f"{self.arch!r}; choose one of {', '.join(tags) or 'none (pretrained=False)'}")
+        return tag
 
+    def _tag_config(self) -> Dict[str, Any]:
+        import open_clip
+
+        return open_clip.get_pretrained_cfg(self.arch, self.tag) if self.tag else {}
+
+    def _hub_repo(self) -> str:
+        return self.arch[len(HUB_PREFIX):]
+
+    def _config_file(self) -> Dict[str, Any]:
+        """The ``open_clip_config.json`` of a served copy or of an ``hf-hub:`` model."""
+        if self.params["model_dir"]:
+            path = os.path.join(self.resolve_path(self.params["model_dir"]), CONFIG_FILE)
+            with open(path, encoding="utf-8") as f:
+                return json.load(f)
+        if self._hub_config is None:
+            from open_clip.pretrained import download_pretrained_from_hf
+
+            try:
+                path = download_pretrained_from_hf(self._hub_repo(), filename=CONFIG_FILE)
+                with open(path, encoding="utf-8") as f:
+                    config = json.load(f)
+            except Exception as exc:  # noqa: BLE001 - every download/cache failure
+                raise weights_unavailable(self.name, repr(self.arch), self._hub_repo(), exc, [
+                    download_hint(self._hub_repo()),
+                    "pass an open_clip architecture as model_name instead"],
+                    kind="config") from None
+            text_cfg = config.get("model_cfg", {}).get("text_cfg", {})
+            if text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name"):
+                raise OperatorParamError(
+                    f"{self.name}: {self.arch!r} needs a Hugging Face tokenizer or text model, "
+                    "which towhee_rt does not ship into repositories yet; choose a model with "
+                    "open_clip's built-in tokenizer")
+            self._hub_config = config
+        return self._hub_config
+
+    # -- configs -------------------------------------------------------------------------------
+    def model_config(self) -> Dict[str, Any]:
+        """open_clip's architecture config (``embed_dim``, ``vision_cfg``, ``text_cfg``), with
+        ``quick_gelu`` set when the pretrained tag was trained with it (as OpenAI's were)."""
+        if self._model_config is None:
+            import open_clip
+
+            if self.params["model_dir"] or self.from_hub_repo:
+                config = dict(self._config_file()["model_cfg"])
+            else:
+                config = open_clip.get_model_config(self.arch)
+                if self._tag_config().get("quick_gelu"):
+                    config["quick_gelu"] = True
+            self._model_config = jsonable(config)
+        return self._model_config
+
+    def image_preprocess_config(self) -> Dict[str, Any]:
+        """open_clip's image preprocessing config (size, mean, std, interpolation, resize mode):
+        its defaults, overlaid by the tag's or the hub repo's, sized to the model's input."""
+        locked = self.locked("preprocess") or {}
+        if "image" in locked:
+            return locked["image"]
+        from open_clip.transform import PreprocessCfg, merge_preprocess_dict
+
+        base = dataclasses.asdict(PreprocessCfg())
+        if self.from_hub_repo:
+            overlay = self._config_file().get("preprocess_cfg", {})
+        else:
+            overlay = self._tag_config()
+        config = merge_preprocess_dict(base, overlay)
+        size = self.model_config()["vision_cfg"].get("image_size", 224)
+        config["size"] = list(size) if isinstance(size, (list, tuple)) else [size, size]
+        return jsonable(config)
+
+    def preprocess_config(self) -> Dict[str, Any]:
+        return {"image": self.image_preprocess_config(),
+                "context_length": self.context_length()}
+
+    def context_length(self) -> int:
+        return int(self.model_config()["text_cfg"].get("context_length", 77))
+
+    # -- the model ---------------------------------------------------------------------------
     def _create_clip(self):
         import open_clip
 
-        return open_clip.create_model(self.arch, pretrained=None, device="cpu")
+        towers = dict(device="cpu", pretrained_image=False, pretrained_text=False)
+        mode = self.weights_mode()
+        if mode == "pretrained":
+            return self._create_pretrained(towers)
+        if self.params["model_dir"]:
+            return open_clip.create_model("local-dir:" + self.resolve_path(
+                self.params["model_dir"]), load_weights=False, **towers)
+        if self.from_hub_repo:  # random weights: the repo's config only, no weights download
+            with tempfile.TemporaryDirectory() as folder:
+                self._write_config(folder)
+                return open_clip.create_model("local-dir:" + folder, load_weights=False,
+                                              **towers)
+        return open_clip.create_model(self.arch, pretrained=None,
+                                      force_quick_gelu=bool(self._tag_config().get("quick_gelu")),
+                                      **towers)
+
+    def _create_pretrained(self, towers: Dict[str, Any]):
+        import open_clip
+        from open_clip.pretrained import has_hf_hub
+
+        tag_cfg = self._tag_config()
+        if self.from_hub_repo:
+            repo_id, what = self._hub_repo(), repr(self.arch)
+            self._config_file()  # refuses hub tokenizers before anything is downloaded
+        else:
+            # open_clip's own split: 'org/repo/' (default file) or 'org/repo/file.bin'
+            repo_id = os.path.split(tag_cfg.get("hf_hub", ""))[0] or None
+            shown = self.params["model_name"]
+            arch = f"open_clip {self.arch}, " if shown != self.arch else ""
+            what = f"{shown!r} ({arch}pretrained tag {self.tag!r})"
+        try:
+            model = open_clip.create_model(
+                self.arch, pretrained=None if self.from_hub_repo else self.tag,
+                force_quick_gelu=bool(tag_cfg.get("quick_gelu")), require_pretrained=True,
+                **towers)
+        except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
+            raise weights_unavailable(self.name, what, repo_id, exc, [
+                download_hint(repo_id),
+                "pass checkpoint_path='<open_clip state dict>'",
+                "pass pretrained=False for random weights (seeded by seed)"]) from None
+        if repo_id and (self.from_hub_repo or has_hf_hub()):
+            self.weights_source = hub_source(repo_id, tag=self.tag)
+        else:
+            self.weights_source = {"source": "url", "url": tag_cfg.get("url"), "tag": self.tag}
+        return model
+
+    def _write_config(self, folder) -> None:
+        """The model's ``open_clip_config.json`` (what open_clip's ``local-dir:`` reads)."""
+        config = {"model_cfg": self.model_config(),
+                  "preprocess_cfg": self.image_preprocess_config()}
+        with open(os.path.join(folder, CONFIG_FILE), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
+    def served_files(self) -> Dict[str, Any]:
+        def write(target) -> None:
+            target.mkdir(parents=True, exist_ok=True)
+            self._write_config(str(target))
+
+        return {CONFIG_DIR: write}
+
+    def served_params(self) -> Dict[str, Any]:
+        return {**super().served_params(), "model_dir": CONFIG_DIR}
 
     def adapt_state_dict(self, state: Dict[str, Any], module) -> Dict[str, Any]:
         # Accept a full open_clip checkpoint (both towers, maybe saved under DDP's 'module.'):
@@ -101,12 +308,12 @@ class _ClipOperator(ModelOperator):
 class ClipImageEmbedding(_ClipOperator):
     """``image_text_embedding.clip_image``: embed RGB images with CLIP's image tower.
 
-    Images are preprocessed with open_clip's own evaluation transform for the architecture
-    (resize the shorter side, centre crop, CLIP mean/std).
+    Images are preprocessed with open_clip's own evaluation transform for the model's pretrained
+    config (e.g. resize the shorter side, centre crop, CLIP mean/std).
 
     Example::
 
-        op = ClipImageEmbedding(model_name='clip_vit_base_patch32')
+        op = ClipImageEmbedding(model_name='clip_vit_base_patch32', pretrained=False)  # random
         op.ensure_setup('cpu')
         vec = op.process_batch({'image': [rgb_uint8_hwc]})['embedding'][0]   # shape (512,)
     """
@@ -120,17 +327,18 @@ class ClipImageEmbedding(_ClipOperator):
 
     def image_size(self):
         """(height, width) of the model's input."""
-        size = self.model_config()["vision_cfg"].get("image_size", 224)
-        return tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+        return tuple(self.image_preprocess_config()["size"])
 
     def transform(self):
         """open_clip's evaluation transform (what ``create_model_and_transforms`` returns for
-        ``pretrained=None``), built from the config without building the model."""
+        the same model and pretrained tag), built from the config without building the model."""
         if self._transform is None:
             from open_clip.transform import PreprocessCfg, image_transform_v2
 
-            self._transform = image_transform_v2(PreprocessCfg(size=self.image_size()),
-                                                 is_train=False)
+            config = dict(self.image_preprocess_config())
+            config["size"] = tuple(config["size"])
+            config["mean"], config["std"] = tuple(config["mean"]), tuple(config["std"])
+            self._transform = image_transform_v2(PreprocessCfg(**config), is_train=False)
         return self._transform
 
     def preprocess(self, batch: Dict[str, List[Any]]) -> Dict[str, np.ndarray]:
@@ -155,7 +363,7 @@ class ClipTextEmbedding(_ClipOperator):
 
     Example::
 
-        op = ClipTextEmbedding(model_name='clip_vit_base_patch32')
+        op = ClipTextEmbedding(model_name='clip_vit_base_patch32', pretrained=False)
         op.ensure_setup('cpu')
         vec = op.process_batch({'text': ['a photo of a cat']})['embedding'][0]   # shape (512,)
     """
@@ -169,15 +377,24 @@ class ClipTextEmbedding(_ClipOperator):
         self._tokenizer = None
 
     def tokenizer(self):
-        """open_clip's tokenizer for the architecture (ships its vocabulary: works offline)."""
+        """open_clip's tokenizer for the model (ships its vocabulary: works offline)."""
         if self._tokenizer is None:
             import open_clip
 
-            self._tokenizer = open_clip.get_tokenizer(self.arch)
+            if self.params["model_dir"]:
+                name = "local-dir:" + self.resolve_path(self.params["model_dir"])
+            else:
+                name = self.arch
+                if self.from_hub_repo:
+                    self._config_file()  # refuses hub tokenizers
+            self._tokenizer = open_clip.get_tokenizer(name)
         return self._tokenizer
 
     def context_length(self) -> int:
-        return int(self.model_config()["text_cfg"].get("context_length", 77))
+        locked = self.locked("preprocess") or {}
+        if "context_length" in locked:
+            return int(locked["context_length"])
+        return super().context_length()
 
     def preprocess(self, batch: Dict[str, List[Any]]) -> Dict[str, np.ndarray]:
         tokens = self.tokenizer()(to_texts(batch["text"]), context_length=self.context_length())

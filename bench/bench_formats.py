@@ -28,7 +28,8 @@ def build(model: str, chunksize: int, format_priority=None, min_side=None):
     if format_priority:
         builder = builder.pipeline_config(format_priority=format_priority)
     decode = {"min_side": min_side} if min_side else {}
-    return builder.image_decode.cv2_rgb(**decode).image_embedding.timm(model_name=model) \
+    return builder.image_decode.cv2_rgb(**decode) \
+        .image_embedding.timm(model_name=model, pretrained=False) \
         .as_function()
 
 

@@ -2,6 +2,11 @@
 
 Everything here is used by ``bench/run.py`` (the one-command comparison) and by the
 pytest-benchmark suites (``bench/test_bench_*.py``), so both measure the same things.
+
+The image models (timm resnet50, open_clip ViT-B/32) have random weights (``pretrained=False``,
+seeded): no model hub is reachable where the benchmarks run, and speed does not depend on the
+weights' values. Accuracy figures of image models (int8 cosines) are therefore measured on
+random-weight models; MiniLM has its real weights.
 """
 from __future__ import annotations
 
@@ -89,6 +94,8 @@ def add_operators(builder, pipeline: str, decode_config: Optional[dict] = None,
         return builder.text_embedding.sentence_transformers(op_config=model_config,
                                                             **model_params)
     builder = builder.image_decode.cv2_rgb(op_config=decode_config, **(decode_params or {}))
+    # Random weights, explicitly: no hub here, and speed does not depend on them (docstring).
+    model_params.setdefault("pretrained", False)
     if pipeline == "resnet50":
         return builder.image_embedding.timm(model_name="resnet50", op_config=model_config,
                                             **model_params)

@@ -37,7 +37,8 @@ def measure(model_name: str, requests: int, warmup: bool) -> Dict[str, float]:
     import towhee_rt as towhee
 
     pipe = (towhee.dummy_input().pipeline_config(format_priority=["onnx"])
-            .image_decode.cv2_rgb().image_embedding.timm(model_name=model_name).as_function())
+            .image_decode.cv2_rgb()
+            .image_embedding.timm(model_name=model_name, pretrained=False).as_function())
     with tempfile.TemporaryDirectory(prefix="bench-warmup-") as tmp:
         repo = towhee.build_model_repo(pipe, Path(tmp) / "repo")
         if not warmup:

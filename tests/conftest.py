@@ -50,3 +50,28 @@ def good_dir() -> Path:
 @pytest.fixture(scope="session")
 def bad_dir() -> Path:
     return IMAGES / "bad"
+
+
+@pytest.fixture(scope="session")
+def hub_cache(tmp_path_factory):
+    """A Hugging Face hub cache holding tiny models (tests/hub_cache.py): ``(path, commits)``."""
+    from .hub_cache import write_hub_cache
+
+    path = tmp_path_factory.mktemp("hf") / "hub"
+    return path, write_hub_cache(path)
+
+
+@pytest.fixture(scope="session")
+def pretrained_build(hub_cache, tmp_path_factory):
+    """tests/pretrained_cases.py ``build`` run offline on a copy of :func:`hub_cache`: its JSON
+    result, plus ``hub`` (the copy, which the served test removes) and the commits."""
+    import shutil
+
+    from .hub_cache import run_offline
+
+    root = tmp_path_factory.mktemp("pretrained")
+    hub = root / "hub"
+    shutil.copytree(hub_cache[0], hub, symlinks=True)
+    result = run_offline(["tests.pretrained_cases", "build", str(root / "out")], hub,
+                         root / "towhee_rt_cache")
+    return {**result, "hub": str(hub), "commits": hub_cache[1]}

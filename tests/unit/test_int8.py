@@ -29,7 +29,7 @@ def _image_pipe(good_dir, **config):
     return (towhee.dummy_input()
             .pipeline_config(format_priority=["onnx_int8", "onnx"],
                              calibration_data=calibration, **config)
-            .image_decode.cv2_rgb().image_embedding.timm(model_name="test_resnet")
+            .image_decode.cv2_rgb().image_embedding.timm(model_name="test_resnet", pretrained=False)
             .as_function())
 
 
@@ -39,7 +39,7 @@ def test_image_int8_is_calibrated_gated_and_recorded(good_dir, tmp_path):
     assert choice.format == "onnx_int8" and choice.min_cosine >= 0.99
     files = [str(good_dir / "chelsea.jpg"), str(good_dir / "rocket.jpg")]
     fp32 = (towhee.dummy_input().image_decode.cv2_rgb()
-            .image_embedding.timm(model_name="test_resnet").as_function())
+            .image_embedding.timm(model_name="test_resnet", pretrained=False).as_function())
     for a, b in zip(pipe(files), fp32(files)):
         assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) >= 0.99
     repo = towhee.build_model_repo(pipe, tmp_path / "repo")
@@ -63,7 +63,7 @@ def test_failed_gate_falls_back_to_the_next_format_with_the_reason(good_dir, cap
 def test_without_calibration_data_the_user_is_warned(caplog):
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
         (towhee.dummy_input().pipeline_config(format_priority=["onnx_int8", "onnx"])
-         .image_embedding.timm(model_name="test_resnet").as_function().build())
+         .image_embedding.timm(model_name="test_resnet", pretrained=False).as_function().build())
     assert "no calibration_data given; calibrating on 12 random inputs" in caplog.text
 
 
@@ -72,7 +72,8 @@ def test_bad_calibration_samples_are_skipped_with_a_warning(good_dir, bad_dir, c
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
         pipe = (towhee.dummy_input()
                 .pipeline_config(format_priority=["onnx_int8"], calibration_data=calibration)
-                .image_decode.cv2_rgb().image_embedding.timm(model_name="test_resnet")
+                .image_decode.cv2_rgb()
+                .image_embedding.timm(model_name="test_resnet", pretrained=False)
                 .as_function())
     assert pipe.format_choice(1).format == "onnx_int8"
     assert "calibration sample 12 skipped" in caplog.text and "empty.jpg" in caplog.text
@@ -147,7 +148,8 @@ def test_clip_image_int8_passes_the_gate_with_some_recipe(good_dir):
 
     def pipe(config):
         return (towhee.dummy_input().pipeline_config(**config).image_decode.cv2_rgb()
-                .image_text_embedding.clip_image(model_name="ViT-S-32").as_function())
+                .image_text_embedding.clip_image(model_name="ViT-S-32", pretrained=False)
+                .as_function())
 
     int8 = pipe({"format_priority": ["onnx_int8"], "calibration_data": calibration})
     assert int8.format_choice(1).format == "onnx_int8", int8.format_choice(1).summary()

@@ -10,7 +10,7 @@ def test_op_config_overrides_pipeline_config():
     pipe = (towhee.dummy_input()
             .pipeline_config(parallel=3, chunksize=4, format_priority=["onnx"])
             .image_decode.cv2_rgb()
-            .image_embedding.timm(model_name="test_resnet",
+            .image_embedding.timm(model_name="test_resnet", pretrained=False,
                                   op_config={"chunksize": 2, "instance_count": 2,
                                              "dynamic_batching": True})
             .as_function())
@@ -85,7 +85,7 @@ def test_params_must_be_json_serialisable():
 
 def test_chain_type_mismatch_is_reported():
     with pytest.raises(ConfigError, match="cannot feed"):
-        (towhee.dummy_input().image_embedding.timm(model_name="test_resnet")
+        (towhee.dummy_input().image_embedding.timm(model_name="test_resnet", pretrained=False)
          .text_embedding.sentence_transformers().as_function())
 
 
@@ -121,12 +121,12 @@ def test_request_limits_are_pipeline_wide():
 
 def test_cpu_model_operators_get_the_default_instance_count():
     pipe = (towhee.dummy_input().image_decode.cv2_rgb()
-            .image_embedding.timm(model_name="test_resnet").as_function())
+            .image_embedding.timm(model_name="test_resnet", pretrained=False).as_function())
     decode, embed = pipe.configs
     assert (decode.instances, embed.instances) == (1, cfg.default_cpu_model_instances())
     explicit = (towhee.dummy_input().pipeline_config(parallel=1)
-                .image_embedding.timm(model_name="test_resnet").as_function())
+                .image_embedding.timm(model_name="test_resnet", pretrained=False).as_function())
     assert explicit.configs[0].instances == 1
     gpu = towhee.dummy_input().image_embedding.timm(
-        model_name="test_resnet", op_config={"device_ids": [0]}).as_function()
+        model_name="test_resnet", pretrained=False, op_config={"device_ids": [0]}).as_function()
     assert gpu.configs[0].instances == 1

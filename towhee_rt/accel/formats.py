@@ -3,28 +3,36 @@
 For each format in ``format_priority`` the first one that is available here, exports, and
 passes a parity check against the torch model is used; every skipped format is logged once with
 its reason. torch comes last (``torch.compile`` first when ``jit`` is set, itself checked).
+Weights that cannot be loaded are not a format problem: that error is raised, never skipped.
 Nothing here changes the operator's params: :func:`select_format` returns the choice and the
-verified runner, :func:`model_files` the files and params a served copy of the operator needs.
+verified runner, :func:`model_files` the files and params a served copy of the operator needs,
+with its lock (where the weights came from, the sha256 of the shipped file, the preprocessing).
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from ..backends._model import ModelOperator
+from ..backends._operator import OperatorParamError
 from ..backends._runners import Runner, TorchRunner, make_file_runner
+from ..backends._weights import file_sha256, jsonable
 from ..errors import FormatError
 from ..op_config import OpConfig
-from . import parity
+from . import cache, parity
 
 log = logging.getLogger("towhee_rt")
 WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILES = {"onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "tensorrt": "model.plan",
                "tensorrt_fp16": "model.plan"}
 _logged: set = set()
+#: Libraries whose versions a lock records (with torch), by the operator module they serve.
+LOCK_LIBRARIES = ("torch", "timm", "open_clip_torch", "sentence-transformers", "transformers",
+                  "huggingface_hub", "safetensors")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +88,8 @@ def select_format(op: ModelOperator, config: OpConfig,
         try:
             choice, runner = _try_file_format(op, fmt, config, samples)
             return dataclasses.replace(choice, skipped=tuple(skipped)), runner
+        except OperatorParamError:
+            raise  # the weights or params are wrong: no format can help
         except FormatError as exc:
             _skip(op, skipped, fmt, str(exc))
         except Exception as exc:  # noqa: BLE001 - an unexpected failure also means "skip"
@@ -161,25 +171,75 @@ def _first_line(exc: BaseException) -> str:
 def model_files(op: ModelOperator, choice: FormatChoice, params: Mapping[str, Any]
                 ) -> Tuple[Dict[str, Any], Tuple[ModelFile, ...]]:
     """``params`` (the user's) completed with what a served copy of ``op`` needs to run in the
-    chosen format, and the files it needs.
+    chosen format from the repository alone, and the files it needs.
 
-    The torch formats store the state dict (so served weights equal local ones even when they
-    were randomly initialised); the others copy the exported ONNX file or TensorRT engine,
-    which holds the weights (so ``checkpoint_path`` is dropped). Nothing is written here.
+    The torch formats ship the state dict as ``weights.safetensors`` (so served weights equal
+    local ones, whether pretrained, from a checkpoint or random); the others ship the exported
+    ONNX file or TensorRT engine, which holds the weights (so ``checkpoint_path`` is dropped).
+    Either way the served copy does not download (``pretrained=False``), reads the config and
+    tokenizer files ``op`` ships (``model_dir``) and its preprocessing from ``lock``:
+    :func:`lock_entry`. Nothing is written here.
     """
-    params = {k: v for k, v in params.items() if k != "checkpoint_path"}
-    params["format"] = choice.format
+    served = {k: v for k, v in params.items() if k != "checkpoint_path"}
+    served["format"] = choice.format
+    served.update(op.served_params())
+    files = [ModelFile(name, write) for name, write in sorted(op.served_files().items())]
     if choice.model_file:
         name, source = MODEL_FILES[choice.format], choice.model_file
-        params["model_file"] = name
-        return params, (ModelFile(name, lambda target: shutil.copy2(source, target)),)
-    params["checkpoint_path"] = WEIGHTS_FILE
-    return params, (ModelFile(WEIGHTS_FILE, lambda target: _save_weights(op, target)),)
+        served["model_file"] = name
+        sha256 = _file_sha256(source)
+        files.append(ModelFile(name, lambda target: shutil.copy2(source, target)))
+    else:
+        name, sha256 = WEIGHTS_FILE, weights_sha256(op)
+        served["checkpoint_path"] = name
+        files.append(ModelFile(name, lambda target: save_weights(op, target, sha256)))
+    served["lock"] = lock_entry(op, choice, name, sha256)
+    return served, tuple(files)
 
 
-def _save_weights(op: ModelOperator, target: Path) -> None:
-    from safetensors.torch import save_file
+def lock_entry(op: ModelOperator, choice: FormatChoice, file: str, sha256: str
+               ) -> Dict[str, Any]:
+    """What a repository pins about one model (JSON): the model and where its weights came from
+    (``source``: ``hf-hub`` with ``repo_id`` and ``revision``, the commit; ``package``,
+    ``local-dir``, ``checkpoint`` or ``random``), the shipped ``file`` with its ``sha256``, the
+    ``format``, the ``preprocess`` config and the library versions."""
+    info = op.lock_info()
+    entry = {"operator": op.name, "model_name": op.params.get("model_name"), **info,
+             "format": choice.format, "file": file, "sha256": sha256,
+             "libraries": dict(cache.library_versions(LOCK_LIBRARIES))}
+    return jsonable(entry)
+
+
+def _state_bytes(op: ModelOperator) -> bytes:
+    """The module's state dict as safetensors bytes: the same bytes for the same weights."""
+    from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous().clone()
              for k, v in op.torch_module().state_dict().items()}
-    save_file(state, str(target))
+    return save(state)
+
+
+def weights_sha256(op: ModelOperator) -> str:
+    """sha256 of the ``weights.safetensors`` :func:`save_weights` writes for ``op``."""
+    return hashlib.sha256(_state_bytes(op)).hexdigest()
+
+
+def save_weights(op: ModelOperator, target: Path, sha256: Optional[str] = None) -> None:
+    """Write ``op``'s state dict to ``target``; with ``sha256``, check it is the locked file."""
+    data = _state_bytes(op)
+    if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        raise RuntimeError(f"{op.name}: the weights changed since the pipeline was built (their "
+                           f"sha256 no longer matches the lock); build the pipeline again")
+    Path(target).write_bytes(data)
+
+
+_hashed: Dict[Tuple[str, float, int], str] = {}
+
+
+def _file_sha256(path: str) -> str:
+    """sha256 of an exported file, remembered per path, mtime and size (exports are reused)."""
+    stat = Path(path).stat()
+    key = (str(path), stat.st_mtime, stat.st_size)
+    if key not in _hashed:
+        _hashed[key] = file_sha256(str(path))
+    return _hashed[key]

@@ -21,6 +21,7 @@ Python has the third-party packages (towhee_rt.shipping).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
 import string
@@ -153,9 +154,33 @@ def render_readme(repo: ModelRepository) -> str:
             "$PWD", gpu_metrics=False, admin_key=_ADMIN_KEY_VARIABLE)),
         debug_command=_shell(flags.container_command(log_verbose=1,
                                                      admin_key=_ADMIN_KEY_VARIABLE)),
-        ensemble=repo.model_name, rows=rows,
+        ensemble=repo.model_name, rows=rows, weights=_weights_rows(repo.models),
         inputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[0].inputs),
         outputs=", ".join(f"`{s.name}` ({s.triton_type})" for s in repo.models[-1].outputs))
+
+
+def _weights_rows(models) -> str:
+    """The README's weights table: one row per model operator, from its lock."""
+    rows = []
+    for m in models:
+        lock = m.params.get("lock")
+        if not lock:
+            continue
+        source = lock.get("source", "-")
+        if source == "hf-hub":
+            source = f"hub `{lock.get('repo_id')}` @ `{lock.get('revision') or 'unknown'}`"
+        elif source == "package":
+            source = f"package `{lock.get('package')}=={lock.get('version')}`"
+        elif source == "random":
+            source = f"random (seed {lock.get('seed')})"
+        elif source in ("checkpoint", "local-dir"):
+            source = f"{source} `{lock.get('checkpoint') or lock.get('path')}`"
+        if lock.get("tag"):
+            source += f" (tag `{lock['tag']}`)"
+        preprocess = json.dumps(lock.get("preprocess", {}), sort_keys=True)
+        rows.append(f"| `{m.model_name}` | `{lock.get('model_name')}` | {source} | "
+                    f"`{lock.get('file')}` | `{lock.get('sha256')}` | `{preprocess}` |")
+    return "\n".join(rows) or "| - | - | - | - | - | - |"
 
 
 def _shell(argv: List[str]) -> str:
