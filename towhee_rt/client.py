@@ -55,8 +55,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 
 from .backends._fetch import fetch_url
-from .backends._operator import (ItemFailure, OperatorInputError, OperatorLimitError,
-                                 decode_failures)
+from .backends._operator import (SHAPES_SUFFIX, ItemFailure, OperatorInputError,
+                                 OperatorLimitError, crop_items, decode_failures)
 from .errors import (ClientError, ConfigError, DeadlineExceededError, ItemError, PipelineError,
                      ServerBusyError, ServerUnavailableError, TowheeRTError, check_error_mode)
 from .op_config import DEFAULT_MAX_ITEM_BYTES
@@ -609,6 +609,9 @@ class Client:
             if self.on_request is not None:
                 self.on_request(RequestRecord(len(values), time.perf_counter() - start, error))
         arrays = {name: result.as_numpy(name) for name in self._outputs}
+        for name in [n for n in arrays if n + SHAPES_SUFFIX in arrays]:
+            # Items of different shapes arrive zero-padded, with their shapes beside them.
+            arrays[name] = crop_items(arrays[name], arrays.pop(name + SHAPES_SUFFIX))
         if len(arrays) == 1:
             return list(next(iter(arrays.values())))
         return [{name: a[i] for name, a in arrays.items()} for i in range(len(values))]

@@ -100,6 +100,8 @@ def ensemble_config(name: str, models: Sequence[OperatorModel],
     output_names = [ensemble_output_name(spec.name, input_names) for spec in models[-1].outputs]
     for spec, name in zip(models[-1].outputs, output_names):
         _add_tensor(config.output, dataclasses.replace(spec, name=name))
+        if spec.name in models[-1].shaped_outputs:
+            _add_tensor(config.output, _shapes_spec(dataclasses.replace(spec, name=name)))
     tensor_names: List[str] = [spec.name for spec in models[0].inputs]
     for index, model in enumerate(models):
         step = config.ensemble_scheduling.step.add(model_name=model.model_name, model_version=-1)

@@ -73,6 +73,10 @@ def plan_models(built: BuiltPipeline, model_name: str = "pipeline") -> List[Oper
                  if triton_config.carries_shapes(out, nxt)]
         shaped_outputs[k] = tuple(out.name for out, _ in pairs)
         shaped_inputs[k + 1] = tuple(nxt.name for _, nxt in pairs)
+    # The pipeline's own outputs reach the client padded too, which crops them: arrays such
+    # as images (a vector's one variable dimension is the model's width, the same for all).
+    shaped_outputs[-1] = tuple(out.name for out in steps[-1].operator_class.outputs
+                               if triton_config.carries_shapes(out, out) and len(out.shape) > 1)
     return [OperatorModel(
         model_name=f"{model_name}_{step.index}_{step.name.replace('.', '_')}",
         operator=step.name, module=shipping.served_module(step.operator_class),
