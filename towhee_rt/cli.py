@@ -7,11 +7,13 @@
 ``serve`` starts tritonserver (the one carried by ``nvidia-pytriton`` unless ``--tritonserver
 PATH`` or ``--docker IMAGE`` says otherwise), waits until the server and every model are ready,
 prints the endpoints and blocks; Ctrl-C (SIGINT) or SIGTERM stops it gracefully, then forcibly.
+While it serves, a model whose Python stub dies or hangs is reloaded and the recovery logged
+(:mod:`towhee_rt.triton.supervisor`); a model that keeps dying stops the server.
 Endpoints bind 127.0.0.1 unless ``--host`` says otherwise. ``--api-key-file`` makes inference
 require the key in that file (a file, so that the key is not on a command line ``ps`` shows);
 the admin APIs need ``--admin-key-file``'s key, or are closed. Exit codes: 0 after a stop by
-signal, 1 when the server cannot start or dies, 2 for a usage error (a bad key file), 130 when
-interrupted while starting.
+signal, 1 when the server cannot start or dies or a model keeps dying, 2 for a usage error (a
+bad key file), 130 when interrupted while starting.
 ``python -m towhee_rt.serve REPO`` is the same as ``towhee-rt serve REPO``.
 
 ``quickstart`` is the README's demo (:mod:`towhee_rt.quickstart`).
@@ -19,6 +21,7 @@ interrupted while starting.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import signal
 import stat
@@ -31,10 +34,11 @@ from . import quickstart
 from .errors import ConfigError, TowheeRTError
 from .triton.flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
                            DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, GRPC_HEADER_PREFIX,
-                           check_key)
+                           STOP_TIMEOUT_SECS, check_key)
 from .triton.server import TritonServer
 
-STOP_TIMEOUT = 15.0
+#: A graceful stop waits this long for tritonserver (its exit timeout and then some).
+STOP_TIMEOUT = float(STOP_TIMEOUT_SECS)
 #: A key file is read up to this size (a key is short; anything larger is a wrong file).
 MAX_KEY_FILE_BYTES = 4096
 SERVE_DESCRIPTION = "Serve a Triton model repository (e.g. from towhee_rt.build_model_repo)."
@@ -136,6 +140,7 @@ def run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
                      if args.admin_key_file else None)
     except ConfigError as exc:
         parser.error(str(exc))
+    _log_to_stderr()
     server = TritonServer(args.repository, host=args.host, grpc_port=args.grpc_port,
                           http_port=args.http_port, metrics_port=args.metrics_port,
                           tritonserver=args.tritonserver, docker_image=args.docker,
@@ -181,10 +186,27 @@ def _serve_until_stopped(server: TritonServer, ready: threading.Event,
             print(f"error: tritonserver exited unexpectedly (code {code}); log: "
                   f"{server.log_file}\n" + server.log_text()[-4000:], file=sys.stderr)
             return 1
+        if server.given_up_models:
+            models = ", ".join(sorted(server.given_up_models))
+            print(f"error: model {models} kept dying and was left unloaded; stopping "
+                  f"tritonserver (log: {server.log_file})", file=sys.stderr, flush=True)
+            server.stop(STOP_TIMEOUT)
+            return 1
     print("stopping tritonserver...", flush=True)
     code = server.stop(STOP_TIMEOUT)
     print(f"tritonserver stopped (exit code {code})", flush=True)
     return 0
+
+
+def _log_to_stderr() -> None:
+    """Show towhee_rt's log (the supervisor's recoveries among it) on stderr, with times."""
+    logger = logging.getLogger("towhee_rt")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s towhee_rt %(levelname)s: "
+                                               "%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 def _print_endpoints(server: TritonServer) -> None:
@@ -194,6 +216,10 @@ def _print_endpoints(server: TritonServer) -> None:
                  if server.api_key else "open to every client that reaches the endpoints")
     admin = ("require the --admin-key-file key (header " + ADMIN_KEY_HEADER + ")"
              if not server.admin_key_random else "closed (pass --admin-key-file to use them)")
+    supervision = ("a model whose stub dies or hangs is reloaded (logged below); readiness "
+                   "is false until it is back" if server.supervised
+                   else "off (--docker runs tritonserver itself; an image from "
+                        "build_docker_image supervises it when started with its own entrypoint)")
     print(f"tritonserver ready (pid {server.pid}, log {server.log_file})\n"
           f"  gRPC:    {server.grpc_url}\n"
           f"  HTTP:    http://{server.http_url}\n"
@@ -201,4 +227,5 @@ def _print_endpoints(server: TritonServer) -> None:
           f"  models:  {models}\n"
           f"  inference: {inference}\n"
           f"  admin APIs ({', '.join(ADMIN_APIS)}): {admin}\n"
+          f"  supervision: {supervision}\n"
           "Press Ctrl-C to stop", flush=True)

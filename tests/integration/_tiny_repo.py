@@ -4,7 +4,10 @@
 * ``broken`` (only when asked): ``initialize`` raises, so the server cannot start;
 * ``slow`` (only when asked): ``initialize`` sleeps 60 s, to exercise the ready timeout;
 * ``probe`` (only when asked): reports, as a JSON string, how the Python backend imported its
-  ``model.py``: ``__name__``, ``sys.path`` and whether sibling / relative imports worked.
+  ``model.py``: ``__name__``, ``sys.path`` and whether sibling / relative imports worked;
+* ``echo2`` (only when asked): ``echo`` with two instances;
+* ``dies`` (only when asked): its stub exits (code 3) in ``execute``, on every request;
+* ``nap`` (only when asked): ``echo`` that first sleeps ``INPUT0[0, 0]`` seconds.
 
 Configs are plain pbtxt text here on purpose: the tests exercise the launcher, not the config
 generator (production configs go through Triton's protobuf in towhee_rt.triton.config).
@@ -18,7 +21,7 @@ _IO_CONFIG = """backend: "python"
 max_batch_size: 8
 input [ {{ name: "INPUT0" data_type: TYPE_FP32 dims: [ -1 ] }} ]
 output [ {{ name: "OUTPUT0" data_type: {out_type} dims: [ {out_dims} ] }} ]
-instance_group [ {{ kind: KIND_CPU count: 1 }} ]
+instance_group [ {{ kind: KIND_CPU count: {count} }} ]
 """
 
 ECHO_MODEL = '''
@@ -55,6 +58,31 @@ class TritonPythonModel:
         return []
 '''
 
+DIES_MODEL = '''
+import os
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        os._exit(3)
+'''
+
+NAP_MODEL = '''
+import time
+
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            x = pb_utils.get_input_tensor_by_name(request, "INPUT0").as_numpy()
+            time.sleep(float(x.flat[0]))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("OUTPUT0", x * 2)]))
+        return responses
+'''
+
 PROBE_MODEL = '''
 import json
 import sys
@@ -88,17 +116,18 @@ class TritonPythonModel:
 
 
 def _write_model(repo: Path, name: str, source: str, out_type: str = "TYPE_FP32",
-                 out_dims: str = "-1") -> Path:
+                 out_dims: str = "-1", count: int = 1) -> Path:
     version = repo / name / "1"
     version.mkdir(parents=True, exist_ok=True)
     (repo / name / "config.pbtxt").write_text(_IO_CONFIG.format(out_type=out_type,
-                                                                out_dims=out_dims))
+                                                                out_dims=out_dims, count=count))
     (version / "model.py").write_text(source)
     return version
 
 
 def write_tiny_repo(path: Path, models: Iterable[str] = ("echo",)) -> Path:
-    """Write the requested models (``echo``, ``broken``, ``slow``, ``probe``) under ``path``."""
+    """Write the requested models (``echo``, ``broken``, ``slow``, ``probe``, ``echo2``,
+    ``dies``, ``nap``) under ``path``."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     for name in models:
@@ -108,6 +137,12 @@ def write_tiny_repo(path: Path, models: Iterable[str] = ("echo",)) -> Path:
             _write_model(path, "broken", BROKEN_MODEL)
         elif name == "slow":
             _write_model(path, "slow", SLOW_MODEL)
+        elif name == "echo2":
+            _write_model(path, "echo2", ECHO_MODEL, count=2)
+        elif name == "dies":
+            _write_model(path, "dies", DIES_MODEL)
+        elif name == "nap":
+            _write_model(path, "nap", NAP_MODEL)
         elif name == "probe":
             version = _write_model(path, "probe", PROBE_MODEL, "TYPE_STRING", "1")
             (version / "helper.py").write_text("VALUE = 42\n")
@@ -115,5 +150,6 @@ def write_tiny_repo(path: Path, models: Iterable[str] = ("echo",)) -> Path:
             (version / "ops" / "__init__.py").write_text("from .inner import INNER\n")
             (version / "ops" / "inner.py").write_text("INNER = 'inner'\n")
         else:
-            raise ValueError(f"unknown tiny model {name!r}; use echo, broken, slow or probe")
+            raise ValueError(f"unknown tiny model {name!r}; use echo, broken, slow, probe, "
+                             "echo2, dies or nap")
     return path

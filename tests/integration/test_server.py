@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from towhee_rt.errors import ServerError
+from towhee_rt.triton import supervisor as sv
 from towhee_rt.triton.docker import docker_engine_available
 from towhee_rt.triton.server import (ServerStartError, TritonServer, build_command,
                                      docker_command, find_free_port, parse_failed_models, serve)
@@ -199,10 +200,12 @@ def test_stop_ends_server_and_stubs(tmp_path):
     try:
         before = _session_pids(srv.pid)
         assert srv.pid in before and len(before) >= 2, before  # server + echo's stub
+        assert len(sv.regions(srv.shm_prefix)) == 1  # echo's stub's shared memory
     finally:
         code = srv.stop()
     assert code == 0 and not srv.is_alive()
     assert not _session_pids(srv.pid)
+    assert sv.regions(srv.shm_prefix) == []
     assert srv.stop() == 0  # idempotent
 
 
@@ -220,16 +223,21 @@ def test_server_and_stubs_die_with_the_parent(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", _ORPHAN_PARENT, str(repo),
                                str(tmp_path / "server.log")], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)))
+    prefix = f"towhee_rt_{parent.pid}_0_"
     try:
         server_pid = int(parent.stdout.readline())
         assert len(_session_pids(server_pid)) >= 2
+        assert len(sv.regions(prefix)) == 1
     finally:
         parent.kill()  # SIGKILL: no cleanup code runs in the parent
         parent.wait()
-    deadline = time.monotonic() + 20  # the stub notices its server is gone within seconds
-    while _session_pids(server_pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    # tritonserver dies with it (PDEATHSIG); its watchdog kills the stubs and removes the
+    # shared memory they would leave behind.
+    deadline = time.monotonic() + 10
+    while (_session_pids(server_pid) or sv.regions(prefix)) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not _session_pids(server_pid)
+    assert sv.regions(prefix) == []
 
 
 class _Lines:
@@ -293,13 +301,15 @@ def test_cli_serves_and_exits_0_on_signal(tmp_path, stop_signal, command):
         np.testing.assert_array_equal(client.infer("echo", [tensor]).as_numpy("OUTPUT0"),
                                       [[3, -4]])
         client.close()
+        assert len(sv.regions(f"towhee_rt_{process.pid}_0_")) == 1
         process.send_signal(stop_signal)
         assert process.wait(30) == 0
-        assert "tritonserver stopped" in out.rest()
+        assert "tritonserver stopped (exit code 0)" in out.rest()
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+    assert sv.regions(f"towhee_rt_{process.pid}_0_") == []
     assert "failed to load" not in (tmp_path / "server.log").read_text()
     assert "RuntimeWarning" not in process.stderr.read()
 
@@ -358,7 +368,8 @@ def test_build_command_binds_host_and_uses_absolute_repository():
     for flag in ("--grpc-address=127.0.0.1", "--http-address=127.0.0.1",
                  "--metrics-address=127.0.0.1", "--grpc-port=1", "--http-port=2",
                  "--metrics-port=3", "--disable-auto-complete-config",
-                 "--model-control-mode=none", "--backend-directory=/b"):
+                 "--model-control-mode=explicit", "--load-model=*",
+                 "--backend-directory=/b"):
         assert flag in argv
     assert argv[-1] == "--id=x"
 

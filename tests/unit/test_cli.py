@@ -151,3 +151,32 @@ def test_serve_help_names_the_key_files_not_keys():
     result = _python(["-m", "towhee_rt", "serve", "--help"])
     assert "--api-key-file FILE" in result.stdout and "--admin-key-file FILE" in result.stdout
     assert "--api-key " not in result.stdout  # no way to put a key on the command line
+
+
+# ------------------------------------------------------------------------------ serving
+def test_stop_timeout_covers_tritonservers_exit_timeout():
+    from towhee_rt.triton.flags import EXIT_TIMEOUT_SECS
+
+    # tritonserver needs up to its exit timeout to finish requests and unload the models
+    # (4.3 s measured for resnet50 here); the CLI must not kill it before.
+    assert cli.STOP_TIMEOUT > EXIT_TIMEOUT_SECS >= 15
+
+
+def test_serve_logs_towhee_rt_messages_to_stderr_once(capsys):
+    import logging
+
+    logger = logging.getLogger("towhee_rt")
+    saved = logger.handlers[:], logger.level
+    logger.handlers = []
+    try:
+        cli._log_to_stderr()
+        cli._log_to_stderr()
+        assert len(logger.handlers) == 1
+        logger.warning("model echo: stub echo_0_0 (pid 1) killed by SIGKILL")
+        logger.debug("not shown")
+        err = capsys.readouterr().err
+    finally:
+        logger.handlers, _ = saved
+        logger.setLevel(saved[1])
+    assert "towhee_rt WARNING: model echo: stub echo_0_0 (pid 1) killed by SIGKILL" in err
+    assert "not shown" not in err

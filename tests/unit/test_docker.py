@@ -1,11 +1,13 @@
-"""build_docker_image: the build context, the Dockerfile, the entrypoint script, the base
-image's tag (releases with the 2025 security fixes), and the error without a Docker engine; the
-tritonserver flags shared by the entrypoint, ``docker run`` and the host launcher."""
+"""build_docker_image: the build context, the Dockerfile, the entrypoint and supervisor
+scripts, the base image's tag (releases with the 2025 security fixes), and the error without a
+Docker engine; the tritonserver flags shared by the entrypoint, ``docker run`` and the host
+launcher; the supervisor's pure helpers (tests/integration/test_recovery.py runs it for real)."""
 import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import textwrap
 
 import pytest
@@ -13,8 +15,10 @@ import pytest
 import towhee_rt as towhee
 from towhee_rt.errors import ConfigError, DockerError
 from towhee_rt.triton import docker
-from towhee_rt.triton.flags import (ADMIN_APIS, CONTAINER_REPOSITORY, INFERENCE_APIS,
-                                    container_command, restriction_flags, server_flags)
+from towhee_rt.triton import supervisor as sv
+from towhee_rt.triton.flags import (ADMIN_APIS, CONTAINER_REPOSITORY, EXIT_TIMEOUT_SECS,
+                                    INFERENCE_APIS, STOP_TIMEOUT_SECS, container_command,
+                                    restriction_flags, server_flags)
 from towhee_rt.triton.server import build_command, docker_command
 
 CVES = "CVE-2025-23310/23311/23319/23320/23334"
@@ -77,10 +81,16 @@ def test_build_context_holds_repository_dockerfile_entrypoint_and_pins(pipe, tmp
     assert "(chosen for CUDA 12.9)" in dockerfile
     assert "COPY models /workspace/models" in dockerfile
     assert f"COPY {docker.ENTRYPOINT_NAME} {docker.ENTRYPOINT_PATH}" in dockerfile
+    assert f"COPY {docker.SUPERVISOR_NAME} {docker.SUPERVISOR_PATH}" in dockerfile
+    assert f"--stop-timeout {STOP_TIMEOUT_SECS}" in dockerfile
     assert _dockerfile_cmd(dockerfile) == ["/bin/bash", docker.ENTRYPOINT_PATH]
     script = context / docker.ENTRYPOINT_NAME
     assert script.read_text() == docker.render_entrypoint("image_embedding")
     assert os.access(script, os.X_OK)
+    # One supervisor: the module itself, copied as it is (it needs the standard library only).
+    supervisor = context / docker.SUPERVISOR_NAME
+    assert supervisor.read_bytes() == open(sv.__file__, "rb").read()
+    assert os.path.dirname(docker.SUPERVISOR_PATH) == os.path.dirname(docker.ENTRYPOINT_PATH)
     assert (context / "models" / "image_embedding" / "config.pbtxt").is_file()
     pins = (context / "requirements.txt").read_text().split()
     assert any(p.startswith("torch==2.14.1") for p in pins)
@@ -127,9 +137,11 @@ def test_container_command_is_server_flags_on_all_interfaces():
     for flag in ("--model-repository=/workspace/models", "--grpc-address=0.0.0.0",
                  "--http-address=0.0.0.0", "--metrics-address=0.0.0.0",
                  "--disable-auto-complete-config", "--strict-readiness=true",
-                 "--exit-timeout-secs=5",
+                 "--model-control-mode=explicit", "--load-model=*",
+                 f"--exit-timeout-secs={EXIT_TIMEOUT_SECS}",
                  "--backend-config=python,shm-default-byte-size=16777216"):
         assert flag in cmd
+    assert EXIT_TIMEOUT_SECS >= 15 and STOP_TIMEOUT_SECS > EXIT_TIMEOUT_SECS
 
 
 def test_host_and_docker_commands_use_the_same_flags():
@@ -151,6 +163,10 @@ def test_host_and_docker_commands_use_the_same_flags():
         return [arg.split("=", 1)[0] for arg in argv if arg.startswith("--")]
 
     assert names(host[1:-2]) == names(run[image_at + 2:]) == names(container_command(**keys)[1:])
+    # The host launcher names its shared-memory regions; containers have their own /dev/shm.
+    named = build_command("/bin/tritonserver", "repo", shm_region_prefix="towhee_rt_1_0_",
+                          **ports, **keys)
+    assert named[-1] == "--backend-config=python,shm-region-prefix-name=towhee_rt_1_0_"
 
 
 def test_server_flags_take_address_ports_and_levels():
@@ -206,10 +222,12 @@ _FAKE_TRITONSERVER = textwrap.dedent("""\
 
 @pytest.fixture(scope="module")
 def entrypoint(tmp_path_factory):
-    """The rendered script and a PATH whose tritonserver prints its arguments."""
+    """The rendered script with the supervisor beside it, and a PATH whose tritonserver prints
+    its arguments."""
     root = tmp_path_factory.mktemp("entrypoint")
     script = root / docker.ENTRYPOINT_NAME
     script.write_text(docker.render_entrypoint("pipeline"))
+    docker.write_supervisor(root)
     fake = root / "bin" / "tritonserver"
     fake.parent.mkdir()
     fake.write_text(_FAKE_TRITONSERVER)
@@ -218,6 +236,8 @@ def entrypoint(tmp_path_factory):
 
 
 def _run_entrypoint(entrypoint, env, *args):
+    """Run the script; tritonserver's argv without the supervisor's region-prefix flag (the
+    last one, checked here), and the TOWHEE_RT_ variables tritonserver was given."""
     script, path = entrypoint
     clean = {k: v for k, v in os.environ.items() if not k.startswith("TOWHEE_RT_")}
     result = subprocess.run([BASH, str(script), *args], env={**clean, "PATH": path, **env},
@@ -225,6 +245,11 @@ def _run_entrypoint(entrypoint, env, *args):
     lines = result.stdout.splitlines()
     argv = [line for line in lines if not line.startswith("ENV:")]
     left = [line for line in lines if line.startswith("ENV:")]
+    if argv:
+        assert argv[0] == "tritonserver"
+        assert argv[-1].startswith(sv.SHM_PREFIX_FLAG + "towhee_rt_"), argv
+        assert "tritonserver exited (code 0)" in result.stderr, result.stderr
+        argv = argv[:-1]
     return result, argv, left
 
 
@@ -238,6 +263,7 @@ def test_entrypoint_is_valid_bash_and_holds_the_server_flags(entrypoint):
         assert flag in text  # every flag except the key-bearing ones, verbatim
     assert text.count('towhee-admin-key="$admin_key"') == 4  # http + grpc, in both branches
     assert text.count('towhee-api-key="$api_key"') == 2
+    assert f'exec python3 "$supervisor" run -- "$@"' in text
     assert "@@" not in text
 
 
@@ -282,3 +308,75 @@ def test_entrypoint_refuses_bad_keys_without_starting(entrypoint, env, message):
     result, argv, _ = _run_entrypoint(entrypoint, env)
     assert result.returncode == 64 and message in result.stderr
     assert argv == []
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_entrypoint_without_the_supervisor_runs_tritonserver_and_says_so(tmp_path):
+    script = tmp_path / docker.ENTRYPOINT_NAME
+    script.write_text(docker.render_entrypoint("pipeline"))
+    fake = tmp_path / "bin" / "tritonserver"
+    fake.parent.mkdir()
+    fake.write_text(_FAKE_TRITONSERVER)
+    fake.chmod(0o755)
+    path = f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    result = subprocess.run([BASH, str(script)], env={"PATH": path, "TOWHEE_RT_ADMIN_KEY": "a"},
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert "tritonserver runs unsupervised" in result.stderr
+    argv = [line for line in result.stdout.splitlines() if not line.startswith("ENV:")]
+    assert argv == container_command(admin_key="a")
+
+
+def test_supervisor_script_needs_only_the_standard_library(tmp_path):
+    script = docker.write_supervisor(tmp_path)
+    result = subprocess.run([sys.executable, "-I", "-S", str(script), "--help"],
+                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "run" in result.stdout and "watchdog" in result.stdout
+
+
+# ------------------------------------------------------------------ supervisor helpers
+def test_parse_stub_reads_model_instance_and_region_from_the_stub_argv():
+    argv = ["/x/backends/python/triton_python_backend_stub", "/r/pipeline_1_timm/1/model.py",
+            "towhee_rt_7_0_9f3e", "16777216", "16777216", "4242", "/x/backends/python", "336",
+            "pipeline_1_timm_0_1", "DEFAULT"]
+    assert sv.parse_stub(99, argv) == sv.Stub(99, "pipeline_1_timm", "pipeline_1_timm_0_1",
+                                              "towhee_rt_7_0_9f3e")
+    assert sv.parse_stub(99, ["/usr/bin/python3", "x.py", "y"]) is None
+    assert sv.parse_stub(99, []) is None  # a zombie's cmdline
+
+
+@pytest.mark.parametrize("status, text", [(9, "killed by SIGKILL"), (3 << 8, "exited with code 3"),
+                                          (None, "exited")])
+def test_describe_exit(status, text):
+    stat = sv.ProcStat(1, "stub", "Z", 1, 1, 1, status)
+    assert sv.describe_exit(stat) == text
+
+
+def test_admin_endpoint_takes_port_and_keys_from_the_tritonserver_argv():
+    argv = container_command(api_key="api", admin_key="adm")
+    url, headers = sv.admin_endpoint(argv)
+    assert url == "127.0.0.1:8000"
+    assert headers == {"towhee-admin-key": "adm", "towhee-api-key": "api"}
+    url, headers = sv.admin_endpoint(server_flags("/m", host="10.1.2.3", http_port=9000,
+                                                  admin_key="adm"))
+    assert url == "10.1.2.3:9000" and headers == {"towhee-admin-key": "adm"}
+
+
+def test_shm_prefix_names_the_owner_and_counts():
+    first, second = sv.shm_prefix(), sv.shm_prefix()
+    assert first.startswith(f"towhee_rt_{os.getpid()}_") and first.endswith("_")
+    assert first != second
+    assert sv.shm_prefix(1, 0) == "towhee_rt_1_0_"
+    with pytest.raises(ValueError):
+        sv.remove_regions("")
+
+
+def test_only_pinned_left_reads_a_stopping_server_log():
+    log = ('Signal (15) received.\n"Waiting for in-flight requests to complete."\n'
+           '"All models are stopped, unloading models"\n'
+           '"Timeout 15: Found 3 live models and 0 in-flight non-inference requests"\n')
+    assert not sv.only_pinned_left(log, 1)
+    later = log + '"Timeout 14: Found 1 live models and 0 in-flight non-inference requests"\n'
+    assert sv.only_pinned_left(later, 1) and not sv.only_pinned_left(later, 0)
+    assert not sv.only_pinned_left('"Timeout 3: Found 1 live models"', 1)  # still draining

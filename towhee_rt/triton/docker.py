@@ -11,7 +11,10 @@ release explicitly, with a logged warning when it predates the fixes.
 The image's ``CMD`` is an entrypoint script holding
 :func:`~towhee_rt.triton.flags.container_command` rendered at build time, with placeholders for
 the keys it reads from the environment at start (``TOWHEE_RT_API_KEY``/``TOWHEE_RT_ADMIN_KEY``
-or their ``_FILE`` variants): no key is baked into the image.
+or their ``_FILE`` variants): no key is baked into the image. The script runs tritonserver
+under :mod:`towhee_rt.triton.supervisor` (copied into the image as it is: it needs only the
+standard library), which reloads a model whose stub dies or hangs, forwards SIGTERM, and leaves
+no stub or shared-memory region behind.
 """
 from __future__ import annotations
 
@@ -28,9 +31,10 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, DockerError
+from . import supervisor
 from .flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
-                    DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, GRPC_HEADER_PREFIX,
-                    container_command)
+                    DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, EXIT_TIMEOUT_SECS,
+                    GRPC_HEADER_PREFIX, STOP_TIMEOUT_SECS, container_command)
 from .repository import TEMPLATES_DIR, build_model_repo
 
 log = logging.getLogger("towhee_rt")
@@ -55,6 +59,9 @@ DEFAULT_TRITON_TAG = CUDA_TO_TRITON_TAG[DEFAULT_CUDA][0]
 #: The image's entrypoint script, in the build context and in the image.
 ENTRYPOINT_NAME = "towhee_rt_entrypoint.sh"
 ENTRYPOINT_PATH = f"/workspace/{ENTRYPOINT_NAME}"
+#: The supervisor script (towhee_rt/triton/supervisor.py), beside the entrypoint.
+SUPERVISOR_NAME = "towhee_rt_supervisor.py"
+SUPERVISOR_PATH = f"/workspace/{SUPERVISOR_NAME}"
 #: What the rendered flags hold in place of the keys; the script substitutes its variables.
 _KEY_PLACEHOLDERS = {"@@TOWHEE_RT_API_KEY@@": '"$api_key"',
                      "@@TOWHEE_RT_ADMIN_KEY@@": '"$admin_key"'}
@@ -146,6 +153,8 @@ def render_dockerfile(tag: str, cuda: Optional[str], model_name: str) -> str:
     chosen = f"chosen for CUDA {cuda}" if cuda else "given as triton_tag"
     return template.substitute(tag=tag, chosen=chosen, model_name=model_name,
                                entrypoint=ENTRYPOINT_NAME, entrypoint_path=ENTRYPOINT_PATH,
+                               supervisor=SUPERVISOR_NAME, supervisor_path=SUPERVISOR_PATH,
+                               stop_timeout=STOP_TIMEOUT_SECS,
                                command=json.dumps(["/bin/bash", ENTRYPOINT_PATH]),
                                ports=f"{DEFAULT_HTTP_PORT} {DEFAULT_GRPC_PORT} "
                                      f"{DEFAULT_METRICS_PORT}")
@@ -154,13 +163,16 @@ def render_dockerfile(tag: str, cuda: Optional[str], model_name: str) -> str:
 def render_entrypoint(model_name: str = "pipeline") -> str:
     """The image's entrypoint script (bash): reads the keys from the environment and execs
     :func:`~towhee_rt.triton.flags.container_command`, rendered here with placeholders for
-    the keys (so every flag comes from :func:`~towhee_rt.triton.flags.server_flags`)."""
+    the keys (so every flag comes from :func:`~towhee_rt.triton.flags.server_flags`), under the
+    supervisor script found beside it (:data:`SUPERVISOR_NAME`)."""
     api, admin = _KEY_PLACEHOLDERS
     text = (TEMPLATES_DIR / "entrypoint.sh.template").read_text()
     fills = {
         "@@MODEL_NAME@@": model_name, "@@API_HEADER@@": API_KEY_HEADER,
         "@@ADMIN_HEADER@@": ADMIN_KEY_HEADER, "@@GRPC_PREFIX@@": GRPC_HEADER_PREFIX,
         "@@ADMIN_APIS@@": ", ".join(ADMIN_APIS),
+        "@@SUPERVISOR@@": SUPERVISOR_NAME, "@@EXIT_TIMEOUT@@": str(EXIT_TIMEOUT_SECS),
+        "@@STOP_TIMEOUT@@": str(STOP_TIMEOUT_SECS),
         "@@COMMAND_WITH_API_KEY@@": _shell_lines(container_command(api_key=api,
                                                                    admin_key=admin)),
         "@@COMMAND@@": _shell_lines(container_command(admin_key=admin)),
@@ -186,10 +198,20 @@ def docker_build_command(context: Path, image_name: str) -> List[str]:
     return ["docker", "build", "-t", image_name, str(context)]
 
 
+def write_supervisor(directory: Path) -> Path:
+    """Copy the supervisor script (:mod:`towhee_rt.triton.supervisor`, standard library only)
+    into ``directory`` as :data:`SUPERVISOR_NAME`; return its path."""
+    target = Path(directory) / SUPERVISOR_NAME
+    shutil.copyfile(supervisor.__file__, target)
+    target.chmod(0o755)
+    return target
+
+
 def write_build_context(pipe, context: Path, cuda: Optional[str] = None,
                         model_name: str = "pipeline", triton_tag: Optional[str] = None) -> Path:
-    """Write ``models/`` (the repository), ``requirements.txt``, the entrypoint script and
-    ``Dockerfile`` into ``context``; the base image as in :func:`resolve_triton_tag`."""
+    """Write ``models/`` (the repository), ``requirements.txt``, the entrypoint and supervisor
+    scripts and ``Dockerfile`` into ``context``; the base image as in
+    :func:`resolve_triton_tag`."""
     tag = resolve_triton_tag(cuda, triton_tag)
     context.mkdir(parents=True, exist_ok=True)
     if (context / "models").exists():
@@ -199,6 +221,7 @@ def write_build_context(pipe, context: Path, cuda: Optional[str] = None,
     entrypoint = context / ENTRYPOINT_NAME
     entrypoint.write_text(render_entrypoint(model_name))
     entrypoint.chmod(0o755)
+    write_supervisor(context)
     shown_cuda = None if triton_tag else (cuda or DEFAULT_CUDA)
     (context / "Dockerfile").write_text(render_dockerfile(tag, shown_cuda, model_name))
     return context

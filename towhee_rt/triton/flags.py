@@ -27,9 +27,13 @@ from ..errors import ConfigError
 #: default makes every large image grow the pool in many small steps.
 PYTHON_SHM_DEFAULT_BYTES = 16 * 1024 * 1024
 PYTHON_SHM_GROWTH_BYTES = 16 * 1024 * 1024
-#: tritonserver's own grace period for in-flight requests and open client connections (an
-#: idle keep-alive client delays every graceful stop by this much); below stop()'s timeout.
-EXIT_TIMEOUT_SECS = 5
+#: tritonserver's grace period after SIGTERM, shared by three waits in this order: open HTTP
+#: connections (an idle keep-alive client uses it all up), in-flight inferences, then unloading
+#: the models. Unloading the timm resnet50 pipeline (2 instances) takes 4.3 s on 2 cores, so 5 s
+#: raced it; 15 s leaves room for a loaded machine and larger models.
+EXIT_TIMEOUT_SECS = 15
+#: How long a graceful stop waits for tritonserver before it kills it (and its stubs).
+STOP_TIMEOUT_SECS = EXIT_TIMEOUT_SECS + 10
 #: Where container images hold the model repository.
 CONTAINER_REPOSITORY = "/workspace/models"
 #: Triton's standard ports, used inside containers and as the host defaults.
@@ -83,7 +87,10 @@ def server_flags(model_repository: str, *, host: str = "127.0.0.1",
         # Our configs are complete; auto-complete would launch one extra Python stub per model
         # at load just to ask model.py for a config (1.4 s per model on this machine).
         "--disable-auto-complete-config",
-        "--model-control-mode=none", "--strict-readiness=true", "--exit-on-error=true",
+        # Explicit control, all models loaded at start: a model whose stub dies can be
+        # reloaded through the (admin-only) repository API; not ready while it is unloaded.
+        "--model-control-mode=explicit", "--load-model=*",
+        "--strict-readiness=true", "--exit-on-error=true",
         f"--exit-timeout-secs={EXIT_TIMEOUT_SECS}", f"--log-verbose={int(log_verbose)}",
         *(f"--backend-config={item}" for item in shm),
         *restriction_flags(api_key=api_key, admin_key=admin_key),

@@ -9,7 +9,14 @@ with the generated Dockerfile. The admin APIs (shared memory, model repository, 
 trace, logging) need an admin key, random per start unless given; inference needs ``api_key``
 when one is given. The child dies with the parent (``PR_SET_PDEATHSIG``: with the
 *thread* that started it, so start servers from a long-lived thread), runs in its own session
-so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote. Example::
+so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote.
+
+A host server is supervised (:mod:`towhee_rt.triton.supervisor`): a model whose Python stub
+dies or hangs is reloaded, readiness is false meanwhile, and :attr:`TritonServer.events` says
+what happened. Nothing is left behind: its stubs are killed and its shared-memory regions
+(named ``towhee_rt_<pid>_<n>_...``) removed when it stops, when tritonserver crashes, and, by a
+small watchdog process, when the process that started it is killed; a start removes the
+regions that dead processes left. Example::
 
     with TritonServer("repo/") as server:   # free loopback ports
         print(server.grpc_url, server.model_states())
@@ -34,12 +41,14 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
 
 from ..errors import ServerError
+from . import supervisor as supervision
 from .embedded import find_tritonserver
 from .flags import (CONTAINER_REPOSITORY, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT,
-                    DEFAULT_METRICS_PORT, check_key, key_headers, server_flags)
+                    DEFAULT_METRICS_PORT, STOP_TIMEOUT_SECS, check_key, key_headers,
+                    server_flags)
 # Defined here before flags.py existed; still importable from this module.
 from .flags import (EXIT_TIMEOUT_SECS, PYTHON_SHM_DEFAULT_BYTES,  # noqa: F401
                     PYTHON_SHM_GROWTH_BYTES)
@@ -112,14 +121,18 @@ def build_command(binary: PathLike, model_repository: PathLike, *, host: str = "
                   metrics_port: int = DEFAULT_METRICS_PORT,
                   backend_directory: Optional[PathLike] = None, log_verbose: int = 0,
                   gpu_metrics: bool = True, extra_args: Sequence[str] = (),
-                  api_key: Optional[str] = None, admin_key: Optional[str] = None) -> List[str]:
+                  api_key: Optional[str] = None, admin_key: Optional[str] = None,
+                  shm_region_prefix: Optional[str] = None) -> List[str]:
     """The argv that runs ``binary`` on ``model_repository`` (made absolute: the Python
     backend puts model directories on ``sys.path`` as given). Starts nothing; ``api_key`` and
-    ``admin_key`` as in :func:`towhee_rt.triton.flags.restriction_flags`."""
+    ``admin_key`` as in :func:`towhee_rt.triton.flags.restriction_flags`;
+    ``shm_region_prefix`` names the Python backend's shared-memory regions."""
     argv = [str(binary)] + server_flags(
         os.path.abspath(model_repository), host=host, grpc_port=grpc_port,
         http_port=http_port, metrics_port=metrics_port, log_verbose=log_verbose,
         gpu_metrics=gpu_metrics, api_key=api_key, admin_key=admin_key)
+    if shm_region_prefix:
+        argv.append(supervision.shm_prefix_flag(shm_region_prefix))
     if backend_directory is not None:
         argv.append(f"--backend-directory={backend_directory}")
     return argv + list(extra_args)
@@ -209,6 +222,9 @@ class TritonServer:
     ``api_key``: inference (and model configs) require it in the ``towhee-api-key`` header
     (``Client(api_key=...)`` sends it). ``admin_key``: the admin APIs' key; without one each
     :meth:`start` draws a random key that only this object knows (:attr:`admin_key`).
+    ``supervise`` (default on; host servers only): reload a model whose stub dies or hangs
+    (:class:`~towhee_rt.triton.supervisor.Supervisor`); ``on_event`` is called with each of
+    its events (from its thread), which :attr:`events` also lists.
     """
 
     def __init__(self, model_repository: Optional[PathLike], *, host: str = "127.0.0.1",
@@ -218,7 +234,8 @@ class TritonServer:
                  log_verbose: int = 0, ready_timeout: float = 120.0,
                  extra_args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
                  shm_size: str = "1g", api_key: Optional[str] = None,
-                 admin_key: Optional[str] = None):
+                 admin_key: Optional[str] = None, supervise: bool = True,
+                 on_event: Optional[Callable[[dict], None]] = None):
         if model_repository is None and docker_image is None:
             raise ServerError("no model repository given; build one with "
                               "towhee_rt.build_model_repo(pipe, 'repo/') and pass its path")
@@ -242,6 +259,13 @@ class TritonServer:
         self._container: Optional[str] = None
         self.command: List[str] = []  # the argv of the last start()
         self._stopped = False
+        self.supervise = supervise
+        self.on_event = on_event
+        #: The Python backend's region prefix of the last start() (host servers).
+        self.shm_prefix: Optional[str] = None
+        self._supervisor: Optional[supervision.Supervisor] = None
+        self._watchdog: Optional[subprocess.Popen] = None
+        self._watchdog_pipe: Optional[int] = None
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -287,10 +311,12 @@ class TritonServer:
         binary, backend_dir, env = find_tritonserver(self.tritonserver)
         # Only the wheel's embedded server comes with its own backend directory.
         self._warn_exposure(embedded=self.tritonserver is None and backend_dir is not None)
+        self.shm_prefix = supervision.shm_prefix()
         argv = build_command(binary, self.model_repository, host=self.host,
                              backend_directory=backend_dir, log_verbose=self.log_verbose,
                              gpu_metrics=os.path.exists("/dev/nvidiactl"),
-                             extra_args=self.extra_args, **ports, **keys)
+                             extra_args=self.extra_args, shm_region_prefix=self.shm_prefix,
+                             **ports, **keys)
         return argv, {**env, **self.env}
 
     def _warn_exposure(self, embedded: bool) -> None:
@@ -340,18 +366,53 @@ class TritonServer:
         self._check_repository()
         self.ports = _resolve_ports(self.host, self._requested)
         self.admin_key = self._fixed_admin_key or secrets.token_urlsafe(32)
+        self.shm_prefix = None
         argv, env = self._prepare()
         if self.log_file is None:
             fd, name = tempfile.mkstemp(prefix="towhee_rt-tritonserver-", suffix=".log")
             os.close(fd)
             self.log_file = Path(name)
+        if self.shm_prefix:
+            count, nbytes = supervision.remove_stale_regions()
+            if count:
+                log.info("removed %d shared-memory region(s) (%.0f MiB) left by towhee_rt "
+                         "processes that are gone", count, nbytes / 2**20)
         self.command = argv
         self._stopped = False
-        with open(self.log_file, "wb") as log:
+        open(self.log_file, "wb").close()
+        with open(self.log_file, "ab") as log_out:  # append: the watchdog may write too
             self._process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
-                start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+                argv, stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
+                env=env, start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
+        self._start_watchdog()
+        if self.supervise and self.shm_prefix:
+            admin = supervision.TritonAdmin(self.http_url, key_headers(
+                "http", api_key=self.api_key, admin_key=self.admin_key))
+            self._supervisor = supervision.Supervisor(
+                self._process.pid, admin, shm_prefix=self.shm_prefix, on_event=self.on_event,
+                load_timeout=self.ready_timeout).start()
         return self
+
+    def _start_watchdog(self) -> None:
+        """A small process that cleans up after us if this process dies without stop()."""
+        read_end, self._watchdog_pipe = os.pipe()  # not inherited by tritonserver (PEP 446)
+        argv = [sys.executable, "-I", "-S", supervision.__file__, "watchdog",
+                "--group", str(self._process.pid)]
+        if self.shm_prefix:
+            argv += ["--shm-prefix", self.shm_prefix]
+        if self._container:
+            argv += ["--container", self._container]
+        try:
+            with open(self.log_file, "ab") as log_out:
+                self._watchdog = subprocess.Popen(argv, stdin=read_end, stdout=log_out,
+                                                  stderr=log_out, start_new_session=True)
+        except OSError as exc:
+            log.warning("no watchdog (%s): if this process is killed, tritonserver's stubs and "
+                        "shared memory may be left behind until the next start", exc)
+            os.close(self._watchdog_pipe)
+            self._watchdog_pipe = None
+        finally:
+            os.close(read_end)
 
     def wait_ready(self, timeout: Optional[float] = None) -> "TritonServer":
         """Block until the server and every model in its repository are ready.
@@ -393,41 +454,96 @@ class TritonServer:
         """Whether the process is running."""
         return self._process is not None and self._process.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> Optional[int]:
-        """Stop gracefully (SIGTERM), then SIGKILL the whole process group after ``timeout``
-        seconds; return the exit code (``None`` if never started). Safe to call twice."""
+    @property
+    def events(self) -> List[dict]:
+        """What the supervisor saw and did, oldest first (see
+        :attr:`towhee_rt.triton.supervisor.Supervisor.events`); empty when unsupervised."""
+        return self._supervisor.events if self._supervisor else []
+
+    @property
+    def supervised(self) -> bool:
+        """Whether a supervisor watches this server's stubs (host servers with ``supervise``)."""
+        return self._supervisor is not None
+
+    @property
+    def given_up_models(self) -> Set[str]:
+        """Models the supervisor left unloaded because they kept dying."""
+        return set(self._supervisor.given_up) if self._supervisor else set()
+
+    def stop(self, timeout: float = STOP_TIMEOUT_SECS) -> Optional[int]:
+        """Stop gracefully (SIGTERM: tritonserver lets in-flight requests finish and unloads
+        the models within its exit timeout), then SIGKILL the whole process group after
+        ``timeout`` seconds; remove the server's shared-memory regions; return the exit code
+        (``None`` if never started). Safe to call twice."""
         process = self._process
         if process is None or self._stopped:
             return process.returncode if process else None
+        pinned = 0
+        if self._supervisor is not None:
+            self._supervisor.stop()
+            pinned = self._supervisor.pinned_versions()
         if process.poll() is None:
+            log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
             process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._kill_group()  # stubs left behind by a crash or a forced stop
-        self._stopped = True
+            self._wait_stopped(timeout, pinned, log_offset)
+        self._cleanup()
         return process.returncode
+
+    def _wait_stopped(self, timeout: float, pinned: int, log_offset: int) -> None:
+        """Wait for tritonserver to exit after SIGTERM; with ``pinned`` model versions that
+        Triton never unloads, only until every other model is unloaded (it would otherwise
+        spend its whole exit timeout waiting for them)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                self._process.wait(0.2)
+                return
+            except subprocess.TimeoutExpired:
+                pass
+            if pinned and supervision.only_pinned_left(self._log_since(log_offset), pinned):
+                log.info("tritonserver has unloaded every model but %d version(s) that cannot "
+                         "unload (a request reached a dead stub); not waiting for them",
+                         pinned)
+                return
+        log.warning("tritonserver did not stop within %.0f s; killing it", timeout)
+
+    def _log_since(self, offset: int) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def kill(self) -> None:
         """SIGKILL tritonserver and its Python stubs (or the container) now."""
         if self._process is not None and not self._stopped:
-            self._kill_group()
-            self._process.wait()
+            if self._supervisor is not None:
+                self._supervisor.stop()
+            self._cleanup()
 
-    def _kill_group(self) -> None:
-        try:  # start_new_session: the group id is the server's pid
-            os.killpg(self._process.pid, signal.SIGKILL)
-            deadline = time.monotonic() + 5.0
-            while time.monotonic() < deadline:  # until the killed stubs are really gone
-                os.killpg(self._process.pid, 0)
-                time.sleep(0.05)
-        except (ProcessLookupError, PermissionError):
-            pass
+    def _cleanup(self) -> None:
+        """Kill what is left of the server, remove its regions, let the watchdog go."""
+        supervision.kill_group(self._process.pid)  # start_new_session: group id == pid
+        self._process.wait()
+        supervision.kill_group(self._process.pid)  # stubs that outlived their server
         if self._container:  # killing `docker run` leaves its container running
             subprocess.run(["docker", "rm", "-f", self._container], capture_output=True,
                            timeout=60, check=False)
             self._container = None
+        if self.shm_prefix:
+            supervision.remove_regions(self.shm_prefix)
+        if self._watchdog_pipe is not None:
+            os.close(self._watchdog_pipe)  # the watchdog finds nothing left and exits
+            self._watchdog_pipe = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait()
+            self._watchdog = None
+        self._stopped = True
 
     def __enter__(self) -> "TritonServer":
         if not self.is_alive():
@@ -465,8 +581,13 @@ class TritonServer:
         return {entry["name"]: entry.get("state", "UNKNOWN") for entry in json.loads(body)}
 
     def models_ready(self) -> bool:
-        """Whether the server is ready and every model in its repository answers ready."""
-        if not self.is_alive() or self._http("GET", "/v2/health/ready")[0] != 200:
+        """Whether the server is ready, every model in its repository answers ready, and the
+        supervisor has no dead stub, recovery under way or model given up."""
+        if not self.is_alive():
+            return False
+        if self._supervisor is not None and not self._supervisor.healthy():
+            return False
+        if self._http("GET", "/v2/health/ready")[0] != 200:
             return False
         names = list(self.model_states())
         return bool(names) and all(
@@ -495,7 +616,9 @@ def serve(model_repository: Optional[PathLike], *, grpc_port: Optional[int] = DE
     ``env``...). With ``api_key``, inference requires that key
     (``dc(...).remote(..., api_key=...)``, ``Client(..., api_key=...)``); the admin APIs always
     require an admin key (random per start unless ``admin_key`` is given). The result is a
-    context manager that stops the server; otherwise call ``server.stop()``. Raises
+    context manager that stops the server; otherwise call ``server.stop()``. While it runs, a
+    model whose stub dies or hangs is reloaded (``supervise=False`` turns that off;
+    ``server.events`` lists what happened, ``on_event=`` is told as it happens). Raises
     :class:`~towhee_rt.errors.ServerError` (with the log tail and failing models) on failure,
     after stopping what was started. Example::
 
