@@ -75,6 +75,9 @@ _RESTRICTED = re.compile(r"is restricted, expecting header '([^']+)'")
 #: Triton's words when a model's queue policy turns a request away (gRPC UNAVAILABLE, HTTP 503).
 _QUEUE_FULL = "Exceeds maximum queue size"
 _QUEUE_TIMEOUT = "Request timeout expired"
+#: A model being reloaded by the server's supervisor: its stub died ("not healthy"), or no
+#: version is loaded for a moment. Sent again, the request reaches the reloaded model.
+_RECOVERING = re.compile(r"Stub process '[^']*' is not healthy|has no available versions")
 #: OS errors that mean the connection could not be made or was lost.
 _CONNECTION_ERRNOS = frozenset({errno.ECONNREFUSED, errno.ECONNRESET, errno.ECONNABORTED,
                                 errno.EPIPE, errno.EHOSTUNREACH, errno.ENETUNREACH,
@@ -98,7 +101,8 @@ def classify_error(exc: BaseException) -> str:
     waited past its queue timeout (gRPC UNAVAILABLE / HTTP 503 with Triton's words).
     :data:`TIMEOUT`: no answer within the client's deadline (gRPC DEADLINE_EXCEEDED, a socket
     timeout over HTTP). :data:`UNAVAILABLE`: the server cannot be reached or the connection was
-    lost (any other gRPC UNAVAILABLE or HTTP 503, refused/reset/closed connections).
+    lost (any other gRPC UNAVAILABLE or HTTP 503, refused/reset/closed connections), or the
+    model is being reloaded after its stub died.
     :data:`OTHER`: anything else, e.g. the items' own failures or an invalid request.
     """
     text = _error_text(exc)
@@ -109,7 +113,8 @@ def classify_error(exc: BaseException) -> str:
         return BUSY
     if status == "StatusCode.DEADLINE_EXCEEDED" or isinstance(exc, TimeoutError):
         return TIMEOUT
-    if status in ("StatusCode.UNAVAILABLE", "503") or _is_connection_error(exc):
+    if status in ("StatusCode.UNAVAILABLE", "503") or _is_connection_error(exc) \
+            or _RECOVERING.search(text):
         return UNAVAILABLE
     return OTHER
 

@@ -102,7 +102,9 @@ def test_only_unreachable_and_busy_servers_are_retried_and_busy_ones_once():
      OTHER),
     (_grpc("NOT_FOUND", "Request for unknown model: 'nope' is not found"), OTHER),
     (_http(400, "inference request batch-size must be <= 4 for 'pipeline'"), OTHER),
-    (_grpc("INTERNAL", "Stub process 'x' is not healthy."), OTHER),
+    # A model the supervisor is reloading: sent again, it reaches the reloaded model.
+    (_grpc("INTERNAL", "Stub process 'x' is not healthy."), UNAVAILABLE),
+    (_http(404, "Request for unknown model: 'pipeline' has no available versions"), UNAVAILABLE),
     (ValueError("something else"), OTHER),
 ])
 def test_failures_are_classified_by_what_they_mean(exc, kind):
