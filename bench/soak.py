@@ -113,7 +113,7 @@ def _sample(server_pid: int) -> Dict[str, float]:
             continue
     shm = 0
     for name in os.listdir("/dev/shm"):
-        if "towhee_rt" in name or name.startswith("triton_python_backend_shm_region"):
+        if name.startswith("towhee_rt_"):  # the regions of servers towhee_rt started
             try:
                 shm += os.path.getsize(os.path.join("/dev/shm", name))
             except OSError:
@@ -152,7 +152,7 @@ def run(minutes: float, clients: int, kill_at: float, burst_at: float, burst_s: 
         repo = towhee.build_model_repo(pipe, Path(tmp) / "repo")
         with towhee.serve(repo.path, grpc_port=0, http_port=0, metrics_port=0,
                           log_file=Path(tmp) / "tritonserver.log") as server:
-            start = time.monotonic()
+            start, start_epoch = time.monotonic(), time.time()
             ledger, samples, events = Ledger(start), [], []
             stop_at = start + duration
             threads = [threading.Thread(target=_client_loop, args=(
@@ -180,8 +180,8 @@ def run(minutes: float, clients: int, kill_at: float, burst_at: float, burst_s: 
                 time.sleep(SAMPLE_S)
             for thread in threads:
                 thread.join(60)
-            events += [{"t": e.get("t", 0.0), "event": f"supervisor: {e}"}
-                       for e in getattr(server, "events", [])]
+            events += [{"t": e["time"] - start_epoch, "event": f"{e['event']}: {e['message']}"}
+                       for e in getattr(server, "events", []) if e["time"] >= start_epoch]
     return {"rows": ledger.rows, "samples": samples, "events": events}
 
 
