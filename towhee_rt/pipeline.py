@@ -167,7 +167,7 @@ class Pipeline:
         from (``source``: ``'hf-hub'`` with ``repo_id`` and ``revision``, the commit; or
         ``'package'``, ``'local-dir'``, ``'checkpoint'``, ``'random'``), the ``file`` a
         repository ships with its ``sha256``, the ``format`` and the ``preprocess`` config. The
-        same entry is in each model's ``config.pbtxt`` (``towhee_lock``) and the repository's
+        same entry is in each model's ``config.pbtxt`` (``towhee_params``' ``lock``) and the repository's
         README.
 
         >>> pipe.model_card()['1:image_embedding.timm']['revision']   # doctest: +SKIP

@@ -74,10 +74,10 @@ def test_the_repository_carries_weights_and_lock(pretrained_build, case):
     model_dir = _model_dir(repo, case)
     config = tc.parse_pbtxt((model_dir / "config.pbtxt").read_text())
     parameters = tc.read_parameters(config)
-    lock = json.loads(parameters[tc.PARAM_LOCK])
-    assert lock == pretrained_build["cases"][case]["lock"]  # == pipe.model_card()
     params = json.loads(parameters[tc.PARAM_PARAMS])
-    assert params["lock"] == lock and params.get("pretrained", False) is False
+    lock = params["lock"]  # the one copy: the served operator reads its preprocessing from it
+    assert lock == pretrained_build["cases"][case]["lock"]  # == pipe.model_card()
+    assert params.get("pretrained", False) is False
     shipped = model_dir / "1" / lock["file"]
     assert _sha256(shipped) == lock["sha256"]
     if lock["format"] == "torch":

@@ -28,10 +28,6 @@ PARAM_MAX_REQUEST_BYTES = "towhee_max_request_bytes"
 PARAM_MAX_ITEM_BYTES = "towhee_max_item_bytes"
 #: The ensemble's input kind for clients: the first operator's input name ("image", "text").
 PARAM_INPUT_KIND = "towhee_input_kind"
-#: A model operator's lock (JSON): where its weights came from (hub repo and commit), the
-#: sha256 of its shipped weights file, its preprocessing config. For people and tools: the
-#: operator itself reads the same entry from its params (``towhee_params``' ``lock``).
-PARAM_LOCK = "towhee_lock"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,9 +175,6 @@ def _set_parameters(config: pb.ModelConfig, model: OperatorModel) -> None:
         "yes" if model.config.dynamic_batching else "no"
     if model.format:
         config.parameters[PARAM_FORMAT].string_value = model.format
-    if model.params.get("lock"):
-        config.parameters[PARAM_LOCK].string_value = json.dumps(model.params["lock"],
-                                                                sort_keys=True)
     if model.limits:
         _set_limits(config, model.limits)
     if model.config.device_ids:
