@@ -50,17 +50,17 @@ class Ledger:
 
 
 def _classify(outcome: Any, expected: Optional[np.ndarray]) -> str:
-    """ok / rejected_bad (a bad item named as such) / wrong / busy / unavailable / error:..."""
-    from towhee_rt.errors import ItemError
+    """ok / rejected_bad (a bad item named as such) / wrong / busy / timeout / unavailable /
+    error:<type> (anything else: an unexpected failure)."""
+    from towhee_rt.errors import BadInputError, ItemError, ServerUnavailableError
 
+    if isinstance(outcome, ServerUnavailableError):
+        return "unavailable"
+    if isinstance(outcome, ItemError) and outcome.kind in ("busy", "timeout"):
+        return outcome.kind
+    if isinstance(outcome, BadInputError) and expected is None:
+        return "rejected_bad"
     if isinstance(outcome, BaseException):
-        text = str(outcome).lower()
-        if "busy" in text or "queue" in text or "exceeds timeout" in text:
-            return "busy"
-        if isinstance(outcome, ItemError) and expected is None and outcome.kind != "internal":
-            return "rejected_bad"
-        if type(outcome).__name__ == "ServerUnavailableError" or "unavailable" in text:
-            return "unavailable"
         return f"error:{type(outcome).__name__}"
     if expected is None:
         return "wrong"  # a bad file answered with a vector
