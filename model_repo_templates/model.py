@@ -31,8 +31,10 @@ import numpy as np  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
+# The Python backend appends the version directory to sys.path, after site-packages: put it
+# first, so the shipped towhee_ops (and a user operator's stand-in towhee_rt) win over anything
+# installed under the same names.
+sys.path[:] = [_HERE] + [path for path in sys.path if path != _HERE]
 
 from towhee_ops._operator import (SHAPES_SUFFIX, ItemFailure,  # noqa: E402
                                   cpu_threads_per_instance, crop_items, encode_failures,
@@ -225,9 +227,7 @@ def _operator_class(operator):
 
     stand_in = os.path.join(_HERE, "towhee_rt")
     towhee_rt = None
-    if os.path.isdir(stand_in):
-        # First on sys.path, whatever the stub put there: an installed towhee_rt must not answer.
-        sys.path.insert(0, _HERE)
+    if os.path.isdir(stand_in):  # found first: _HERE leads sys.path
         towhee_rt = importlib.import_module("towhee_rt")
         if os.path.dirname(os.path.abspath(towhee_rt.__file__)) != stand_in:
             raise ImportError("towhee_rt was imported from %s before the model's stand-in %s; "
