@@ -24,6 +24,8 @@ from towhee_rt.backends import _fetch
 from towhee_rt.backends._fetch import MAX_REDIRECTS, fetch_url, is_public_address
 from towhee_rt.backends._operator import OperatorInputError, OperatorLimitError
 
+from .local_http import closed_port, serving  # noqa: F401 - closed_port: a fixture
+
 MB = 2**20
 BIG = 20 * MB  # served by /big*, always refused with max_bytes=1 MB
 _CHUNK = b"\xab" * 65536
@@ -135,7 +137,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 @pytest.fixture()
 def server():
     """A misbehaving http.server on 127.0.0.1; stopped (and its handlers told to stop) after."""
-    yield from _serving(_Server())
+    srv = _Server()
+    yield from serving(srv, srv.stop)
 
 
 @pytest.fixture(scope="module")
@@ -162,30 +165,7 @@ def tls_server(certificate, monkeypatch):
     monkeypatch.setenv("SSL_CERT_FILE", str(cert))
     srv = _Server()
     srv.socket = context.wrap_socket(srv.socket, server_side=True)
-    yield from _serving(srv)
-
-
-def _serving(srv: _Server):
-    """Serve ``srv`` in a thread while the fixture lasts; then stop it and its handlers."""
-    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05},
-                              daemon=True)
-    thread.start()
-    try:
-        yield srv
-    finally:
-        srv.stop.set()
-        srv.shutdown()
-        srv.server_close()
-        thread.join(timeout=5)
-
-
-
-@pytest.fixture()
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then closed)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    yield from serving(srv, srv.stop)
 
 
 @pytest.fixture()
