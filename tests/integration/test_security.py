@@ -7,7 +7,6 @@ hostile client would send them (towhee_rt's own client checks the limits before 
 import http.server
 import os
 import shutil
-import threading
 import time
 
 import numpy as np
@@ -15,6 +14,8 @@ import pytest
 
 import towhee_rt as towhee
 from towhee_rt.backends._operator import decode_failures
+
+from ..local_http import serving
 
 pytestmark = pytest.mark.integration
 
@@ -67,14 +68,8 @@ class _Images(http.server.BaseHTTPRequestHandler):
 @pytest.fixture(scope="module")
 def site(good_dir):
     _Images.image = (good_dir / "chelsea.jpg").read_bytes()
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    for httpd in serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Images)):
         yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
 
 
 @pytest.fixture(scope="module")

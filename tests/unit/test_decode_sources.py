@@ -24,7 +24,7 @@ from towhee_rt.backends._operator import (OperatorInputError, OperatorLimitError
 from towhee_rt.backends.image_decode import CV2RGBDecode
 
 from .decode_helpers import OPERATORS, decode, images, op  # noqa: F401 - fixtures
-from .local_http import closed_port, serving  # noqa: F401 - closed_port: a fixture
+from ..local_http import closed_port, serving  # noqa: F401 - closed_port: a fixture
 
 EACH = pytest.mark.parametrize("cls", OPERATORS, ids=lambda cls: cls.__name__)
 

@@ -24,7 +24,7 @@ from towhee_rt.backends import _fetch
 from towhee_rt.backends._fetch import MAX_REDIRECTS, fetch_url, is_public_address
 from towhee_rt.backends._operator import OperatorInputError, OperatorLimitError
 
-from .local_http import closed_port, serving  # noqa: F401 - closed_port: a fixture
+from ..local_http import closed_port, serving  # noqa: F401 - closed_port: a fixture
 
 MB = 2**20
 BIG = 20 * MB  # served by /big*, always refused with max_bytes=1 MB

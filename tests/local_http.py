@@ -1,7 +1,8 @@
-"""Test helpers shared by the tests that fetch URLs (test_fetch.py, test_decode_sources.py): a
-local http.server run in a thread, and a loopback port nothing listens on.
+"""Test helpers shared by the tests that fetch URLs (unit: test_fetch.py,
+test_decode_sources.py; integration: test_security.py, test_remote_inputs.py): a local
+http.server run in a thread, and a loopback port nothing listens on.
 
-Import the fixture into a test module to use it there: ``from .local_http import closed_port``.
+Import the fixture into a test module to use it there: ``from ..local_http import closed_port``.
 """
 from __future__ import annotations
 
