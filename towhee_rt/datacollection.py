@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, List, Mapping, Optional
 
+from .client_retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .errors import ConfigError
-from .client import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .pipeline import Pipeline, PipelineBuilder
 
 

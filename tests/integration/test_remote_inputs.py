@@ -4,18 +4,17 @@ byte limits are kept by the client before sending.
 
 One server (loopback, free ports, always stopped) serves MiniLM (``text``), a decode-only image
 pipeline (``image``) and the same with small limits (``limited``). Downloads come from an
-http.server on 127.0.0.1 started here.
+http.server on 127.0.0.1 started here (tests/client_helpers.py).
 """
 from __future__ import annotations
-
-import http.server
-import threading
 
 import numpy as np
 import pytest
 
 import towhee_rt as towhee
 from towhee_rt.errors import LimitExceededError
+
+from ..client_helpers import serve_files
 
 pytestmark = pytest.mark.integration
 
@@ -49,39 +48,11 @@ def server(pipes, tmp_path_factory):
         yield srv
 
 
-class _Site(http.server.BaseHTTPRequestHandler):
-    files = {}
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        body = self.files.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def site(good_dir):
-    class Handler(_Site):
-        files = {f"/{name}": (good_dir / name).read_bytes()
-                 for name in ("chelsea.jpg", "astronaut.jpg")}
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
+    with serve_files({f"/{name}": (good_dir / name).read_bytes()
+                      for name in ("chelsea.jpg", "astronaut.jpg")}) as web:
+        yield web.url
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

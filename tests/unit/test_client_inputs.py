@@ -2,22 +2,20 @@
 kind, the server's byte limits checked before sending, batches split under the request limit,
 URLs downloaded by the client, keys and headers spelled per protocol, refusals explained.
 
-Downloads go to an http.server on 127.0.0.1 started by the tests (bounded bodies, stopped at
-the end of the module).
+Downloads go to an http.server on 127.0.0.1 started by the tests (tests/client_helpers.py:
+bounded bodies, stopped at the end of the module).
 """
 from __future__ import annotations
-
-import http.server
-import threading
-from typing import List
 
 import numpy as np
 import pytest
 
 from towhee_rt.backends._operator import OperatorInputError, OperatorLimitError
-from towhee_rt.client import (Client, RetryPolicy, ServedInput, encode_item, request_headers,
-                              split_by_bytes)
+from towhee_rt.client_inputs import ServedInput, encode_item, request_headers, split_by_bytes
+from towhee_rt.client_retry import refusal_error
 from towhee_rt.errors import BadInputError, ClientError, ConfigError, LimitExceededError
+
+from ..client_helpers import offline_client, serve_files
 
 IMAGE = ServedInput("image", max_request_bytes=1000, max_item_bytes=400)
 TEXT = ServedInput("text", max_request_bytes=1000, max_item_bytes=400)
@@ -95,44 +93,14 @@ def test_split_by_bytes_keeps_order_and_stays_under_the_limit():
 
 
 # --------------------------------------------------------------------- URLs, downloaded here
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    BODIES = {"/small.jpg": b"\xff\xd8small", "/big.jpg": b"x" * 5000}
-
-    def log_message(self, *args):
-        pass
-
-    def do_GET(self):  # noqa: N802 - http.server's name
-        self.server.seen.append(self.path)
-        body = self.BODIES.get(self.path)
-        if body is None:
-            self.send_error(404)
-            return
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
 @pytest.fixture(scope="module")
 def web():
-    server = _Server(("127.0.0.1", 0), _Handler)
-    server.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server, f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
+    with serve_files({"/small.jpg": b"\xff\xd8small", "/big.jpg": b"x" * 5000}) as site:
+        yield site
 
 
 def test_image_pipelines_download_urls_themselves(web):
-    server, base = web
+    base = web.url
     # Loopback is the user's own machine: the client allows private addresses.
     assert encode_item(f"{base}/small.jpg", IMAGE) == b"\xff\xd8small"
     with pytest.raises(OperatorLimitError) as info:
@@ -142,43 +110,14 @@ def test_image_pipelines_download_urls_themselves(web):
     with pytest.raises(OperatorInputError, match="HTTP 404"):
         encode_item(f"{base}/missing.jpg", IMAGE)
     # Older repositories: the URL itself is sent, as before.
-    seen = len(server.seen)
+    seen = len(web.seen)
     assert encode_item(f"{base}/small.jpg", LEGACY) == f"{base}/small.jpg".encode()
-    assert len(server.seen) == seen
+    assert len(web.seen) == seen
 
 
 # --------------------------------------------------------- one client, no server behind it
-class _Recorder:
-    """Stands in for Client._send: records each request's payloads, answers their sizes."""
-
-    def __init__(self):
-        self.requests: List[List[bytes]] = []
-        self.timeouts: List[float] = []
-
-    def __call__(self, payloads, timeout=None):
-        self.requests.append(list(payloads))
-        self.timeouts.append(timeout)
-        return [len(p) for p in payloads]
-
-
-def _offline_client(served: ServedInput, protocol: str = "grpc", api_key=None,
-                    max_batch_size=None, retry: RetryPolicy = RetryPolicy(),
-                    timeout: float = 5.0) -> Client:
-    client = object.__new__(Client)  # no server: only what stream and _refusal use
-    client.url, client.model_name, client.protocol = "127.0.0.1:1", "pipeline", protocol
-    client.timeout, client.on_request, client._api_key = timeout, None, api_key
-    client.retry = retry
-    client.headers = request_headers(protocol, api_key)
-    client._inputs = [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
-    client._outputs = ["out"]
-    client.served, client.max_batch_size = served, max_batch_size
-    client._local, client._clients, client._lock = threading.local(), [], threading.Lock()
-    client._send = _Recorder()
-    return client
-
-
 def test_batches_are_split_under_the_request_limit_and_results_keep_their_order(tmp_path):
-    client = _offline_client(IMAGE)
+    client = offline_client(IMAGE)
     items = [b"a" * 300, b"b" * 300, b"c" * 300, b"d" * 300, b"e" * 50]
     results = client.infer(items, batch_size=5)
     assert results == [300, 300, 300, 300, 50]
@@ -189,7 +128,7 @@ def test_batches_are_split_under_the_request_limit_and_results_keep_their_order(
 
 
 def test_over_limit_and_unreadable_items_fail_alone_without_being_sent(tmp_path):
-    client = _offline_client(IMAGE)
+    client = offline_client(IMAGE)
     big = tmp_path / "big.jpg"
     big.write_bytes(b"x" * 401)
     items = [b"ok1", str(big), "missing.jpg", b"ok2"]
@@ -206,7 +145,7 @@ def test_over_limit_and_unreadable_items_fail_alone_without_being_sent(tmp_path)
 def test_text_errors_do_not_name_a_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "note.txt").write_text("x")
-    client = _offline_client(TEXT)
+    client = offline_client(TEXT)
     results = client.infer(["note.txt", "t" * 401], errors="return")
     assert results[0] == len("note.txt")
     assert isinstance(results[1], LimitExceededError) and results[1].source is None
@@ -229,21 +168,24 @@ def test_keys_and_headers_are_spelled_for_each_protocol():
              "'triton-grpc-protocol-towhee-api-key'"),
 ])
 def test_a_refused_key_is_one_client_error_that_says_what_to_do(protocol, text):
-    missing = _offline_client(IMAGE, protocol)._refusal(text)
+    def refusal(text, key_sent=False):
+        return refusal_error(text, "127.0.0.1:1", protocol, key_sent)
+
+    missing = refusal(text)
     assert isinstance(missing, ClientError)
     assert "requires an API key" in str(missing) and "none was sent" in str(missing)
     assert "api_key=..." in str(missing) and "--api-key-file" in str(missing)
-    wrong = _offline_client(IMAGE, protocol, api_key="nope")._refusal(text)
+    wrong = refusal(text, key_sent=True)
     assert "refused the API key this client sent" in str(wrong)
-    other = _offline_client(IMAGE, protocol)._refusal(text.replace("towhee-api-key", "x-team"))
+    other = refusal(text.replace("towhee-api-key", "x-team"))
     assert "headers={" in str(other) and "x-team" in str(other)
-    assert _offline_client(IMAGE, protocol)._refusal("item 0: bad input") is None
+    assert refusal("item 0: bad input") is None
 
 
 def test_a_refusal_at_inference_stops_the_whole_call():
     from tritonclient.utils import InferenceServerException
 
-    client = _offline_client(IMAGE, "http")
+    client = offline_client(IMAGE, "http")
     sent = []
 
     def refuse(payloads, timeout=None):

@@ -16,12 +16,13 @@ from geventhttpclient.response import HTTPConnectionClosed
 from tritonclient.utils import InferenceServerException
 
 from towhee_rt.backends._operator import ItemFailure, encode_failures
-from towhee_rt.client import (BUSY, OTHER, REFUSED, TIMEOUT, UNAVAILABLE, RetryPolicy,
-                              ServedInput, classify_error, max_batch_size)
+from towhee_rt.client_inputs import ServedInput, max_batch_size
+from towhee_rt.client_retry import (BUSY, OTHER, REFUSED, TIMEOUT, UNAVAILABLE, RetryPolicy,
+                                    classify_error)
 from towhee_rt.errors import (ClientError, ConfigError, DeadlineExceededError, ItemError,
                               PipelineError, ServerBusyError, ServerUnavailableError)
 
-from .test_client_inputs import _offline_client
+from ..client_helpers import offline_client
 
 IMAGE = ServedInput("image")
 REFUSED_GRPC = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:40921: "
@@ -140,7 +141,7 @@ class _Script:
 
 
 def _client(script, **kwargs):
-    client = _offline_client(IMAGE, **{"retry": FAST, **kwargs})
+    client = offline_client(IMAGE, **{"retry": FAST, **kwargs})
     client._send = script
     return client
 
@@ -155,10 +156,9 @@ def test_a_server_back_within_the_retries_is_used_with_a_fresh_connection():
         def close(self):
             self.closed = True
 
-    broken = client._local.client = Connection()
-    client._clients.append(broken)
+    broken = client._clients[threading.current_thread()] = Connection()
     assert client.infer([b"abc"]) == [3]
-    assert script.calls == 3 and broken.closed and client._clients == []
+    assert script.calls == 3 and broken.closed and client._clients == {}
 
 
 def test_an_unreachable_server_is_one_error_for_the_whole_call():
@@ -272,7 +272,7 @@ def test_requests_hold_at_most_the_models_max_batch_size():
 
 
 def test_a_model_read_without_an_answer_is_unavailable_and_an_unknown_model_is_not():
-    client = _offline_client(IMAGE, timeout=0.5)
+    client = offline_client(IMAGE, timeout=0.5)
 
     def failing(error):
         def read(remaining):
