@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from towhee_rt.errors import ServerError
-from towhee_rt.triton import supervisor as sv
+from towhee_rt.triton import procs
+from towhee_rt.triton.commands import build_command, docker_command
 from towhee_rt.triton.docker import docker_engine_available
-from towhee_rt.triton.server import (ServerStartError, TritonServer, build_command,
-                                     docker_command, find_free_port, parse_failed_models, serve)
+from towhee_rt.triton.ports import find_free_port
+from towhee_rt.triton.server import ServerStartError, TritonServer, serve
+from towhee_rt.triton.server_log import parse_failed_models
 
 from ._tiny_repo import write_tiny_repo
 
@@ -200,12 +202,12 @@ def test_stop_ends_server_and_stubs(tmp_path):
     try:
         before = _session_pids(srv.pid)
         assert srv.pid in before and len(before) >= 2, before  # server + echo's stub
-        assert len(sv.regions(srv.shm_prefix)) == 1  # echo's stub's shared memory
+        assert len(procs.regions(srv.shm_prefix)) == 1  # echo's stub's shared memory
     finally:
         code = srv.stop()
     assert code == 0 and not srv.is_alive()
     assert not _session_pids(srv.pid)
-    assert sv.regions(srv.shm_prefix) == []
+    assert procs.regions(srv.shm_prefix) == []
     assert srv.stop() == 0  # idempotent
 
 
@@ -227,17 +229,17 @@ def test_server_and_stubs_die_with_the_parent(tmp_path):
     try:
         server_pid = int(parent.stdout.readline())
         assert len(_session_pids(server_pid)) >= 2
-        assert len(sv.regions(prefix)) == 1
+        assert len(procs.regions(prefix)) == 1
     finally:
         parent.kill()  # SIGKILL: no cleanup code runs in the parent
         parent.wait()
     # tritonserver dies with it (PDEATHSIG); its watchdog kills the stubs and removes the
     # shared memory they would leave behind.
     deadline = time.monotonic() + 10
-    while (_session_pids(server_pid) or sv.regions(prefix)) and time.monotonic() < deadline:
+    while (_session_pids(server_pid) or procs.regions(prefix)) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _session_pids(server_pid)
-    assert sv.regions(prefix) == []
+    assert procs.regions(prefix) == []
 
 
 class _Lines:
@@ -301,7 +303,7 @@ def test_cli_serves_and_exits_0_on_signal(tmp_path, stop_signal, command):
         np.testing.assert_array_equal(client.infer("echo", [tensor]).as_numpy("OUTPUT0"),
                                       [[3, -4]])
         client.close()
-        assert len(sv.regions(f"towhee_rt_{process.pid}_0_")) == 1
+        assert len(procs.regions(f"towhee_rt_{process.pid}_0_")) == 1
         process.send_signal(stop_signal)
         assert process.wait(30) == 0
         assert "tritonserver stopped (exit code 0)" in out.rest()
@@ -309,7 +311,7 @@ def test_cli_serves_and_exits_0_on_signal(tmp_path, stop_signal, command):
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert sv.regions(f"towhee_rt_{process.pid}_0_") == []
+    assert procs.regions(f"towhee_rt_{process.pid}_0_") == []
     assert "failed to load" not in (tmp_path / "server.log").read_text()
     assert "RuntimeWarning" not in process.stderr.read()
 

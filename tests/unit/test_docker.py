@@ -14,12 +14,13 @@ import pytest
 
 import towhee_rt as towhee
 from towhee_rt.errors import ConfigError, DockerError
-from towhee_rt.triton import docker
-from towhee_rt.triton import supervisor as sv
+from towhee_rt.triton import docker, procs
+from towhee_rt.triton.commands import build_command, docker_command
 from towhee_rt.triton.flags import (ADMIN_APIS, CONTAINER_REPOSITORY, EXIT_TIMEOUT_SECS,
                                     INFERENCE_APIS, STOP_TIMEOUT_SECS, container_command,
                                     restriction_flags, server_flags)
-from towhee_rt.triton.server import build_command, docker_command
+from towhee_rt.triton.supervisor import only_pinned_left
+from towhee_rt.triton.supervisor_main import admin_endpoint
 
 CVES = "CVE-2025-23310/23311/23319/23320/23334"
 
@@ -87,9 +88,15 @@ def test_build_context_holds_repository_dockerfile_entrypoint_and_pins(pipe, tmp
     script = context / docker.ENTRYPOINT_NAME
     assert script.read_text() == docker.render_entrypoint("image_embedding")
     assert os.access(script, os.X_OK)
-    # One supervisor: the module itself, copied as it is (it needs the standard library only).
+    # One supervisor: its modules, copied as they are (they need the standard library only).
     supervisor = context / docker.SUPERVISOR_NAME
-    assert supervisor.read_bytes() == open(sv.__file__, "rb").read()
+    copied = {module.__name__.rsplit(".", 1)[1] for module in docker.SUPERVISOR_MODULES}
+    assert copied == {"procs", "admin", "supervisor", "supervisor_main"}
+    assert sorted(path.name for path in supervisor.iterdir()) == sorted(
+        [f"{name}.py" for name in copied] + ["__init__.py", "__main__.py"])
+    for module in docker.SUPERVISOR_MODULES:
+        assert (supervisor / os.path.basename(module.__file__)).read_bytes() == open(
+            module.__file__, "rb").read()
     assert os.path.dirname(docker.SUPERVISOR_PATH) == os.path.dirname(docker.ENTRYPOINT_PATH)
     assert (context / "models" / "image_embedding" / "config.pbtxt").is_file()
     pins = (context / "requirements.txt").read_text().split()
@@ -247,7 +254,7 @@ def _run_entrypoint(entrypoint, env, *args):
     left = [line for line in lines if line.startswith("ENV:")]
     if argv:
         assert argv[0] == "tritonserver"
-        assert argv[-1].startswith(sv.SHM_PREFIX_FLAG + "towhee_rt_"), argv
+        assert argv[-1].startswith(procs.SHM_PREFIX_FLAG + "towhee_rt_"), argv
         assert "tritonserver exited (code 0)" in result.stderr, result.stderr
         argv = argv[:-1]
     return result, argv, left
@@ -328,11 +335,14 @@ def test_entrypoint_without_the_supervisor_runs_tritonserver_and_says_so(tmp_pat
 
 
 def test_supervisor_script_needs_only_the_standard_library(tmp_path):
-    script = docker.write_supervisor(tmp_path)
-    result = subprocess.run([sys.executable, "-I", "-S", str(script), "--help"],
-                            capture_output=True, text=True, timeout=30, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
-    assert "run" in result.stdout and "watchdog" in result.stdout
+    package = docker.write_supervisor(tmp_path)
+    # The image runs the directory; `-m` works from its parent (-E -s: no PYTHONPATH, no
+    # user site, so that only the current directory is added).
+    for argv in (["-I", str(package)], ["-E", "-s", "-m", package.name]):
+        result = subprocess.run([sys.executable, "-S", *argv, "--help"], capture_output=True,
+                                text=True, timeout=30, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert "run" in result.stdout and "watchdog" in result.stdout
 
 
 # ------------------------------------------------------------------ supervisor helpers
@@ -340,43 +350,43 @@ def test_parse_stub_reads_model_instance_and_region_from_the_stub_argv():
     argv = ["/x/backends/python/triton_python_backend_stub", "/r/pipeline_1_timm/1/model.py",
             "towhee_rt_7_0_9f3e", "16777216", "16777216", "4242", "/x/backends/python", "336",
             "pipeline_1_timm_0_1", "DEFAULT"]
-    assert sv.parse_stub(99, argv) == sv.Stub(99, "pipeline_1_timm", "pipeline_1_timm_0_1",
+    assert procs.parse_stub(99, argv) == procs.Stub(99, "pipeline_1_timm", "pipeline_1_timm_0_1",
                                               "towhee_rt_7_0_9f3e")
-    assert sv.parse_stub(99, ["/usr/bin/python3", "x.py", "y"]) is None
-    assert sv.parse_stub(99, []) is None  # a zombie's cmdline
+    assert procs.parse_stub(99, ["/usr/bin/python3", "x.py", "y"]) is None
+    assert procs.parse_stub(99, []) is None  # a zombie's cmdline
 
 
 @pytest.mark.parametrize("status, text", [(9, "killed by SIGKILL"), (3 << 8, "exited with code 3"),
                                           (None, "exited")])
 def test_describe_exit(status, text):
-    stat = sv.ProcStat(1, "stub", "Z", 1, 1, 1, status)
-    assert sv.describe_exit(stat) == text
+    stat = procs.ProcStat(1, "stub", "Z", 1, 1, 1, status)
+    assert procs.describe_exit(stat) == text
 
 
 def test_admin_endpoint_takes_port_and_keys_from_the_tritonserver_argv():
     argv = container_command(api_key="api", admin_key="adm")
-    url, headers = sv.admin_endpoint(argv)
+    url, headers = admin_endpoint(argv)
     assert url == "127.0.0.1:8000"
     assert headers == {"towhee-admin-key": "adm", "towhee-api-key": "api"}
-    url, headers = sv.admin_endpoint(server_flags("/m", host="10.1.2.3", http_port=9000,
+    url, headers = admin_endpoint(server_flags("/m", host="10.1.2.3", http_port=9000,
                                                   admin_key="adm"))
     assert url == "10.1.2.3:9000" and headers == {"towhee-admin-key": "adm"}
 
 
 def test_shm_prefix_names_the_owner_and_counts():
-    first, second = sv.shm_prefix(), sv.shm_prefix()
+    first, second = procs.shm_prefix(), procs.shm_prefix()
     assert first.startswith(f"towhee_rt_{os.getpid()}_") and first.endswith("_")
     assert first != second
-    assert sv.shm_prefix(1, 0) == "towhee_rt_1_0_"
+    assert procs.shm_prefix(1, 0) == "towhee_rt_1_0_"
     with pytest.raises(ValueError):
-        sv.remove_regions("")
+        procs.remove_regions("")
 
 
 def test_only_pinned_left_reads_a_stopping_server_log():
     log = ('Signal (15) received.\n"Waiting for in-flight requests to complete."\n'
            '"All models are stopped, unloading models"\n'
            '"Timeout 15: Found 3 live models and 0 in-flight non-inference requests"\n')
-    assert not sv.only_pinned_left(log, 1)
+    assert not only_pinned_left(log, 1)
     later = log + '"Timeout 14: Found 1 live models and 0 in-flight non-inference requests"\n'
-    assert sv.only_pinned_left(later, 1) and not sv.only_pinned_left(later, 0)
-    assert not sv.only_pinned_left('"Timeout 3: Found 1 live models"', 1)  # still draining
+    assert only_pinned_left(later, 1) and not only_pinned_left(later, 0)
+    assert not only_pinned_left('"Timeout 3: Found 1 live models"', 1)  # still draining

@@ -12,7 +12,8 @@ The image's ``CMD`` is an entrypoint script holding
 :func:`~towhee_rt.triton.flags.container_command` rendered at build time, with placeholders for
 the keys it reads from the environment at start (``TOWHEE_RT_API_KEY``/``TOWHEE_RT_ADMIN_KEY``
 or their ``_FILE`` variants): no key is baked into the image. The script runs tritonserver
-under :mod:`towhee_rt.triton.supervisor` (copied into the image as it is: it needs only the
+under the supervisor (:mod:`towhee_rt.triton.supervisor_main` and the modules it imports,
+copied into the image unchanged as the package ``towhee_rt_supervisor``: they need only the
 standard library), which reloads a model whose stub dies or hangs, forwards SIGTERM, and leaves
 no stub or shared-memory region behind.
 """
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..errors import ConfigError, DockerError
-from . import supervisor
+from . import admin, procs, supervisor, supervisor_main
 from .flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
                     DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, EXIT_TIMEOUT_SECS,
                     GRPC_HEADER_PREFIX, STOP_TIMEOUT_SECS, container_command)
@@ -59,9 +60,30 @@ DEFAULT_TRITON_TAG = CUDA_TO_TRITON_TAG[DEFAULT_CUDA][0]
 #: The image's entrypoint script, in the build context and in the image.
 ENTRYPOINT_NAME = "towhee_rt_entrypoint.sh"
 ENTRYPOINT_PATH = f"/workspace/{ENTRYPOINT_NAME}"
-#: The supervisor script (towhee_rt/triton/supervisor.py), beside the entrypoint.
-SUPERVISOR_NAME = "towhee_rt_supervisor.py"
+#: The supervisor package beside the entrypoint: these modules, copied unchanged (standard
+#: library only, they import each other relatively), and an ``__init__.py`` and a
+#: ``__main__.py`` (``python3 /workspace/towhee_rt_supervisor run -- tritonserver ...``).
+SUPERVISOR_MODULES = (procs, admin, supervisor, supervisor_main)
+SUPERVISOR_NAME = supervisor_main.PACKAGE
 SUPERVISOR_PATH = f"/workspace/{SUPERVISOR_NAME}"
+_SUPERVISOR_INIT = '''"""towhee_rt's supervisor of tritonserver, copied from towhee_rt.triton."""
+'''
+_SUPERVISOR_MAIN = '''"""python3 DIR run -- tritonserver ... (or python3 -m PACKAGE run -- ...)."""
+import importlib
+import os
+import sys
+
+if __package__:
+    from .supervisor_main import main
+else:  # python3 DIR: import the package from DIR's parent, which takes DIR's place on sys.path
+    _here = os.path.dirname(os.path.abspath(__file__))
+    if sys.path and os.path.abspath(sys.path[0]) == _here:
+        del sys.path[0]
+    sys.path.insert(0, os.path.dirname(_here))
+    main = importlib.import_module(os.path.basename(_here) + ".supervisor_main").main
+
+sys.exit(main())
+'''
 #: What the rendered flags hold in place of the keys; the script substitutes its variables.
 _KEY_PLACEHOLDERS = {"@@TOWHEE_RT_API_KEY@@": '"$api_key"',
                      "@@TOWHEE_RT_ADMIN_KEY@@": '"$admin_key"'}
@@ -164,7 +186,7 @@ def render_entrypoint(model_name: str = "pipeline") -> str:
     """The image's entrypoint script (bash): reads the keys from the environment and execs
     :func:`~towhee_rt.triton.flags.container_command`, rendered here with placeholders for
     the keys (so every flag comes from :func:`~towhee_rt.triton.flags.server_flags`), under the
-    supervisor script found beside it (:data:`SUPERVISOR_NAME`)."""
+    supervisor package found beside it (:data:`SUPERVISOR_NAME`)."""
     api, admin = _KEY_PLACEHOLDERS
     text = (TEMPLATES_DIR / "entrypoint.sh.template").read_text()
     fills = {
@@ -199,18 +221,24 @@ def docker_build_command(context: Path, image_name: str) -> List[str]:
 
 
 def write_supervisor(directory: Path) -> Path:
-    """Copy the supervisor script (:mod:`towhee_rt.triton.supervisor`, standard library only)
-    into ``directory`` as :data:`SUPERVISOR_NAME`; return its path."""
+    """Write the supervisor package :data:`SUPERVISOR_NAME` into ``directory``: the
+    :data:`SUPERVISOR_MODULES` copied unchanged, ``__init__.py`` and ``__main__.py``; return
+    its path (``python3 PATH run -- tritonserver ...`` runs it)."""
     target = Path(directory) / SUPERVISOR_NAME
-    shutil.copyfile(supervisor.__file__, target)
-    target.chmod(0o755)
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    for module in SUPERVISOR_MODULES:
+        shutil.copyfile(module.__file__, target / Path(module.__file__).name)
+    (target / "__init__.py").write_text(_SUPERVISOR_INIT)
+    (target / "__main__.py").write_text(_SUPERVISOR_MAIN)
     return target
 
 
 def write_build_context(pipe, context: Path, cuda: Optional[str] = None,
                         model_name: str = "pipeline", triton_tag: Optional[str] = None) -> Path:
-    """Write ``models/`` (the repository), ``requirements.txt``, the entrypoint and supervisor
-    scripts and ``Dockerfile`` into ``context``; the base image as in
+    """Write ``models/`` (the repository), ``requirements.txt``, the entrypoint script, the
+    supervisor package and ``Dockerfile`` into ``context``; the base image as in
     :func:`resolve_triton_tag`."""
     tag = resolve_triton_tag(cuda, triton_tag)
     context.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,8 @@ with the generated Dockerfile. The admin APIs (shared memory, model repository, 
 trace, logging) need an admin key, random per start unless given; inference needs ``api_key``
 when one is given. The child dies with the parent (``PR_SET_PDEATHSIG``: with the
 *thread* that started it, so start servers from a long-lived thread), runs in its own session
-so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote.
+so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote (argv, ports and
+log reading: :mod:`.commands`, :mod:`.ports`, :mod:`.server_log`).
 
 A host server is supervised (:mod:`towhee_rt.triton.supervisor`): a model whose Python stub
 dies or hangs is reloaded, readiness is false meanwhile, and :attr:`TritonServer.events` says
@@ -26,185 +27,34 @@ regions that dead processes left. Example::
 from __future__ import annotations
 
 import ctypes
-import ipaddress
-import json
 import logging
 import os
-import re
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple, Union
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from ..errors import ServerError
-from . import supervisor as supervision
+from . import procs
+from .admin import TritonAdmin
+from .commands import PathLike, build_command, docker_command
 from .embedded import find_tritonserver
-from .flags import (CONTAINER_REPOSITORY, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT,
-                    DEFAULT_METRICS_PORT, STOP_TIMEOUT_SECS, check_key, key_headers,
-                    server_flags)
+from .flags import (DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
+                    STOP_TIMEOUT_SECS, check_key, key_headers)
 # Defined here before flags.py existed; still importable from this module.
 from .flags import (EXIT_TIMEOUT_SECS, PYTHON_SHM_DEFAULT_BYTES,  # noqa: F401
                     PYTHON_SHM_GROWTH_BYTES)
+from .ports import find_free_port  # noqa: F401  (imported from here by callers)
+from .ports import resolve_ports, warn_exposure
+from .server_log import ServerStartError, loading_models, read_log, start_error
+from .supervisor import Supervisor, only_pinned_left
+from .supervisor_main import standalone_command
 
-PathLike = Union[str, os.PathLike]
 log = logging.getLogger("towhee_rt")
-
-LOG_TAIL_LINES = 40
-_PORT_FLAGS = {"gRPC": "--grpc-port", "HTTP": "--http-port", "metrics": "--metrics-port"}
-_FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.M)
-_FAILED_ONLY = re.compile(r"failed to load '([^']+)'\"?$", re.M)
-_LOADING = re.compile(r"\"loading: ([^:\"]+):\d+\"")
-_LOADED = re.compile(r"successfully loaded '([^']+)'")
-
-
-class ServerStartError(ServerError):
-    """tritonserver exited or timed out before it was ready.
-
-    ``failed_models`` maps each model Triton could not load to its reason; ``log_file`` is the
-    server's log and ``log_tail`` its last lines, also quoted in the message.
-    """
-
-    def __init__(self, message: str, *, failed_models: Optional[Dict[str, str]] = None,
-                 log_file: Optional[Path] = None, log_tail: str = ""):
-        self.failed_models = dict(failed_models or {})
-        self.log_file = log_file
-        self.log_tail = log_tail
-        super().__init__(message)
-
-
-# ---------------------------------------------------------------------------------- ports
-def find_free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on ``host`` that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def check_port_free(host: str, port: int, label: str = "TCP") -> None:
-    """Raise :class:`ServerError` if ``port`` on ``host`` is already bound by another process."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT is not busy
-        try:
-            sock.bind((host, port))
-        except OSError:
-            flag = _PORT_FLAGS.get(label, "--port")
-            raise ServerError(f"{label} port {port} on {host} is already in use; choose another "
-                              f"with {flag} or stop the process using it") from None
-
-
-def _resolve_ports(host: str, requested: Mapping[str, Optional[int]]) -> Dict[str, int]:
-    """Check the requested ports; replace ``None``/``0`` by distinct free ports."""
-    ports: Dict[str, int] = {}
-    for label, port in requested.items():
-        if port:
-            if int(port) in ports.values():
-                raise ServerError(f"{label} port {port} is also given for another endpoint; "
-                                  "give each endpoint its own port")
-            check_port_free(host, int(port), label)
-            ports[label] = int(port)
-    for label in requested:
-        while label not in ports or list(ports.values()).count(ports[label]) > 1:
-            ports[label] = find_free_port(host)
-    return ports
-
-
-# -------------------------------------------------------------------------------- commands
-def build_command(binary: PathLike, model_repository: PathLike, *, host: str = "127.0.0.1",
-                  grpc_port: int = DEFAULT_GRPC_PORT, http_port: int = DEFAULT_HTTP_PORT,
-                  metrics_port: int = DEFAULT_METRICS_PORT,
-                  backend_directory: Optional[PathLike] = None, log_verbose: int = 0,
-                  gpu_metrics: bool = True, extra_args: Sequence[str] = (),
-                  api_key: Optional[str] = None, admin_key: Optional[str] = None,
-                  shm_region_prefix: Optional[str] = None) -> List[str]:
-    """The argv that runs ``binary`` on ``model_repository`` (made absolute: the Python
-    backend puts model directories on ``sys.path`` as given). Starts nothing; ``api_key`` and
-    ``admin_key`` as in :func:`towhee_rt.triton.flags.restriction_flags`;
-    ``shm_region_prefix`` names the Python backend's shared-memory regions."""
-    argv = [str(binary)] + server_flags(
-        os.path.abspath(model_repository), host=host, grpc_port=grpc_port,
-        http_port=http_port, metrics_port=metrics_port, log_verbose=log_verbose,
-        gpu_metrics=gpu_metrics, api_key=api_key, admin_key=admin_key)
-    if shm_region_prefix:
-        argv.append(supervision.shm_prefix_flag(shm_region_prefix))
-    if backend_directory is not None:
-        argv.append(f"--backend-directory={backend_directory}")
-    return argv + list(extra_args)
-
-
-def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
-                   host: str = "127.0.0.1", grpc_port: int = DEFAULT_GRPC_PORT,
-                   http_port: int = DEFAULT_HTTP_PORT, metrics_port: int = DEFAULT_METRICS_PORT,
-                   shm_size: str = "1g", gpus: Optional[str] = "all",
-                   name: Optional[str] = None, log_verbose: int = 0,
-                   extra_args: Sequence[str] = (), api_key: Optional[str] = None,
-                   admin_key: Optional[str] = None) -> List[str]:
-    """The ``docker run`` argv serving ``image``'s ``/workspace/models`` (or
-    ``model_repository`` mounted there read-only) with host networking. It runs
-    ``tritonserver`` with :func:`~towhee_rt.triton.flags.server_flags` itself (not the image's
-    entrypoint script), so any tritonserver image works. Starts nothing."""
-    argv = ["docker", "run", "--rm"]
-    if gpus:
-        argv.append(f"--gpus={gpus}")
-    argv += [f"--shm-size={shm_size}", "--net=host"]
-    if name:
-        argv.append(f"--name={name}")
-    if model_repository is not None:
-        argv += ["-v", f"{os.path.abspath(model_repository)}:{CONTAINER_REPOSITORY}:ro"]
-    return argv + [image, "tritonserver"] + server_flags(
-        CONTAINER_REPOSITORY, host=host, grpc_port=grpc_port, http_port=http_port,
-        metrics_port=metrics_port, log_verbose=log_verbose, api_key=api_key,
-        admin_key=admin_key) + list(extra_args)
-
-
-# --------------------------------------------------------------------------------- helpers
-def parse_failed_models(log_text: str) -> Dict[str, str]:
-    """Model name -> Triton's reason (one line), from ``failed to load 'm' ...`` log lines."""
-    failed: Dict[str, str] = {}
-    for match in _FAILED_LOAD.finditer(log_text):
-        reason = match.group(2).replace("\\n", "\n").replace('\\"', '"').strip()
-        failed.setdefault(match.group(1), re.sub(r"\n+", " | ", reason))
-    for match in _FAILED_ONLY.finditer(log_text):
-        failed.setdefault(match.group(1), "")
-    return failed
-
-
-def loading_models(log_text: str) -> List[str]:
-    """Models whose ``loading: m:1`` log line has no ``successfully loaded``/``failed`` yet."""
-    started = dict.fromkeys(_LOADING.findall(log_text))
-    done = set(_LOADED.findall(log_text)) | set(parse_failed_models(log_text))
-    return [name for name in started if name not in done]
-
-
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> List[str]:
-    """The last ``lines`` lines of a server log, without Triton's server-options table."""
-    kept: List[str] = []
-    in_options = False
-    for line in text.splitlines():
-        if line.startswith("| Option "):
-            in_options = True
-            kept = kept[:-1] if kept and kept[-1].startswith("+") else kept
-        elif in_options and not line.startswith(("|", "+")):
-            in_options = False
-        if not in_options:
-            kept.append(line)
-    return kept[-lines:]
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or ``'localhost'``) is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:  # a host name: it may resolve to anything
-        return False
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -263,7 +113,8 @@ class TritonServer:
         self.on_event = on_event
         #: The Python backend's region prefix of the last start() (host servers).
         self.shm_prefix: Optional[str] = None
-        self._supervisor: Optional[supervision.Supervisor] = None
+        self._admin: Optional[TritonAdmin] = None
+        self._supervisor: Optional[Supervisor] = None
         self._watchdog: Optional[subprocess.Popen] = None
         self._watchdog_pipe: Optional[int] = None
 
@@ -306,32 +157,19 @@ class TritonServer:
                      metrics_port=self.ports["metrics"])
         keys = dict(api_key=self.api_key, admin_key=self.admin_key)
         if self.docker_image:
-            self._warn_exposure(embedded=False)
+            warn_exposure(self.host, embedded=False, api_key=self.api_key)
             return self._docker_argv(ports, keys), {**os.environ, **self.env}
         binary, backend_dir, env = find_tritonserver(self.tritonserver)
         # Only the wheel's embedded server comes with its own backend directory.
-        self._warn_exposure(embedded=self.tritonserver is None and backend_dir is not None)
-        self.shm_prefix = supervision.shm_prefix()
+        warn_exposure(self.host, embedded=self.tritonserver is None and backend_dir is not None,
+                      api_key=self.api_key)
+        self.shm_prefix = procs.shm_prefix()
         argv = build_command(binary, self.model_repository, host=self.host,
                              backend_directory=backend_dir, log_verbose=self.log_verbose,
                              gpu_metrics=os.path.exists("/dev/nvidiactl"),
                              extra_args=self.extra_args, shm_region_prefix=self.shm_prefix,
                              **ports, **keys)
         return argv, {**env, **self.env}
-
-    def _warn_exposure(self, embedded: bool) -> None:
-        """Log a warning when the endpoints are reachable beyond this machine."""
-        if is_loopback(self.host):
-            return
-        if embedded:
-            log.warning("binding %s with the embedded tritonserver 2.51, which predates the "
-                        "2025 security fixes (CVE-2025-23310/23311/23319/23320/23334, fixed in "
-                        "Triton 25.07): use it for development on loopback only. To serve a "
-                        "network, run a patched release (--docker IMAGE from "
-                        "towhee_rt.build_docker_image, or --tritonserver PATH)", self.host)
-        if self.api_key is None:
-            log.warning("binding %s without an api_key: anyone who reaches this machine can "
-                        "run inference (pass api_key=... / --api-key-file F)", self.host)
 
     def _docker_argv(self, ports: Dict[str, int], keys: Dict[str, Optional[str]]) -> List[str]:
         from .docker import docker_engine_available
@@ -364,8 +202,10 @@ class TritonServer:
         if self._process is not None and self._process.poll() is None:
             raise ServerError(f"tritonserver is already running (pid {self._process.pid})")
         self._check_repository()
-        self.ports = _resolve_ports(self.host, self._requested)
+        self.ports = resolve_ports(self.host, self._requested)
         self.admin_key = self._fixed_admin_key or secrets.token_urlsafe(32)
+        self._admin = TritonAdmin(self.http_url, key_headers(
+            "http", api_key=self.api_key, admin_key=self.admin_key))
         self.shm_prefix = None
         argv, env = self._prepare()
         if self.log_file is None:
@@ -373,7 +213,7 @@ class TritonServer:
             os.close(fd)
             self.log_file = Path(name)
         if self.shm_prefix:
-            count, nbytes = supervision.remove_stale_regions()
+            count, nbytes = procs.remove_stale_regions()
             if count:
                 log.info("removed %d shared-memory region(s) (%.0f MiB) left by towhee_rt "
                          "processes that are gone", count, nbytes / 2**20)
@@ -386,18 +226,15 @@ class TritonServer:
                 env=env, start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
         self._start_watchdog()
         if self.supervise and self.shm_prefix:
-            admin = supervision.TritonAdmin(self.http_url, key_headers(
-                "http", api_key=self.api_key, admin_key=self.admin_key))
-            self._supervisor = supervision.Supervisor(
-                self._process.pid, admin, shm_prefix=self.shm_prefix, on_event=self.on_event,
-                load_timeout=self.ready_timeout).start()
+            self._supervisor = Supervisor(
+                self._process.pid, self._admin, shm_prefix=self.shm_prefix,
+                on_event=self.on_event, load_timeout=self.ready_timeout).start()
         return self
 
     def _start_watchdog(self) -> None:
         """A small process that cleans up after us if this process dies without stop()."""
         read_end, self._watchdog_pipe = os.pipe()  # not inherited by tritonserver (PEP 446)
-        argv = [sys.executable, "-I", "-S", supervision.__file__, "watchdog",
-                "--group", str(self._process.pid)]
+        argv = standalone_command("watchdog", "--group", str(self._process.pid))
         if self.shm_prefix:
             argv += ["--shm-prefix", self.shm_prefix]
         if self._container:
@@ -437,18 +274,8 @@ class TritonServer:
                                 "models are slow to load")
 
     def _start_error(self, headline: str) -> ServerStartError:
-        text = self.log_text()
-        failed = parse_failed_models(text)
-        tail = "\n".join(log_tail(text))
-        parts = [headline]
-        if failed:
-            parts.append("failed models:\n" + "\n".join(
-                f"  {name}: {reason}" for name, reason in failed.items()))
-        if self.docker_image:
-            parts.append("command: " + " ".join(self.command))
-        parts.append(f"last {LOG_TAIL_LINES} lines of {self.log_file}:\n{tail}")
-        return ServerStartError("\n".join(parts), failed_models=failed,
-                                log_file=self.log_file, log_tail=tail)
+        return start_error(headline, self.log_file, self.log_text(),
+                           self.command if self.docker_image else ())
 
     def is_alive(self) -> bool:
         """Whether the process is running."""
@@ -500,20 +327,12 @@ class TritonServer:
                 return
             except subprocess.TimeoutExpired:
                 pass
-            if pinned and supervision.only_pinned_left(self._log_since(log_offset), pinned):
+            if pinned and only_pinned_left(read_log(self.log_file, log_offset), pinned):
                 log.info("tritonserver has unloaded every model but %d version(s) that cannot "
                          "unload (a request reached a dead stub); not waiting for them",
                          pinned)
                 return
         log.warning("tritonserver did not stop within %.0f s; killing it", timeout)
-
-    def _log_since(self, offset: int) -> str:
-        try:
-            with open(self.log_file, "rb") as f:
-                f.seek(offset)
-                return f.read().decode(errors="replace")
-        except OSError:
-            return ""
 
     def kill(self) -> None:
         """SIGKILL tritonserver and its Python stubs (or the container) now."""
@@ -524,15 +343,15 @@ class TritonServer:
 
     def _cleanup(self) -> None:
         """Kill what is left of the server, remove its regions, let the watchdog go."""
-        supervision.kill_group(self._process.pid)  # start_new_session: group id == pid
+        procs.kill_group(self._process.pid)  # start_new_session: group id == pid
         self._process.wait()
-        supervision.kill_group(self._process.pid)  # stubs that outlived their server
+        procs.kill_group(self._process.pid)  # stubs that outlived their server
         if self._container:  # killing `docker run` leaves its container running
             subprocess.run(["docker", "rm", "-f", self._container], capture_output=True,
                            timeout=60, check=False)
             self._container = None
         if self.shm_prefix:
-            supervision.remove_regions(self.shm_prefix)
+            procs.remove_regions(self.shm_prefix)
         if self._watchdog_pipe is not None:
             os.close(self._watchdog_pipe)  # the watchdog finds nothing left and exits
             self._watchdog_pipe = None
@@ -558,27 +377,18 @@ class TritonServer:
         self.stop()
 
     # ------------------------------------------------------------------ queries
-    def _http(self, method: str, path: str, timeout: float = 2.0,
-              admin: bool = False) -> Tuple[int, bytes]:
-        url = f"http://{self.http_url}{path}"
-        data = b"{}" if method == "POST" else None
-        headers = key_headers("http", admin_key=self.admin_key) if admin else {}
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
+    @property
+    def admin(self) -> TritonAdmin:
+        """This server's HTTP endpoint with its keys (repository index, load, unload,
+        readiness; :class:`~towhee_rt.triton.admin.TritonAdmin`), shared with its supervisor."""
+        if self._admin is None:
+            raise ServerError("the server is not started: call start() first")
+        return self._admin
 
     def model_states(self) -> Dict[str, str]:
         """Model name -> Triton state (``'READY'``, ``'UNAVAILABLE'``, ``'LOADING'``...) from
         the repository index; empty when the server does not answer."""
-        status, body = self._http("POST", "/v2/repository/index", admin=True)
-        if status != 200:
-            return {}
-        return {entry["name"]: entry.get("state", "UNKNOWN") for entry in json.loads(body)}
+        return self.admin.index() or {}
 
     def models_ready(self) -> bool:
         """Whether the server is ready, every model in its repository answers ready, and the
@@ -587,11 +397,12 @@ class TritonServer:
             return False
         if self._supervisor is not None and not self._supervisor.healthy():
             return False
-        if self._http("GET", "/v2/health/ready")[0] != 200:
+        if not self.admin.ready():
             return False
         names = list(self.model_states())
         return bool(names) and all(
-            self._http("GET", f"/v2/models/{name}/ready")[0] == 200 for name in names)
+            self.admin.request("GET", f"/v2/models/{name}/ready", admin=False)[0] == 200
+            for name in names)
 
     def log_text(self) -> str:
         """Everything the server wrote so far (stdout and stderr)."""

@@ -26,48 +26,28 @@ one stays pinned. Its healthy instances, which no longer get requests, are kille
 :data:`RETIRE_GRACE_SECS` after they were replaced (their memory would stay taken otherwise),
 and :meth:`Supervisor.pinned_versions` tells a graceful stop not to wait for them.
 
-Shared memory: the Python backend names each stub's region with the prefix given by
-``--backend-config=python,shm-region-prefix-name=...``; towhee_rt gives each server
-:func:`shm_prefix` (``towhee_rt_<owner pid>_<n>_``), removes a server's regions when it stops
-(:func:`remove_regions`) and, at the next start, those whose owner has died
-(:func:`remove_stale_regions`).
-
-Stdlib only and standalone on purpose: this file also runs as a script, in two roles::
-
-    python3 supervisor.py run -- tritonserver FLAGS...          # the container entrypoint
-    python3 supervisor.py watchdog --group PGID --shm-prefix P   # started by TritonServer
-
-``run`` starts tritonserver, supervises it, forwards SIGTERM/SIGINT, reaps orphans (as PID 1
-or a subreaper) and cleans up when it exits. ``watchdog`` waits for its standard input (a pipe
-whose other end only the launching process holds) to close; if the launcher dies without
-stopping its server (SIGKILL), it kills what is left of the server's process group and removes
-the server's shared-memory regions.
+The stubs are found and the server's shared-memory regions removed with :mod:`.procs`; the
+HTTP calls go through :class:`~.admin.TritonAdmin`. Standard library only: the image runs this
+supervisor standalone around tritonserver, and the host launcher a watchdog
+(:mod:`.supervisor_main`).
 """
 from __future__ import annotations
 
-import argparse
 import collections
-import ctypes
-import json
 import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Optional, Set, Tuple
+
+from .admin import TritonAdmin
+from .procs import (ProcStat, Stub, activity, cmdline, describe_exit, kill_group, mib,
+                    parse_stub, proc_stat, remove_regions, server_children, unlink_regions)
 
 log = logging.getLogger("towhee_rt")
 
-STUB_NAME = "triton_python_backend_stub"
-SHM_DIR = "/dev/shm"
-#: The tritonserver flag that names the Python backend's shared-memory regions.
-SHM_PREFIX_FLAG = "--backend-config=python,shm-region-prefix-name="
 #: Seconds between two looks at tritonserver's children.
 POLL_SECS = 0.25
 #: A stub none of whose threads has run this long is hung (its health thread wakes every
@@ -78,310 +58,14 @@ MAX_DEATHS = 3
 DEATH_WINDOW_SECS = 60.0
 #: How long to wait for a model to leave READY after it is unloaded.
 UNLOAD_WAIT_SECS = 10.0
-#: What a watchdog waits for the processes it killed to be gone before removing their regions.
-KILL_WAIT_SECS = 5.0
-#: The model-config parameter whose new value makes Triton load a model afresh.
-RELOAD_PARAMETER = "towhee_rt_reload"
 #: A replaced instance still running this long after its model was reloaded belongs to a
 #: version Triton never unloads; no request reaches it any more, so it is killed.
 RETIRE_GRACE_SECS = 30.0
 
-_PREFIX_RE = re.compile(r"^towhee_rt_(\d+)_(\d+)_")
 _LIVE_MODELS = re.compile(r"Found (\d+) live models")
 _ALL_STOPPED = "All models are stopped, unloading models"
-_prefix_counter = iter(range(1 << 30))
-_prefix_lock = threading.Lock()
 
 
-# ------------------------------------------------------------------------------ /proc
-@dataclass(frozen=True)
-class ProcStat:
-    """The fields of ``/proc/<pid>/stat`` used here."""
-    pid: int
-    comm: str
-    state: str
-    ppid: int
-    pgrp: int
-    session: int
-    exit_code: Optional[int]  # waitpid-style status; set for zombies (Linux >= 3.5)
-
-
-def proc_stat(pid: int) -> Optional[ProcStat]:
-    """``/proc/<pid>/stat`` parsed, or ``None`` when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            raw = f.read().decode(errors="replace")
-    except OSError:
-        return None
-    head, _, tail = raw.rpartition(")")
-    fields = tail.split()
-    try:
-        exit_code = int(fields[49]) if len(fields) > 49 else None
-        return ProcStat(pid, head.partition("(")[2], fields[0], int(fields[1]), int(fields[2]),
-                        int(fields[3]), exit_code)
-    except (IndexError, ValueError):
-        return None
-
-
-def all_processes() -> List[ProcStat]:
-    """Every process this machine (or container) shows in ``/proc``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            stat = proc_stat(int(entry))
-            if stat is not None:
-                found.append(stat)
-    return found
-
-
-def cmdline(pid: int) -> List[str]:
-    """The argv of ``pid`` (empty for a zombie or a process that is gone)."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            raw = f.read()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0")[:-1]]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists (a zombie counts; another user's process counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def activity(pid: int) -> Optional[int]:
-    """Context switches so far, summed over the threads of ``pid`` (``None`` once it is
-    gone): unchanged for a while means none of its threads has run."""
-    total = 0
-    try:
-        tids = os.listdir(f"/proc/{pid}/task")
-    except OSError:
-        return None
-    for tid in tids:
-        try:
-            with open(f"/proc/{pid}/task/{tid}/status", "rb") as f:
-                for line in f:
-                    if line.startswith((b"voluntary_ctxt_switches", b"nonvoluntary_ctxt")):
-                        total += int(line.split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
-
-
-def describe_exit(stat: Optional[ProcStat]) -> str:
-    """'killed by SIGKILL' / 'exited with code 3' for a zombie; 'exited' when unknown."""
-    if stat is None or stat.exit_code is None:
-        return "exited"
-    if stat.exit_code & 0x7F:
-        number = stat.exit_code & 0x7F
-        try:
-            name = signal.Signals(number).name
-        except ValueError:
-            name = f"signal {number}"
-        return f"killed by {name}"
-    return f"exited with code {(stat.exit_code >> 8) & 0xFF}"
-
-
-# ------------------------------------------------------------------------------ stubs
-@dataclass(frozen=True)
-class Stub:
-    """One Python-backend stub: a model instance's process."""
-    pid: int
-    model: str
-    instance: str
-    region: str
-
-
-def parse_stub(pid: int, argv: Sequence[str]) -> Optional[Stub]:
-    """The :class:`Stub` described by a stub's argv, or ``None`` for another program.
-
-    Triton 2.51 starts it as ``stub <repo>/<model>/<version>/model.py <shm region>
-    <shm size> <growth> <parent pid> <backend dir> <ipc handle> <instance> <runtime dir>``;
-    the instance is ``<model>_<group>_<index>``.
-    """
-    if len(argv) < 3 or os.path.basename(argv[0]) != STUB_NAME:
-        return None
-    model = os.path.basename(os.path.dirname(os.path.dirname(argv[1])))
-    pattern = re.compile(re.escape(model) + r"_\d+_\d+$")
-    instance = next((arg for arg in argv[3:] if pattern.match(arg)), argv[-2])
-    return Stub(pid, model, instance, argv[2])
-
-
-def server_children(server_pid: int) -> Dict[int, ProcStat]:
-    """tritonserver's child processes (zombies included), by pid."""
-    return {stat.pid: stat for stat in all_processes() if stat.ppid == server_pid}
-
-
-# ------------------------------------------------------------------------ shared memory
-def shm_prefix(owner_pid: Optional[int] = None, number: Optional[int] = None) -> str:
-    """``towhee_rt_<owner pid>_<n>_``: the region prefix of one server (``n`` counts the
-    servers this process starts). The owner pid lets a later start tell leftovers of a dead
-    process from the regions of a live one."""
-    if number is None:
-        with _prefix_lock:
-            number = next(_prefix_counter)
-    return f"towhee_rt_{os.getpid() if owner_pid is None else owner_pid}_{number}_"
-
-
-def shm_prefix_flag(prefix: str) -> str:
-    """The tritonserver flag that makes the Python backend name its regions ``prefix...``."""
-    return SHM_PREFIX_FLAG + prefix
-
-
-def _unlink(names: Iterable[str]) -> Tuple[int, int]:
-    count = size = 0
-    for name in names:
-        path = os.path.join(SHM_DIR, name)
-        try:
-            nbytes = os.stat(path).st_size
-            os.unlink(path)
-        except OSError:
-            continue
-        count, size = count + 1, size + nbytes
-    return count, size
-
-
-def regions(prefix: str) -> List[str]:
-    """The names in ``/dev/shm`` that start with ``prefix``."""
-    try:
-        return sorted(name for name in os.listdir(SHM_DIR) if name.startswith(prefix))
-    except OSError:
-        return []
-
-
-def remove_regions(prefix: str) -> Tuple[int, int]:
-    """Unlink every ``/dev/shm`` region named ``prefix...``; return (count, bytes)."""
-    if not prefix:
-        raise ValueError("an empty prefix would match every region")
-    return _unlink(regions(prefix))
-
-
-def remove_stale_regions() -> Tuple[int, int]:
-    """Unlink the towhee_rt regions whose owner process is gone and that no running process
-    names on its command line (an orphaned stub still using one); return (count, bytes)."""
-    try:
-        names = [name for name in os.listdir(SHM_DIR) if _PREFIX_RE.match(name)]
-    except OSError:
-        return 0, 0
-    stale = [name for name in names if not pid_alive(int(_PREFIX_RE.match(name).group(1)))]
-    if not stale:
-        return 0, 0
-    in_use = {arg for stat in all_processes() for arg in cmdline(stat.pid)}
-    return _unlink(name for name in stale if name not in in_use)
-
-
-def _mib(nbytes: int) -> str:
-    return f"{nbytes / 2**20:.0f} MiB"
-
-
-# ------------------------------------------------------------------------ process group
-def group_members(pgid: int) -> List[ProcStat]:
-    """The live processes of the session and process group ``pgid`` (a server started with
-    ``start_new_session``: both ids are its pid), zombies left out."""
-    return [stat for stat in all_processes()
-            if stat.pgrp == pgid and stat.session == pgid and stat.state not in "ZX"]
-
-
-def kill_group(pgid: int, timeout: float = KILL_WAIT_SECS) -> int:
-    """SIGKILL every live member of ``pgid`` and wait up to ``timeout`` s until they are
-    gone; return how many were killed."""
-    members = group_members(pgid)
-    for stat in members:
-        try:
-            os.kill(stat.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-    deadline = time.monotonic() + timeout
-    while members and group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return len(members)
-
-
-# --------------------------------------------------------------------------- admin API
-class TritonAdmin:
-    """The few HTTP calls the supervisor makes: repository index, load, unload, readiness.
-
-    ``http_url`` is ``'host:port'``; ``headers`` carry the admin key (the model-repository
-    API is restricted to it) and, when inference needs one, the API key (so is a model's
-    config).
-    """
-
-    def __init__(self, http_url: str, headers: Optional[Mapping[str, str]] = None):
-        self.http_url = http_url
-        self.headers = dict(headers or {})
-
-    def request(self, method: str, path: str, timeout: float = 2.0, admin: bool = True,
-                body: Optional[dict] = None) -> Tuple[int, bytes]:
-        """(HTTP status, body); status 0 when the server does not answer."""
-        data = json.dumps(body or {}).encode() if method == "POST" else None
-        request = urllib.request.Request(f"http://{self.http_url}{path}", data=data,
-                                         method=method, headers=self.headers if admin else {})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return response.status, response.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except (urllib.error.URLError, OSError):
-            return 0, b""
-
-    def index(self) -> Optional[Dict[str, str]]:
-        """Model name -> state (``READY``, ``UNAVAILABLE``, ``LOADING``, ``UNLOADING``) of
-        every model in the repository; ``None`` when the server does not answer."""
-        status, body = self.request("POST", "/v2/repository/index")
-        if status != 200:
-            return None
-        return {entry["name"]: entry.get("state", "UNKNOWN") for entry in json.loads(body)}
-
-    def load(self, model: str, timeout: float) -> Tuple[bool, str]:
-        """Load ``model`` from the repository; (success, Triton's error message). A model
-        that is loaded already and unchanged on disk is left as it is, dead stubs included."""
-        status, body = self.request("POST", f"/v2/repository/models/{model}/load", timeout)
-        return status == 200, _error_text(status, body)
-
-    def reload(self, model: str, timeout: float) -> Tuple[bool, str]:
-        """Load a new copy of the loaded ``model`` (new instances) while the current one keeps
-        serving until it is ready. A plain load of an unchanged model does nothing, and a
-        config that differs only in its instances reuses the unchanged ones, so this loads
-        the running config with a parameter ``towhee_rt_reload`` (ignored by the models) set
-        to a new value."""
-        status, body = self.request("GET", f"/v2/models/{model}/config")
-        if status != 200:
-            return False, f"cannot read its config: {_error_text(status, body)}"
-        config = json.loads(body)
-        config.setdefault("parameters", {})[RELOAD_PARAMETER] = {
-            "string_value": f"{time.time():.6f}"}
-        status, body = self.request("POST", f"/v2/repository/models/{model}/load", timeout,
-                                    body={"parameters": {"config": json.dumps(config)}})
-        return status == 200, _error_text(status, body)
-
-    def unload(self, model: str) -> Tuple[bool, str]:
-        """Start unloading ``model`` (Triton finishes it in the background)."""
-        status, body = self.request("POST", f"/v2/repository/models/{model}/unload")
-        return status == 200, _error_text(status, body)
-
-    def ready(self) -> bool:
-        """Whether ``/v2/health/ready`` answers 200 (open to everyone, no key)."""
-        return self.request("GET", "/v2/health/ready", admin=False)[0] == 200
-
-
-def _error_text(status: int, body: bytes) -> str:
-    if status == 200:
-        return ""
-    if status == 0:
-        return "the server did not answer"
-    try:
-        return str(json.loads(body).get("error", body.decode(errors="replace")))
-    except ValueError:
-        return body.decode(errors="replace") or f"HTTP {status}"
-
-
-# --------------------------------------------------------------------------- supervisor
 class Supervisor:
     """A thread that keeps the models of tritonserver ``server_pid`` serving.
 
@@ -536,7 +220,7 @@ class Supervisor:
         for pid, stub in list(self._retiring.items()):
             stat = children.get(pid)
             if stat is None:
-                _unlink([stub.region])
+                unlink_regions([stub.region])
                 del self._retiring[pid]
                 self._retired_at.pop(pid, None)
                 self._dead.discard(pid)
@@ -702,7 +386,7 @@ class Supervisor:
         cause = describe_exit(stat)
         self._emit("server_exited", f"tritonserver (pid {self.server_pid}) {cause}; killed "
                                     f"{killed} leftover process(es), removed {count} shared-"
-                                    f"memory region(s) ({_mib(nbytes)})", logging.INFO,
+                                    f"memory region(s) ({mib(nbytes)})", logging.INFO,
                    pid=self.server_pid, cause=cause, killed=killed, regions=count)
 
     def _emit(self, kind: str, message: str, level: int, **details) -> None:
@@ -728,211 +412,3 @@ def only_pinned_left(log_text: str, pinned: int) -> bool:
     counts = _LIVE_MODELS.findall(log_text.split(_ALL_STOPPED, 1)[1])
     return bool(counts) and int(counts[-1]) <= pinned
 
-
-# --------------------------------------------------------------------------- watchdog
-def watchdog_main(group: int, prefix: Optional[str] = None,
-                  container: Optional[str] = None) -> int:
-    """Wait until standard input closes, then kill what is left of process group ``group``
-    (and ``docker rm -f`` ``container``) and remove the regions named ``prefix...``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # only the pipe ends the wait
-    while True:
-        try:
-            if not os.read(0, 4096):
-                break
-        except InterruptedError:
-            continue
-        except OSError:
-            break
-    killed = kill_group(group)
-    if container:
-        subprocess.run(["docker", "rm", "-f", container], capture_output=True, timeout=60,
-                       check=False)
-    count, nbytes = remove_regions(prefix) if prefix else (0, 0)
-    if killed or count:
-        print(f"towhee_rt watchdog: the process that started tritonserver (pid {group}) is "
-              f"gone; killed {killed} leftover process(es), removed {count} shared-memory "
-              f"region(s) ({_mib(nbytes)})", file=sys.stderr, flush=True)
-    return 0
-
-
-# -------------------------------------------------------------------------- run (image)
-def _flag_value(argv: Sequence[str], name: str) -> Optional[str]:
-    value = None
-    for i, arg in enumerate(argv):
-        if arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-        elif arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-    return value
-
-
-def admin_endpoint(argv: Sequence[str]) -> Tuple[str, Dict[str, str]]:
-    """(``'127.0.0.1:<http port>'``, headers) of a tritonserver argv: the keys its
-    ``--http-restricted-api`` flags require for the model-repository and model-config APIs."""
-    port = _flag_value(argv, "--http-port") or "8000"
-    address = _flag_value(argv, "--http-address") or "0.0.0.0"
-    host = "127.0.0.1" if address in ("0.0.0.0", "::", "") else address
-    headers: Dict[str, str] = {}
-    for i, arg in enumerate(argv):
-        setting = (arg.split("=", 1)[1] if arg.startswith("--http-restricted-api=")
-                   else argv[i + 1] if arg == "--http-restricted-api" and i + 1 < len(argv)
-                   else None)
-        if setting and ":" in setting:
-            apis, _, header = setting.partition(":")
-            if {"model-repository", "model-config"} & set(apis.split(",")) and "=" in header:
-                name, value = header.split("=", 1)
-                headers[name] = value
-    return f"{host}:{port}", headers
-
-
-def _set_subreaper() -> None:
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
-        except (OSError, AttributeError):
-            pass
-
-
-class _ServerOutput(threading.Thread):
-    """Copies tritonserver's output to ours; once it is stopping with ``pinned`` versions,
-    kills it as soon as only those are left (see :func:`only_pinned_left`)."""
-
-    def __init__(self, server: subprocess.Popen):
-        super().__init__(name="towhee_rt-server-output", daemon=True)
-        self.server = server
-        self.pinned = 0
-        self.cut_short = False
-        self._since_stop: Optional[List[str]] = None
-        self.start()
-
-    def stopping(self, pinned: int) -> None:
-        """tritonserver is being asked to stop; ``pinned`` versions will never unload."""
-        if self._since_stop is None:
-            self.pinned, self._since_stop = pinned, []
-
-    def run(self) -> None:
-        out = sys.stdout.buffer
-        for line in iter(self.server.stdout.readline, b""):
-            try:
-                out.write(line)
-                out.flush()
-            except (OSError, ValueError):  # our stdout is gone: keep draining its pipe
-                pass
-            since = self._since_stop
-            if since is None or not self.pinned or self.cut_short:
-                continue
-            since.append(line.decode(errors="replace"))
-            if only_pinned_left("".join(since), self.pinned):
-                log.info("tritonserver has unloaded every model but %d version(s) that cannot "
-                         "unload (a request reached a dead stub); not waiting for them",
-                         self.pinned)
-                self.cut_short = True
-                try:
-                    os.kill(self.server.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-
-
-def run_main(argv: Sequence[str], poll_secs: float = POLL_SECS) -> int:
-    """Run the tritonserver command ``argv`` under supervision until it exits; its exit code
-    (1 when a model was given up). SIGTERM/SIGINT go to tritonserver; a second SIGINT kills
-    it. Orphans are reaped (as PID 1, or as a subreaper)."""
-    if not argv:
-        print("towhee_rt supervisor: no tritonserver command given (run -- tritonserver ...)",
-              file=sys.stderr)
-        return 64
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s towhee_rt supervisor %(levelname)s: %(message)s")
-    _set_subreaper()
-    count, nbytes = remove_stale_regions()
-    if count:
-        log.info("removed %d stale shared-memory region(s) (%s) of earlier runs", count,
-                 _mib(nbytes))
-    argv = list(argv)
-    prefix = None
-    for arg in argv:
-        if arg.startswith(SHM_PREFIX_FLAG):
-            prefix = arg[len(SHM_PREFIX_FLAG):]
-    if prefix is None:
-        prefix = shm_prefix(number=0)
-        argv.append(shm_prefix_flag(prefix))
-    http_url, headers = admin_endpoint(argv)
-    try:  # its output passes through us, so that a stop can see what it waits for
-        server = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT)
-    except OSError as exc:
-        log.error("cannot start %s: %s", argv[0], exc)
-        return 127
-    output = _ServerOutput(server)
-    state = {"signals": 0, "gave_up": False}
-    supervisor: Optional[Supervisor] = None
-
-    def terminate(signum: int) -> None:
-        output.stopping(supervisor.pinned_versions() if supervisor else 0)
-        try:
-            os.kill(server.pid, signum)
-        except ProcessLookupError:
-            pass
-
-    def forward(signum, frame):
-        state["signals"] += 1
-        terminate(signal.SIGKILL if state["signals"] > 1 and signum == signal.SIGINT
-                  else signum)
-
-    def on_event(event):
-        if event["event"] == "gave_up" and not state["gave_up"]:
-            state["gave_up"] = True
-            log.error("stopping tritonserver: model %s cannot be kept serving", event["model"])
-            terminate(signal.SIGTERM)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, forward)
-    supervisor = Supervisor(server.pid, TritonAdmin(http_url, headers), shm_prefix=prefix,
-                            on_event=on_event, poll_secs=poll_secs).start()
-    # Popen.wait() would race the reaping of orphans below, so reap everything here.
-    code = None
-    while code is None:
-        try:
-            pid, status = os.waitpid(-1, 0)
-        except ChildProcessError:
-            code = 1
-            break
-        if pid == server.pid:
-            code = os.waitstatus_to_exitcode(status)
-    server.returncode = code
-    output.join(5)
-    if output.cut_short:
-        code = 0  # stopped as asked; only versions Triton never unloads were left
-    supervisor.stop()
-    killed = kill_group(server.pid)
-    removed, nbytes = remove_regions(prefix)
-    log.info("tritonserver exited (code %s); killed %d leftover process(es), removed %d "
-             "shared-memory region(s) (%s)", code, killed, removed, _mib(nbytes))
-    if state["gave_up"]:
-        return 1
-    return code if code >= 0 else 128 - code
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``run -- tritonserver ...`` or ``watchdog --group PGID [--shm-prefix P]``."""
-    parser = argparse.ArgumentParser(prog="towhee_rt_supervisor", description=__doc__.split(
-        "\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run tritonserver under supervision")
-    run.add_argument("server_argv", nargs=argparse.REMAINDER,
-                     help="-- then the tritonserver command")
-    watch = commands.add_parser("watchdog", help="clean up after a launcher that died")
-    watch.add_argument("--group", type=int, required=True)
-    watch.add_argument("--shm-prefix")
-    watch.add_argument("--container")
-    args = parser.parse_args(argv)
-    if args.command == "watchdog":
-        return watchdog_main(args.group, args.shm_prefix, args.container)
-    server_argv = list(args.server_argv)
-    if server_argv[:1] == ["--"]:
-        server_argv = server_argv[1:]
-    return run_main(server_argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
