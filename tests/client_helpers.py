@@ -12,6 +12,8 @@ from towhee_rt.client import Client
 from towhee_rt.client_inputs import ServedInput, request_headers
 from towhee_rt.client_retry import RetryPolicy
 
+from .local_http import serving
+
 
 # ------------------------------------------------------------------------------ web site
 @dataclasses.dataclass
@@ -45,15 +47,9 @@ def serve_files(files: Mapping[str, bytes]) -> Iterator[Site]:
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
-    site.url = f"http://127.0.0.1:{httpd.server_address[1]}"
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    for running in serving(httpd):
+        site.url = f"http://127.0.0.1:{running.server_address[1]}"
         yield site
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join(10)
 
 
 # ---------------------------------------------------------------- a client, no server behind it
