@@ -28,6 +28,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from towhee_rt.triton import procs
+
 from .common import RESULTS_DIR, build_pipeline, image_files, machine_info, machine_line
 
 BAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "bad"
@@ -86,50 +88,24 @@ def _client_loop(url: str, items: List[Any], references: List[Optional[np.ndarra
                        outcome=_classify(outcome, references[index]), burst=burst)
 
 
-def _tree(root: int) -> List[int]:
-    children: Dict[int, List[int]] = {}
-    for entry in os.listdir("/proc"):
-        try:
-            parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(children.get(pid, []))
-    return out
-
-
 def _sample(server_pid: int) -> Dict[str, float]:
-    anon = 0
-    for pid in _tree(server_pid):
+    """Anonymous RSS of tritonserver and its stubs, and the size of our /dev/shm regions."""
+    anon = sum(procs.resident_kib(member.pid)[0] for member in procs.group_members(server_pid))
+    shm = 0
+    for name in procs.regions("towhee_rt_"):  # the regions of servers towhee_rt started
         try:
-            for line in open(f"/proc/{pid}/status"):
-                if line.startswith("RssAnon:"):
-                    anon += int(line.split()[1])
+            shm += os.path.getsize(os.path.join("/dev/shm", name))
         except OSError:
             continue
-    shm = 0
-    for name in os.listdir("/dev/shm"):
-        if name.startswith("towhee_rt_"):  # the regions of servers towhee_rt started
-            try:
-                shm += os.path.getsize(os.path.join("/dev/shm", name))
-            except OSError:
-                continue
     return {"rss_anon_mib": anon / 1024, "shm_mib": shm / 2**20}
 
 
 def _kill_one_model_stub(server_pid: int) -> Optional[int]:
-    for pid in _tree(server_pid):
-        try:
-            cmdline = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ")
-        except OSError:
-            continue
-        if b"triton_python_backend_stub" in cmdline and b"image_embedding_timm" in cmdline:
-            os.kill(pid, signal.SIGKILL)
-            return pid
+    for member in procs.group_members(server_pid):
+        stub = procs.parse_stub(member.pid, procs.cmdline(member.pid))
+        if stub is not None and "image_embedding_timm" in stub.model:
+            os.kill(stub.pid, signal.SIGKILL)
+            return stub.pid
     return None
 
 

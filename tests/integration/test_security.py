@@ -14,6 +14,7 @@ import pytest
 
 import towhee_rt as towhee
 from towhee_rt.backends._operator import decode_failures
+from towhee_rt.triton import procs
 
 from ..local_http import serving
 
@@ -228,24 +229,9 @@ def test_allowed_urls_are_fetched_under_the_rules(server, site):
 
 def _memory_mib(pid):
     """(anonymous RSS, largest shared RSS) in MiB over tritonserver and its stubs."""
-    children = {}
-    for entry in os.listdir("/proc"):
-        try:
-            parent = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            children.setdefault(parent, []).append(int(entry))
-        except (OSError, ValueError, IndexError):
-            continue
-    pids, anon, shared = [pid], 0, 0
-    while pids:
-        current = pids.pop()
-        pids.extend(children.get(current, []))
-        try:
-            status = dict(line.split(":", 1) for line in open(f"/proc/{current}/status"))
-        except OSError:
-            continue
-        anon += int(status["RssAnon"].split()[0]) // 1024
-        shared = max(shared, int(status["RssShmem"].split()[0]) // 1024)
-    return anon, shared
+    resident = [procs.resident_kib(member.pid) for member in procs.group_members(pid)]
+    return (sum(anon for anon, _ in resident) // 1024,
+            max((shared for _, shared in resident), default=0) // 1024)
 
 
 def test_memory_comes_back_after_the_largest_image(server, good_dir):

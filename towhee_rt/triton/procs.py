@@ -223,6 +223,20 @@ def mib(nbytes: int) -> str:
 
 
 # ------------------------------------------------------------------------ process group
+def resident_kib(pid: int) -> Tuple[int, int]:
+    """(anonymous, shared-memory) resident KiB of ``pid`` (0, 0 when it is gone)."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                name, _, value = line.partition(":")
+                fields[name] = value
+    except OSError:
+        return 0, 0
+    return (int(fields.get("RssAnon", "0 kB").split()[0]),
+            int(fields.get("RssShmem", "0 kB").split()[0]))
+
+
 def group_members(pgid: int) -> List[ProcStat]:
     """The live processes of the session and process group ``pgid`` (a server started with
     ``start_new_session``: both ids are its pid), zombies left out."""
