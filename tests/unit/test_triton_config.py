@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from towhee_rt.backends._operator import TensorSpec
+from towhee_rt.errors import ConfigError
 from towhee_rt.op_config import DynamicBatching, OpConfig, RequestLimits
 from towhee_rt.triton import config as tc
 
@@ -91,3 +92,18 @@ def test_every_model_has_a_bounded_queue_and_merges_requests_only_when_batching(
                                                          queue_timeout_ms=250))
     policy = tc.operator_model_config(decode).dynamic_batching.default_queue_policy
     assert (policy.max_queue_size, policy.default_timeout_microseconds) == (3, 250_000)
+
+
+def test_repository_configs_are_read_and_written_back(tmp_path):
+    decode, embed = tc.operator_model_config(DECODE), tc.operator_model_config(EMBED)
+    for config in (decode, embed):
+        (tmp_path / config.name).mkdir()
+        tc.write_config(tmp_path, config.name, config)
+    assert tc.read_repository(tmp_path) == {decode.name: decode, embed.name: embed}
+    (tmp_path / decode.name / "config.pbtxt").write_text("instance_groups { count: 1 }\n")
+    with pytest.raises(ConfigError, match="not a valid Triton model config"):
+        tc.read_repository(tmp_path)
+    with pytest.raises(ConfigError, match="holds no model"):
+        tc.read_repository(tmp_path / decode.name)
+    with pytest.raises(ConfigError, match="not a directory"):
+        tc.read_repository(tmp_path / "missing")

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from ..backends._operator import SHAPES_SUFFIX, TensorSpec
+from ..errors import ConfigError
 from ..op_config import OpConfig, RequestLimits
 
 #: Model parameter names read by the generic Python-backend adapter (model.py): the operator,
@@ -128,6 +130,32 @@ def to_pbtxt(config: pb.ModelConfig) -> str:
 def parse_pbtxt(text: str) -> pb.ModelConfig:
     """Parse a ``config.pbtxt`` (validating every field name and type)."""
     return text_format.Parse(text, pb.ModelConfig())
+
+
+def read_repository(repository) -> Dict[str, pb.ModelConfig]:
+    """Every model's parsed ``config.pbtxt`` in a model repository directory, by model name
+    (the directory name). Raises :class:`~towhee_rt.errors.ConfigError` when the directory
+    holds no model or a config does not parse."""
+    root = Path(repository)
+    if not root.is_dir():
+        raise ConfigError(f"{root} is not a directory: give the model repository that "
+                          "towhee_rt.build_model_repo(pipe, path) wrote")
+    configs = {}
+    for path in sorted(root.glob("*/config.pbtxt")):
+        try:
+            configs[path.parent.name] = parse_pbtxt(path.read_text())
+        except text_format.ParseError as exc:
+            raise ConfigError(f"{path}: not a valid Triton model config ({exc})") from None
+    if not configs:
+        raise ConfigError(f"{root} holds no model (no */config.pbtxt): give the model "
+                          "repository that towhee_rt wrote")
+    return configs
+
+
+def write_config(repository, name: str, config: pb.ModelConfig) -> None:
+    """Write model ``name``'s ``config.pbtxt`` in ``repository`` (the inverse of
+    :func:`read_repository` for one model)."""
+    (Path(repository) / name / "config.pbtxt").write_text(to_pbtxt(config))
 
 
 def read_parameters(config: pb.ModelConfig) -> Dict[str, str]:
