@@ -24,7 +24,8 @@ of that request are sent again without them.
 Faults and overload: ``timeout`` bounds each request, retries and waits included; an unreachable
 server is retried, then one :class:`~towhee_rt.errors.ServerUnavailableError` for the call; a
 busy server or a request out of time fails that request's items (see
-:mod:`towhee_rt.client_retry`).
+:mod:`towhee_rt.client_retry`). Several urls (replicas of one server): see
+:mod:`towhee_rt.client_failover`.
 """
 from __future__ import annotations
 
@@ -41,9 +42,11 @@ from .backends._operator import (SHAPES_SUFFIX, ItemFailure, OperatorInputError,
                                  decode_failures)
 from .client_inputs import (encode_item, item_source, max_batch_size, payload_bytes,
                             request_headers, served_input, split_by_bytes, to_array)
+from .client_replicas import parse_urls
 from .client_retry import (BUSY, DEADLINE_SLACK, DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF,
                            DEFAULT_RETRIES, REFUSED, TIMEOUT, UNAVAILABLE, RetryPolicy,
-                           classify_error, error_text, refusal_error, rejection_error)
+                           classify_error, connection_options, error_text, refusal_error,
+                           rejection_error)
 from .errors import (ClientError, ConfigError, ItemError, PipelineError, ServerUnavailableError,
                      TowheeRTError, check_error_mode)
 from .triton.flags import check_key
@@ -65,6 +68,8 @@ class RequestRecord:
     seconds: float
     #: The failure, or ``None`` when every item succeeded.
     error: Optional[BaseException] = None
+    #: The server ("host:port") the request was sent to: with several urls, which replica.
+    url: Optional[str] = None
 
 
 class _RequestFailed(Exception):
@@ -102,9 +107,20 @@ class Client:
     often and after how long a request to an unreachable server is sent again (see
     :class:`~towhee_rt.client_retry.RetryPolicy`; a busy server gets one retry). Raises
     :class:`~towhee_rt.errors.ServerUnavailableError` when the server cannot be reached.
+
+    ``url``: ``"host:port"``; several replicas of one server as a list or tuple of them, or
+    one string with commas, give a :class:`~towhee_rt.client_failover.ReplicaClient`, which
+    spreads the requests and fails over between them.
     """
 
-    def __init__(self, url: str = "127.0.0.1:8001", model_name: str = "pipeline",
+    def __new__(cls, url: Any = "127.0.0.1:8001", *args: Any, **kwargs: Any) -> "Client":
+        if cls is Client and len(parse_urls(url)) > 1:
+            from .client_failover import ReplicaClient
+
+            cls = ReplicaClient
+        return super().__new__(cls)
+
+    def __init__(self, url: Any = "127.0.0.1:8001", model_name: str = "pipeline",
                  protocol: str = "grpc", timeout: float = 60.0,
                  on_request: Optional[Callable[[RequestRecord], None]] = None,
                  api_key: Optional[str] = None, headers: Optional[Mapping[str, str]] = None,
@@ -113,7 +129,7 @@ class Client:
             raise ConfigError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
             raise ConfigError(f"timeout must be a number of seconds > 0, got {timeout!r}")
-        self.url = url.split("://", 1)[-1]
+        self.url = ",".join(parse_urls(url))
         self.model_name = model_name
         self.protocol = protocol
         self.timeout = timeout
@@ -122,15 +138,10 @@ class Client:
                                  max_backoff=max(backoff, DEFAULT_MAX_BACKOFF))
         self._api_key = None if api_key is None else check_key(api_key, "api_key")
         self.headers = request_headers(protocol, self._api_key, headers)
-        self._clients: Dict[threading.Thread, Any] = {}  # thread -> its tritonclient
+        # (thread, url) -> that thread's tritonclient for that server
+        self._clients: Dict[Tuple[threading.Thread, str], Any] = {}
         self._lock = threading.Lock()
-        self._inputs, self._outputs = self._read_metadata()
-        config = self._read_config()
-        #: What the server said about its input (kind and byte limits).
-        self.served = served_input(config)
-        #: The most items one request may hold (the model's ``max_batch_size``; ``None``: no
-        #: limit said).
-        self.max_batch_size = max_batch_size(config)
+        self._load_model()
 
     # -- public API ---------------------------------------------------------------------------
     def infer(self, items: Sequence[Any], mode: str = "infer", batch_size: int = 1,
@@ -207,40 +218,26 @@ class Client:
             import tritonclient.http as module
         return module
 
+    def _serving_url(self) -> str:
+        """The server this thread's requests go to now."""
+        return self.url
+
     def _client(self):
-        """One tritonclient per thread (the HTTP client is not thread-safe), keyed by the thread
-        itself: a thread id may be reused by a later thread."""
-        thread = threading.current_thread()
-        client = self._clients.get(thread)
+        """One tritonclient per thread (the HTTP client is not thread-safe) and server, keyed by
+        the thread itself: a thread id may be reused by a later thread."""
+        key = (threading.current_thread(), self._serving_url())
+        client = self._clients.get(key)
         if client is None:
-            client = self._module().InferenceServerClient(self.url, **self._client_options())
+            client = self._module().InferenceServerClient(
+                key[1], **connection_options(self.protocol, self.timeout))
             with self._lock:
-                self._clients[thread] = client
+                self._clients[key] = client
         return client
-
-    def _client_options(self) -> Dict[str, Any]:
-        if self.protocol == "http":
-            return {"connection_timeout": self.timeout, "network_timeout": self.timeout}
-        from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
-
-        keepalive = KeepAliveOptions()
-        # tritonclient's own channel options, plus a channel-local subchannel pool: gRPC
-        # otherwise shares one connection (and its reconnect backoff, up to minutes) among
-        # every channel to the same address, so a fresh channel would not reconnect at once
-        # to a restarted server.
-        return {"channel_args": [
-            ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
-            ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
-            ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
-            ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
-            ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
-            ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
-            ("grpc.use_local_subchannel_pool", 1)]}
 
     def _drop_client(self) -> None:
         """Close this thread's connection, so that the next call opens a fresh one."""
         with self._lock:
-            client = self._clients.pop(threading.current_thread(), None)
+            client = self._clients.pop((threading.current_thread(), self._serving_url()), None)
         if client is None:
             return
         try:
@@ -248,27 +245,35 @@ class Client:
         except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone
             pass
 
-    def _read_metadata(self) -> Tuple[List[Dict[str, Any]], List[str]]:
-        def read(remaining: float) -> Dict[str, Any]:
-            if self.protocol == "grpc":
-                return self._client().get_model_metadata(
-                    self.model_name, headers=self.headers, as_json=True,
-                    client_timeout=remaining)
-            return self._client().get_model_metadata(self.model_name, headers=self.headers)
+    def _load_model(self) -> None:
+        """Read the served model's inputs, outputs and limits (with retries)."""
+        self._use_model(self._read(self._get_metadata, f"read model {self.model_name!r}"),
+                        self._read(self._get_config,
+                                   f"read the config of model {self.model_name!r}"))
 
-        meta = self._read(read, f"read model {self.model_name!r}")
-        return list(meta["inputs"]), [o["name"] for o in meta["outputs"]]
+    def _use_model(self, meta: Dict[str, Any], config: Dict[str, Any]) -> None:
+        """Take the model's metadata and config (JSON, field names as in config.pbtxt)."""
+        self._inputs, self._outputs = list(meta["inputs"]), [o["name"] for o in meta["outputs"]]
+        #: What the server said about its input (kind and byte limits).
+        self.served = served_input(config)
+        #: The most items one request may hold (the model's ``max_batch_size``; ``None``: no
+        #: limit said).
+        self.max_batch_size = max_batch_size(config)
 
-    def _read_config(self) -> Dict[str, Any]:
-        """The model's config as JSON (field names as in config.pbtxt)."""
-        def read(remaining: float) -> Dict[str, Any]:
-            if self.protocol == "grpc":
-                return self._client().get_model_config(
-                    self.model_name, headers=self.headers, as_json=True,
-                    client_timeout=remaining)["config"]
-            return self._client().get_model_config(self.model_name, headers=self.headers)
+    def _get_metadata(self, remaining: float) -> Dict[str, Any]:
+        """One read of the model's metadata; raises tritonclient's error."""
+        if self.protocol == "grpc":
+            return self._client().get_model_metadata(
+                self.model_name, headers=self.headers, as_json=True, client_timeout=remaining)
+        return self._client().get_model_metadata(self.model_name, headers=self.headers)
 
-        return self._read(read, f"read the config of model {self.model_name!r}")
+    def _get_config(self, remaining: float) -> Dict[str, Any]:
+        """One read of the model's config as JSON; raises tritonclient's error."""
+        if self.protocol == "grpc":
+            return self._client().get_model_config(
+                self.model_name, headers=self.headers, as_json=True,
+                client_timeout=remaining)["config"]
+        return self._client().get_model_config(self.model_name, headers=self.headers)
 
     def _read(self, read: Callable[[float], Any], doing: str) -> Any:
         """``read(remaining_seconds)`` with retries; errors say what to do."""
@@ -420,7 +425,8 @@ class Client:
             raise
         finally:
             if self.on_request is not None:
-                self.on_request(RequestRecord(len(values), time.perf_counter() - start, error))
+                self.on_request(RequestRecord(len(values), time.perf_counter() - start, error,
+                                              self._serving_url()))
         arrays = {name: result.as_numpy(name) for name in self._outputs}
         for name in [n for n in arrays if n + SHAPES_SUFFIX in arrays]:
             # Items of different shapes arrive zero-padded, with their shapes beside them.

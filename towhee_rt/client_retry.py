@@ -19,7 +19,7 @@ import dataclasses
 import errno
 import random
 import re
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from .errors import ClientError, ConfigError, DeadlineExceededError, ItemError, ServerBusyError
 from .triton.flags import API_KEY_HEADER, GRPC_HEADER_PREFIX
@@ -141,6 +141,28 @@ class RetryPolicy:
     def schedule(self, draw: Callable[[], float] = random.random) -> List[float]:
         """The waits of every retry an unreachable server would get, in order."""
         return [self.delay(k, draw) for k in range(self.retries)]
+
+
+def connection_options(protocol: str, timeout: float) -> Dict[str, Any]:
+    """Keyword arguments of a tritonclient ``InferenceServerClient`` for ``protocol``, so that a
+    server restarted on the same address (or a replica back up) is reached at once."""
+    if protocol == "http":
+        return {"connection_timeout": timeout, "network_timeout": timeout}
+    from tritonclient.grpc._client import MAX_GRPC_MESSAGE_SIZE, KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    # tritonclient's own channel options, plus a channel-local subchannel pool: gRPC
+    # otherwise shares one connection (and its reconnect backoff, up to minutes) among
+    # every channel to the same address, so a fresh channel would not reconnect at once
+    # to a restarted server.
+    return {"channel_args": [
+        ("grpc.max_send_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.max_receive_message_length", MAX_GRPC_MESSAGE_SIZE),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.use_local_subchannel_pool", 1)]}
 
 
 def refusal_error(text: str, url: str, protocol: str, key_sent: bool) -> Optional[ClientError]:

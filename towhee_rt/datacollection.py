@@ -9,7 +9,7 @@ Example::
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from .client_retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .errors import ConfigError
@@ -50,8 +50,9 @@ class DataCollection:
         finally:
             self._pipe.close()
 
-    def remote(self, url: str = "127.0.0.1:8001", mode: str = "infer", protocol: str = "grpc",
-               model_name: str = "pipeline", batch_size: int = 1, concurrency: int = 4,
+    def remote(self, url: Union[str, Sequence[str]] = "127.0.0.1:8001", mode: str = "infer",
+               protocol: str = "grpc", model_name: str = "pipeline", batch_size: int = 1,
+               concurrency: int = 4,
                errors: str = "raise", timeout: float = 60.0, api_key: Optional[str] = None,
                headers: Optional[Mapping[str, str]] = None, retries: int = DEFAULT_RETRIES,
                backoff: float = DEFAULT_BACKOFF):
@@ -74,6 +75,11 @@ class DataCollection:
         items whose request a busy server turned away (after one retry) or that timed out
         fail as :class:`~towhee_rt.errors.ServerBusyError` /
         :class:`~towhee_rt.errors.DeadlineExceededError`.
+
+        ``url``: several replicas of the pipeline (a list or tuple of ``"host:port"``, or one
+        string with commas) share the requests, least busy first; an unreachable replica is
+        taken out and its requests sent to the others (see
+        :mod:`towhee_rt.client_failover`).
         """
         if self._builder.steps:
             raise ConfigError("remote() sends items to the pipeline already served by "

@@ -1,7 +1,7 @@
 """The exceptions towhee_rt raises: one base class and a few subclasses."""
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
 from .backends._operator import ItemFailure
 
@@ -122,25 +122,35 @@ class ServerUnavailableError(ClientError):
     the client's retries. Raised once for a whole call, never once per item.
 
     ``url`` and ``protocol`` name the endpoint, ``reason`` is the last transport error,
-    ``attempts`` and ``seconds`` say how long the client kept trying.
+    ``attempts`` and ``seconds`` say how long the client kept trying. ``urls``: every server
+    tried; a client of several replicas raises this only when none of them can be reached
+    (``url`` is then their addresses joined by commas).
     """
 
     def __init__(self, url: str, protocol: str, reason: str, attempts: int = 1,
-                 seconds: float = 0.0, doing: str = "send requests"):
+                 seconds: float = 0.0, doing: str = "send requests",
+                 urls: Sequence[str] = ()):
         self.url, self.protocol, self.reason = url, protocol, reason
         self.attempts, self.seconds, self.doing = attempts, seconds, doing
+        self.urls = tuple(urls) or (url,)
         default_port = {"grpc": 8001, "http": 8000}.get(protocol, "its")
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts over {seconds:.1f} s"
+        if len(self.urls) == 1:
+            where, which = f"the Triton server at {url} ({protocol}) is", f"{url} is its"
+        else:
+            where = f"none of the {len(self.urls)} Triton servers {', '.join(self.urls)} " \
+                    f"({protocol}) is"
+            which = "each url is a"
         super().__init__(
-            f"cannot {doing}: the Triton server at {url} ({protocol}) is unavailable ({tries}): "
+            f"cannot {doing}: {where} unavailable ({tries}): "
             f"{reason}. Check that tritonserver is running and ready (towhee-rt serve REPO), "
-            f"that {url} is its {protocol} endpoint (--{protocol}-port, {default_port} by "
+            f"that {which} {protocol} endpoint (--{protocol}-port, {default_port} by "
             "default) and that no firewall or proxy is in the way; retries= and timeout= "
             "(Client(...), remote(...)) set how long the client keeps trying")
 
     def __reduce__(self):  # picklable (e.g. across a process pool) despite its own arguments
         return type(self), (self.url, self.protocol, self.reason, self.attempts, self.seconds,
-                            self.doing)
+                            self.doing, self.urls)
 
 
 class DockerError(TowheeRTError):

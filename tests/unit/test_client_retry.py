@@ -156,7 +156,7 @@ def test_a_server_back_within_the_retries_is_used_with_a_fresh_connection():
         def close(self):
             self.closed = True
 
-    broken = client._clients[threading.current_thread()] = Connection()
+    broken = client._clients[(threading.current_thread(), client.url)] = Connection()
     assert client.infer([b"abc"]) == [3]
     assert script.calls == 3 and broken.closed and client._clients == {}
 
