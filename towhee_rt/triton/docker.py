@@ -60,6 +60,8 @@ DEFAULT_TRITON_TAG = CUDA_TO_TRITON_TAG[DEFAULT_CUDA][0]
 #: The image's entrypoint script, in the build context and in the image.
 ENTRYPOINT_NAME = "towhee_rt_entrypoint.sh"
 ENTRYPOINT_PATH = f"/workspace/{ENTRYPOINT_NAME}"
+#: The image's ``CMD``: the entrypoint script (Kubernetes manifests repeat it as ``args``).
+IMAGE_CMD = ("/bin/bash", ENTRYPOINT_PATH)
 #: The supervisor package beside the entrypoint: these modules, copied unchanged (standard
 #: library only, they import each other relatively), and an ``__init__.py`` and a
 #: ``__main__.py`` (``python3 /workspace/towhee_rt_supervisor run -- tritonserver ...``).
@@ -177,7 +179,7 @@ def render_dockerfile(tag: str, cuda: Optional[str], model_name: str) -> str:
                                entrypoint=ENTRYPOINT_NAME, entrypoint_path=ENTRYPOINT_PATH,
                                supervisor=SUPERVISOR_NAME, supervisor_path=SUPERVISOR_PATH,
                                stop_timeout=STOP_TIMEOUT_SECS,
-                               command=json.dumps(["/bin/bash", ENTRYPOINT_PATH]),
+                               command=json.dumps(list(IMAGE_CMD)),
                                ports=f"{DEFAULT_HTTP_PORT} {DEFAULT_GRPC_PORT} "
                                      f"{DEFAULT_METRICS_PORT}")
 
