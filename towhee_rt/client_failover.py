@@ -94,12 +94,16 @@ class ReplicaClient(Client):
         replica = getattr(self._local, "replica", None)
         return replica.url if replica is not None else self.urls[0]
 
-    def _load_model(self) -> None:
-        """Start the replica set, read the model from the first replica that answers, and
-        check every other replica that answers now."""
+    def _start_replicas(self) -> None:
+        """The replica set, every replica up and not read yet."""
         self._pool = ReplicaSet(self.urls, self.retry)
         self._local = threading.local()
         self._reference: Optional[Tuple[str, Dict[str, Any]]] = None  # (url, signature)
+
+    def _load_model(self) -> None:
+        """Read the model from the first replica that answers, and check every other replica
+        that answers now."""
+        self._start_replicas()
         self._read(lambda remaining: None, f"read model {self.model_name!r}")
         for replica in self._pool:
             if replica.checked or replica.down_until is not None:
