@@ -1,6 +1,8 @@
 """``python -m towhee_rt.deploy kubernetes``: help, files written, usage errors exit 2."""
+import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,3 +75,16 @@ def test_a_non_number_is_refused_by_the_parser_with_exit_2(repo):
     with pytest.raises(SystemExit) as exit_info:
         main(["kubernetes", repo, "--image", IMAGE, "--replicas", "two"])
     assert exit_info.value.code == 2
+
+
+def test_the_readme_command_runs(repo, tmp_path):
+    """The command in README's "Deploy on Kubernetes" section, on a test repository."""
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    section = readme.split("### Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    command = section.split("python -m towhee_rt.deploy ", 1)[1]
+    words = shlex.split(command.split("\nkubectl", 1)[0].replace("\\\n", " "))
+    assert words[:2] == ["kubernetes", "/tmp/towhee_rt_readme/docker/models"]
+    out = words.index("--out") + 1
+    words[1], words[out] = repo, str(tmp_path / "k8s")
+    assert main(words) == 0
+    assert (tmp_path / "k8s" / "kustomization.yaml").is_file()
