@@ -1,4 +1,4 @@
-"""What a user chooses for a Kubernetes deployment, checked once, with errors that say what to do."""
+"""What a user chooses for a Kubernetes deployment, checked once; errors say what to do."""
 from __future__ import annotations
 
 import dataclasses
