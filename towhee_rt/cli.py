@@ -3,6 +3,7 @@
     towhee-rt serve REPO [--grpc-port 8001] [--http-port 8000] [--host 127.0.0.1]
                          [--api-key-file FILE] [--admin-key-file FILE] ...
     towhee-rt quickstart --images DIR [--model-name resnet50] [--repo DIR]
+    towhee-rt tune REPO [--out DIR] [--objective throughput|latency] [--time-budget S] ...
 
 ``serve`` starts tritonserver (the one carried by ``nvidia-pytriton`` unless ``--tritonserver
 PATH`` or ``--docker IMAGE`` says otherwise), waits until the server and every model are ready,
@@ -16,7 +17,8 @@ signal, 1 when the server cannot start or dies or a model keeps dying, 2 for a u
 bad key file), 130 when interrupted while starting.
 ``python -m towhee_rt.serve REPO`` is the same as ``towhee-rt serve REPO``.
 
-``quickstart`` is the README's demo (:mod:`towhee_rt.quickstart`).
+``quickstart`` is the README's demo (:mod:`towhee_rt.quickstart`); ``tune`` is
+``python -m towhee_rt.tune`` (:mod:`towhee_rt.tune`).
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import quickstart
+from .tune import cli as tune_cli
 from .errors import ConfigError, TowheeRTError
 from .triton.flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
                            DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, GRPC_HEADER_PREFIX,
@@ -57,6 +60,10 @@ def main(argv: Optional[List[str]] = None, prog: str = "towhee-rt") -> int:
                                        description=quickstart.DESCRIPTION)
     quickstart.add_arguments(quick_parser)
     quick_parser.set_defaults(run=quickstart.run)
+    tune_parser = commands.add_parser("tune", help="search a repository's serving settings",
+                                      description=tune_cli.DESCRIPTION)
+    tune_cli.add_arguments(tune_parser)
+    tune_parser.set_defaults(run=lambda args: tune_cli.run(args, prog))
     args = parser.parse_args(argv)
     return args.run(args)
 

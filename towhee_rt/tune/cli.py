@@ -1,0 +1,84 @@
+"""The tuner's command line, shared by ``python -m towhee_rt.tune`` and ``towhee-rt tune``::
+
+    python -m towhee_rt.tune REPO [--out DIR] [--objective throughput|latency]
+        [--p99-budget-ms MS] [--max-instances N] [--concurrency N] [--time-budget S]
+        [--inputs DIR_OR_FILES ...] [--report-dir DIR] [--model NAME]
+
+Exit codes: 0 done (settings written, report written), 1 the server or a model failed, 2 a
+usage or configuration error, 130 interrupted (the server is stopped; nothing is written).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from ..errors import ConfigError, TowheeRTError
+from .search import OBJECTIVES
+from .tuner import DEFAULT_TIME_BUDGET_S, tune
+
+DESCRIPTION = ("Search a model repository's serving settings (instances, threads, dynamic "
+               "batching, requests in flight) on the real server and write the best ones back.")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the tuner's options to ``parser``."""
+    parser.add_argument("repository", type=Path, help="the model repository to tune")
+    parser.add_argument("--out", type=Path, metavar="DIR",
+                        help="write the tuned settings into a copy at DIR (must not exist) "
+                             "instead of into REPO")
+    parser.add_argument("--objective", choices=OBJECTIVES, default="throughput",
+                        help="most items/s, or lowest p50 latency (default %(default)s)")
+    parser.add_argument("--p99-budget-ms", type=float, metavar="MS",
+                        help="never choose a point whose p99 latency is above MS")
+    parser.add_argument("--max-instances", type=int, metavar="N",
+                        help="most model instances of all steps together (default: twice the "
+                             "cores, or the repository's own count if higher)")
+    parser.add_argument("--concurrency", type=int, metavar="N",
+                        help="requests in flight, fixed (default: searched for throughput, 1 "
+                             "for latency)")
+    parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S,
+                        metavar="S", help="seconds for the whole run, server start and report "
+                                          "included (default %(default)g)")
+    parser.add_argument("--inputs", nargs="+", metavar="DIR_OR_FILES",
+                        help="what to send: image files, or text files of one input per line "
+                             "(default: generated photos, or the pipeline's warm-up items)")
+    parser.add_argument("--report-dir", type=Path, metavar="DIR",
+                        help="where tune_report.md/.json/.png go (default: beside the tuned "
+                             "repository)")
+    parser.add_argument("--model", metavar="NAME",
+                        help="the pipeline (ensemble) to tune when REPO holds several")
+    parser.add_argument("--window", type=float, default=2.0, metavar="S",
+                        help="seconds per measurement window (default %(default)g)")
+
+
+def run(args: argparse.Namespace, prog: str = "python -m towhee_rt.tune") -> int:
+    """Tune as ``args`` say (``prog``: how the command was called, for the report); the
+    exit code."""
+    command = " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
+    try:
+        tune(args.repository, out=args.out, model=args.model, objective=args.objective,
+             p99_budget_ms=args.p99_budget_ms, max_instances=args.max_instances,
+             concurrency=args.concurrency, time_budget_s=args.time_budget,
+             inputs=args.inputs, report_dir=args.report_dir, window_s=args.window,
+             command=command)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TowheeRTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; the server is stopped and no settings were written",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def main(argv: Optional[List[str]] = None, prog: str = "python -m towhee_rt.tune") -> int:
+    """``python -m towhee_rt.tune``: parse ``argv`` (default ``sys.argv[1:]``) and tune."""
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv), prog)

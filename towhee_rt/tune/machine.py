@@ -1,0 +1,82 @@
+"""The machine a search ran on, and how busy other processes kept it (the noise in its figures).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from importlib import metadata
+from typing import Dict, Optional
+
+from ..backends._operator import usable_cores
+from ..triton import procs
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def describe() -> Dict[str, object]:
+    """CPU model, usable cores, OS, Python, date and the versions that matter to the figures."""
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": usable_cores(), "platform": platform.platform(),
+            "python": platform.python_version(),
+            "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+            "versions": {name: version(name) for name in (
+                "towhee_rt", "nvidia-pytriton", "onnxruntime", "torch", "tritonclient")}}
+
+
+def _busy_ticks() -> Optional[int]:
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(values) - values[3] - values[4]  # all but idle and iowait
+
+
+def _group_ticks(pgid: Optional[int]) -> int:
+    """CPU ticks of a process group (tritonserver and its stubs, reaped stubs included)."""
+    total = 0
+    for member in procs.group_members(pgid) if pgid else []:
+        try:
+            with open(f"/proc/{member.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+class OtherLoad:
+    """Cores used by processes other than this one and the server's group, since
+    :meth:`start` (None where ``/proc`` cannot tell)."""
+
+    def __init__(self, server_pgid: Optional[int] = None):
+        self.server_pgid = server_pgid
+        self.start()
+
+    def _own(self) -> float:
+        times = os.times()
+        return times.user + times.system + _group_ticks(self.server_pgid) / _TICKS
+
+    def start(self) -> None:
+        self._t, self._busy, self._own0 = time.monotonic(), _busy_ticks(), self._own()
+
+    def cores(self) -> Optional[float]:
+        busy, elapsed = _busy_ticks(), time.monotonic() - self._t
+        if busy is None or self._busy is None or elapsed <= 0:
+            return None
+        other = (busy - self._busy) / _TICKS - (self._own() - self._own0)
+        return max(0.0, other / elapsed)
