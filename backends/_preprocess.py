@@ -12,10 +12,8 @@ import numpy as np
 from ._operator import OperatorInputError
 
 
-def to_pil_rgb(item: Any):
-    """An RGB ``PIL.Image`` from one ``uint8`` HxWx3 array item (as image_decode produces)."""
-    from PIL import Image
-
+def rgb_array(item: Any) -> np.ndarray:
+    """One item as a checked HxWx3 uint8 array (what image_decode produces)."""
     array = np.asarray(item)
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise OperatorInputError(
@@ -23,7 +21,14 @@ def to_pil_rgb(item: Any):
             f"dtype {array.dtype} shape {array.shape}; decode images with image_decode.cv2_rgb")
     if array.shape[0] == 0 or array.shape[1] == 0:
         raise OperatorInputError(f"empty image of shape {array.shape}")
-    return Image.fromarray(np.ascontiguousarray(array))
+    return array
+
+
+def to_pil_rgb(item: Any):
+    """An RGB ``PIL.Image`` from one ``uint8`` HxWx3 array item (as image_decode produces)."""
+    from PIL import Image
+
+    return Image.fromarray(np.ascontiguousarray(rgb_array(item)))
 
 
 def transform_images(items: Sequence[Any], transform: Callable) -> np.ndarray:

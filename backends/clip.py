@@ -21,7 +21,8 @@ from ._clip_models import (CONFIG_DIR, CONFIG_FILE, HUB_PREFIX, PREFERRED_TAGS, 
                            TOWHEE_NAMES, default_tag, encoders, open_clip_name)
 from ._model import ModelInput, ModelOperator
 from ._operator import OperatorParamError, Param, TensorSpec
-from ._preprocess import random_images, to_texts, transform_images
+from ._image_prep import PREPROCESS_PARAM, ImagePreprocessing
+from ._preprocess import random_images, to_texts
 from ._weights import download_hint, hub_source, jsonable, weights_unavailable
 
 
@@ -250,11 +251,12 @@ class _ClipOperator(ModelOperator):
         return out
 
 
-class ClipImageEmbedding(_ClipOperator):
+class ClipImageEmbedding(ImagePreprocessing, _ClipOperator):
     """``image_text_embedding.clip_image``: embed RGB images with CLIP's image tower.
 
     Images are preprocessed with open_clip's own evaluation transform for the model's pretrained
-    config (e.g. resize the shorter side, centre crop, CLIP mean/std).
+    config (e.g. resize the shorter side, centre crop, CLIP mean/std); ``preprocess='cv2'`` does
+    the same steps with OpenCV and numpy (faster, pixels differ slightly: ``_image_prep.py``).
 
     Example::
 
@@ -265,6 +267,7 @@ class ClipImageEmbedding(_ClipOperator):
 
     name = "image_text_embedding.clip_image"
     inputs = [TensorSpec("image", "uint8", (-1, -1, 3))]
+    params_spec = _ClipOperator.params_spec + (PREPROCESS_PARAM,)
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -287,7 +290,7 @@ class ClipImageEmbedding(_ClipOperator):
         return self._transform
 
     def preprocess(self, batch: Dict[str, List[Any]]) -> Dict[str, np.ndarray]:
-        return {"image": transform_images(batch["image"], self.transform())}
+        return {"image": self.preprocess_images(batch["image"])}
 
     def build_torch_module(self):
         return encoders()["image"](self._create_clip().visual, self.normalize)

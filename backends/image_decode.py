@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ._image_prep import ResizeCrop
 from ._operator import (Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec,
                         positive)
 # Re-exported: the GPU decoders and earlier callers import these from here.
@@ -151,6 +152,13 @@ def decode_cv2(data: bytes, name: str, header: ImageHeader, reduction: int = 1) 
 
 
 # -- the operator ---------------------------------------------------------------------------------
+def _resize_crop_value(value: Any) -> Optional[str]:
+    ok = len(value) == 3 and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                 for v in value) and value[0] >= max(value[1], value[2])
+    return None if ok else ("must be [shorter side, crop height, crop width]: three positive "
+                            "ints, the shorter side at least the crop")
+
+
 class CV2RGBDecode(Operator):
     """``image_decode.cv2_rgb``: decode images on the CPU with OpenCV into HxWx3 uint8 RGB.
 
@@ -178,6 +186,11 @@ class CV2RGBDecode(Operator):
             1/4 or 1/8 scale (libjpeg DCT scaling), keeping the shorter side >= ``min_side``.
             Set it to the model's resize size (e.g. 256 for resnet50's 224 crop) to save most
             of the decode and resize time of large photos; off by default (full-size output).
+        resize_crop: ``[shorter side, crop height, crop width]``: resize the decoded image's
+            shorter side to the first (OpenCV, area when shrinking), then centre-crop, so that
+            the next step receives the model-sized image (pair it with the model's
+            ``preprocess='cv2'`` and its own resize and crop, e.g. ``[235, 224, 224]`` for
+            timm's resnet50, ``[224, 224, 224]`` for CLIP ViT-B/32); off by default.
 
     Example::
 
@@ -193,6 +206,8 @@ class CV2RGBDecode(Operator):
     params_spec = DECODE_PARAMS + (
         Param("min_side", (int,), None, "decode large JPEGs at 1/2, 1/4 or 1/8 scale down to "
               "this shorter side", positive),
+        Param("resize_crop", (list,), None, "[shorter side, crop height, crop width]: resize "
+              "and centre-crop after decoding", _resize_crop_value),
     )
 
     def __init__(self, **params: Any):
@@ -200,6 +215,8 @@ class CV2RGBDecode(Operator):
         self.max_pixels = self.params["max_pixels"]
         self.policy = SourcePolicy.from_params(self.params)
         self.min_side = self.params["min_side"]
+        fit = self.params["resize_crop"]
+        self.resize_crop = ResizeCrop(fit[0], (fit[1], fit[2])) if fit else None
 
     @property
     def timeout(self) -> float:
@@ -239,7 +256,8 @@ class CV2RGBDecode(Operator):
     def decode(self, item: Any) -> np.ndarray:
         """Decode one item into an HxWx3 uint8 RGB array (raises OperatorInputError)."""
         name, data, header = self.load(item)
-        return decode_cv2(data, name, header, jpeg_reduction(header, self.min_side))
+        image = decode_cv2(data, name, header, jpeg_reduction(header, self.min_side))
+        return image if self.resize_crop is None else self.resize_crop.apply(image)
 
     def process_batch(self, batch: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
         """Decode every item of ``batch["image"]``; a bad item raises OperatorInputError."""

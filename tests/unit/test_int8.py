@@ -142,7 +142,7 @@ def test_the_nbits_quantizer_import_leaves_root_logging_alone(monkeypatch):
 
 
 def test_clip_image_int8_passes_the_gate_with_some_recipe(good_dir):
-    """A vision transformer: static QDQ loses ViT-B/32 (0.979); the blockwise recipe keeps it."""
+    """A vision transformer: static QDQ loses ViT-B/32 (0.979); dynamic MatMul/Gemm keeps it."""
     calibration = [str(good_dir / n) for n in GOOD_SHAPES]
     files = [str(good_dir / "coffee.jpg"), str(good_dir / "astronaut.jpg")]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 #: Params that do not change an exported model (runtime knobs and file locations).
-RUNTIME_PARAMS = frozenset({"format", "model_file", "num_threads", "artifact_dir",
+RUNTIME_PARAMS = frozenset({"format", "model_file", "num_threads", "artifact_dir", "preprocess",
                             "checkpoint_path"})
 
 
