@@ -5,8 +5,9 @@ start with static quantization (QDQ, per-channel int8 weights, uint8 activations
 the user's samples, passed through the pipeline's own operators up to the model; text models
 (integer token inputs) with dynamic quantization; image models try dynamic quantization of
 their MatMul/Gemm weights second (vision transformers, which static QDQ quantizes too coarsely).
-Both fall back to int8 MatMul weights in blocks with int8 compute (``MatMulNBits``), whose per-block activation scales survive the
-outlier features of transformers that per-tensor activation scales do not. The first recipe
+Both fall back to int8 MatMul weights in blocks with int8 compute (``MatMulNBits``), whose
+per-block activation scales survive the outlier features of transformers that per-tensor
+activation scales do not. The first recipe
 whose outputs on the calibration samples keep a cosine similarity of at least
 ``int8_min_cosine`` (default 0.99) to the fp32 model's is then checked on held-out samples: the
 accuracy gate.
