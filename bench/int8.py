@@ -24,12 +24,28 @@ from .served import ServedConfig
 #: JPEGs at least twice this on their shorter side are decoded at 1/2, 1/4 or 1/8 scale; both
 #: models resize the shorter side to at most 236 px, so they never upscale what was saved.
 MIN_SIDE = 256
+#: The decoder's ``resize_crop``: each model's own resize and crop (timm resnet50: 224 /
+#: crop_pct 0.95 = 235; open_clip ViT-B/32: shorter side 224), so that the decode step hands
+#: over the model-sized image and the model step only normalises (``preprocess='cv2'``,
+#: checked by ``bench/preprocess_check.py``).
+RESIZE_CROP = {"resnet50": [235, 224, 224], "clip": [224, 224, 224]}
 
-INT8 = ServedConfig("int8 (onnx_int8) + decode min_side=256, 2 model instances x 1 thread",
-                    format="onnx_int8", decode_params=(("min_side", MIN_SIDE),))
-INT8_FULL_DECODE = ServedConfig("int8 (onnx_int8), full-size decode, 2 model instances x 1 thread",
-                                format="onnx_int8")
+#: The recommended int8 image server: reduced-scale decode, resize and crop in the decode step.
+INT8_LABEL = ("int8 (onnx_int8) + decode min_side=256, resize_crop, preprocess='cv2', "
+              "2 model instances x 1 thread")
+INT8_REFERENCE = ServedConfig("int8 (onnx_int8) + decode min_side=256, reference preprocessing, "
+                              "2 model instances x 1 thread", format="onnx_int8",
+                              decode_params=(("min_side", MIN_SIDE),))
 INT8_TEXT = ServedConfig("int8 (onnx_int8), 2 model instances x 1 thread", format="onnx_int8")
+
+
+def int8_image(pipeline: str) -> ServedConfig:
+    """The recommended int8 settings of an image pipeline."""
+    return ServedConfig(INT8_LABEL, format="onnx_int8",
+                        decode_params=(("min_side", MIN_SIDE),
+                                       ("resize_crop", RESIZE_CROP[pipeline])),
+                        model_params=(("preprocess", "cv2"),))
+
 
 #: Held-out sentences for the MiniLM accuracy check: not in ``common.SENTENCES`` (the bench
 #: inputs, which also calibrate), of mixed length, with the short ones int8 finds hardest.
@@ -48,9 +64,9 @@ def int8_configs(pipeline: str, quick: bool = False) -> List[ServedConfig]:
     """The served int8 settings measured for ``pipeline`` (the first is the recommended one)."""
     if pipeline == "minilm":
         return [INT8_TEXT]
-    if pipeline == "resnet50" and not quick:
-        return [INT8, INT8_FULL_DECODE]
-    return [INT8]
+    if quick:
+        return [int8_image(pipeline)]
+    return [int8_image(pipeline), INT8_REFERENCE]
 
 
 def is_int8(config: ServedConfig) -> bool:

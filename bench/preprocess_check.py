@@ -27,12 +27,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from .common import RESULTS_DIR, build_pipeline, image_bytes, machine_info, machine_line
+from .int8 import MIN_SIDE, RESIZE_CROP
 
 GATE = 0.999
-#: ``resize_crop`` of the decode step: the model's own resize and crop (timm resnet50:
-#: 224 / crop_pct 0.95 = 235; open_clip: shorter side 224).
-RESIZE_CROP = {"resnet50": [235, 224, 224], "clip": [224, 224, 224]}
-MIN_SIDE = 256
 
 
 def variants(pipeline: str) -> Dict[str, Dict[str, Any]]:
@@ -79,6 +76,13 @@ def check(pipeline: str, images: List[bytes]) -> Dict[str, Any]:
     return out
 
 
+def run(pipelines: List[str]) -> Dict[str, Any]:
+    """The figures of ``pipelines`` on every good test image, with the machine stamp."""
+    images = image_bytes()
+    return {"machine": machine_info(), "images": len(images), "gate": GATE,
+            "pipelines": {p: check(p, images) for p in pipelines}}
+
+
 def markdown(results: Dict[str, Any]) -> str:
     lines = ["# preprocess='cv2' against the reference transform", "",
              f"- {machine_line(results['machine'])}",
@@ -106,9 +110,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--pipelines", default="resnet50,clip")
     args = parser.parse_args(argv)
-    images = image_bytes()
-    results = {"machine": machine_info(), "images": len(images), "gate": GATE,
-               "pipelines": {p: check(p, images) for p in args.pipelines.split(",")}}
+    results = run(args.pipelines.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "preprocess_check.json").write_text(json.dumps(results, indent=1))
     text = markdown(results)

@@ -6,6 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from . import targets as issue_targets
 from .common import machine_line
 
 HF = "HF-style (torch eager, batch 1)"
@@ -15,16 +16,7 @@ SERVED = "towhee_rt served, "
 RECOMMENDED_PREFIX = SERVED + "defaults"
 ONE_INSTANCE_PREFIX = SERVED + "1 model instance x 2 threads (the default"
 SERVED_INT8 = SERVED + "int8 (onnx_int8)"
-#: Targets of issue 5 for the served resnet50 pipeline.
-TARGETS = {"x HF baseline": 1.7, "x ceiling": 0.85, "x PyTriton peer": 1.0}
-#: Targets of issue 6 for the served int8 pipelines: (x HF baseline, min cosine).
-INT8_TARGETS = {"resnet50": 4.0, "minilm": 2.0}
-MIN_COSINE = 0.99
-
-
-def _served_int8(row: Dict[str, Any]) -> bool:
-    settings = row.get("settings", {})
-    return row["system"].startswith(SERVED) and settings.get("format") == "onnx_int8"
+TUNED = SERVED + "tuned for throughput"
 
 
 def best_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
@@ -95,83 +87,6 @@ def sweep_table(results: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Issue 5's targets for served resnet50 (the recommended settings and the best served)."""
-    result = results["pipelines"].get("resnet50")
-    if not result:
-        return []
-    rows = best_rows(result["rows"])
-    hf, ceiling, peer = _find(rows, HF), _find(rows, CEILING), _find(rows, PEER)
-    candidates = [r for r in rows if r["system"].startswith(SERVED)
-                  and not _served_int8(r)]  # issue 5 is about fp32
-    out = []
-    for label, row in (("defaults (the recommended settings)", _find(rows, RECOMMENDED_PREFIX)),
-                       ("best served fp32 (any product setting)",
-                        max(candidates, key=lambda r: r["items_per_s"], default=None))):
-        if row is None:
-            continue
-        checks = {}
-        for name, ref in (("x HF baseline", hf), ("x ceiling", ceiling), ("x PyTriton peer", peer)):
-            if ref:
-                value = row["items_per_s"] / ref["items_per_s"]
-                checks[name] = {"value": round(value, 2), "target": TARGETS[name],
-                                "met": value >= TARGETS[name]}
-        out.append({"which": label, "system": row["system"], "at": _at(row),
-                    "items_per_s": row["items_per_s"], "checks": checks})
-    return out
-
-
-def int8_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Issue 6's targets: the best served int8 point against the HF baseline, and accuracy."""
-    out = []
-    for pipeline, target in INT8_TARGETS.items():
-        result = results["pipelines"].get(pipeline)
-        if not result:
-            continue
-        rows = best_rows(result["rows"])
-        hf = _find(rows, HF)
-        row = max((r for r in rows if _served_int8(r)),
-                  key=lambda r: r["items_per_s"], default=None)
-        if row is None or hf is None:
-            continue
-        accuracy = result.get("int8", {}).get(row["settings"].get("config"), {})
-        served_cos = accuracy.get("served", {}).get("min_cosine")
-        value = row["items_per_s"] / hf["items_per_s"]
-        out.append({"pipeline": pipeline, "system": row["system"], "at": _at(row),
-                    "items_per_s": row["items_per_s"], "x_hf": round(value, 2),
-                    "target": target, "gate_min_cosine": accuracy.get("gate_min_cosine"),
-                    "served_min_cosine": served_cos,
-                    "between_items": accuracy.get("served", {}).get("mean_cosine_between_items"),
-                    "reference": accuracy.get("served", {}).get("reference"),
-                    "model_format": accuracy.get("model_format"),
-                    "met": value >= target and served_cos is not None
-                    and served_cos >= MIN_COSINE})
-    return out
-
-
-def int8_markdown(results: Dict[str, Any]) -> str:
-    lines = []
-    for t in int8_targets(results):
-        lines.append(
-            f"- {t['pipeline']}: {t['system']} at {t['at']}, {t['items_per_s']:.1f} items/s = "
-            f"{t['x_hf']:.2f}x HF (target >= {t['target']}); served min cosine "
-            f"{_fmt(t['served_min_cosine'], 4)} to {t['reference']} (target >= {MIN_COSINE}; "
-            f"for scale, different inputs are {_fmt(t['between_items'], 4)} apart on average); "
-            f"accuracy gate {_fmt(t['gate_min_cosine'], 4)} on held-out calibration samples: "
-            f"{'met' if t['met'] else 'NOT met'}. Model: {t['model_format']}")
-    return "\n".join(lines)
-
-
-def targets_markdown(results: Dict[str, Any]) -> str:
-    lines = []
-    for entry in targets(results):
-        parts = [f"{name} = {c['value']:.2f} (target >= {c['target']}: "
-                 f"{'met' if c['met'] else 'NOT met'})" for name, c in entry["checks"].items()]
-        lines.append(f"- {entry['which']} — {entry['system']} at {entry['at']}, "
-                     f"{entry['items_per_s']:.1f} img/s: " + "; ".join(parts))
-    return "\n".join(lines)
-
-
 def profile_markdown(results: Dict[str, Any]) -> str:
     lines = []
     for pipeline, result in results["pipelines"].items():
@@ -202,12 +117,15 @@ def summary_markdown(results: Dict[str, Any]) -> str:
            "towhee_rt.Client over gRPC (mode='async_infer'); 'x' columns are ratios of items/s "
            "in this run ('x ceiling' against the fp32 model's ceiling).", "",
            summary_table(results)]
-    target_lines = targets_markdown(results)
+    target_lines = issue_targets.markdown(issue_targets.all_targets(results))
     if target_lines:
-        out += ["", "Targets (served resnet50):", target_lines]
-    int8_lines = int8_markdown(results)
-    if int8_lines:
-        out += ["", "int8 targets (served, best point):", int8_lines]
+        out += ["", "Targets of issue 15 (ratios within this run):", target_lines]
+    tuned = {p: r["tuned"] for p, r in results["pipelines"].items() if r.get("tuned")}
+    if tuned:
+        out += ["", "Tuner runs (towhee_rt.tune on the int8 repository; wall time includes "
+                "its server start):"] + [
+            f"- {p}: {objective}: {t['tuner_wall_s']:.0f} s, chose {t['chosen']}"
+            for p, runs in tuned.items() for objective, t in runs.items()]
     return "\n".join(out)
 
 
@@ -253,6 +171,7 @@ CHART_SYSTEMS = [
     (RECOMMENDED_PREFIX, "towhee_rt served, defaults (2 x 1 thread)"),
     (PEER, "PyTriton peer"), (CEILING, "ONNX Runtime alone (ceiling)"),
     (SERVED_INT8, "towhee_rt served, int8"),
+    (TUNED, "towhee_rt served, int8, tuned"),
 ]
 
 
@@ -302,7 +221,7 @@ def chart(results: Dict[str, Any], path: Path) -> Optional[Path]:
 def write_all(results: Dict[str, Any], out_dir: Path) -> List[Path]:
     """Write results.json, results.md and items_per_s.png into ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = dict(results, targets=targets(results), int8_targets=int8_targets(results))
+    results = dict(results, targets=issue_targets.all_targets(results))
     json_path = out_dir / "results.json"
     json_path.write_text(json.dumps(results, indent=1, default=str) + "\n")
     md_path = out_dir / "results.md"

@@ -14,7 +14,9 @@ images sent as encoded bytes; all-MiniLM-L6-v2 on sentences of mixed length), on
    ``@batch`` function, queried by the same client;
 5. the ceiling: ONNX Runtime alone on preprocessed tensors, best batch size, 2 threads;
 6. int8 (``onnx_int8``, ``bench/int8.py``): local, served and ceiling rows beside the fp32
-   ones, and the min cosine of the served int8 output to an fp32 reference.
+   ones, and the min cosine of the served int8 output to an fp32 reference;
+7. served, tuned (``bench/served_tuned.py``): the int8 repository after ``towhee_rt.tune`` for
+   throughput and for latency (``--tune-budget`` seconds per tuner run; 0 skips them).
 
 Writes ``results.json`` (raw figures), ``results.md`` (the tables) and ``items_per_s.png`` under
 ``--out``, each stamped with the machine, the date and the versions; prints the summary table.
@@ -34,7 +36,7 @@ from . import baselines, report
 from .common import (PIPELINES, RESULTS_DIR, Measurement, base_items, build_pipeline,
                      items_for, machine_info, machine_line, onnx_model_file, timed_client,
                      wait_for_quiet)
-from .int8 import INT8, int8_configs, is_int8, served_accuracy
+from .int8 import int8_configs, is_int8, served_accuracy
 from .served import (CONCURRENCY, RECOMMENDED, ServedConfig, local, measure_client,
                      served, served_configs, served_pipeline)
 
@@ -148,7 +150,7 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
                         "gate_min_cosine": info["gate_min_cosine"], "served": accuracy}
                     log(f"  served int8 accuracy: min cosine {accuracy['min_cosine']} to "
                         f"{accuracy['reference']}; gate {info['gate_min_cosine']}")
-                if config in (RECOMMENDED, INT8) and args.profile and pipeline == "resnet50":
+                if (config == RECOMMENDED or config == int8_configs(pipeline)[0]) and args.profile and pipeline == "resnet50":
                     extra.setdefault("profiles", {})[config.label] = profile_recommended(
                         pipeline, server, client, rows, out_dir, config,
                         "profile_resnet50_int8" if is_int8(config) else "profile_resnet50")
@@ -157,6 +159,9 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
             extra.setdefault("failures", []).append(
                 {"system": f"towhee_rt served, {config.label}",
                  "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
+    # 7. towhee_rt served, tuned (the int8 repository after towhee_rt.tune)
+    if args.tune_budget > 0:
+        tuned(pipeline, args, budget, items, concurrencies, add, extra)
     # 4. the peer
     from .peer_pytriton import start_peer
 
@@ -178,6 +183,25 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
         extra.setdefault("failures", []).append(
             {"system": "PyTriton peer", "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
     return {"rows": [m.to_dict() for m in rows], **extra}
+
+
+def tuned(pipeline: str, args, budget: Budget, items, concurrencies, add,
+          extra: Dict[str, Any]) -> None:
+    """The "served, tuned" rows (``bench/served_tuned.py``); a failure is a result too."""
+    from .served_tuned import tuned_rows
+
+    config = int8_configs(pipeline, args.quick)[0]
+    point_items = items_for(pipeline, 3 * len(items))
+    try:
+        rows, info = tuned_rows(pipeline, config, point_items, concurrencies, args.tune_budget,
+                                lambda fn, what: measured(fn, budget, what), log)
+        for m in rows:
+            add(m)
+        extra["tuned"] = info
+    except Exception as exc:  # noqa: BLE001
+        log(f"  FAILED: {type(exc).__name__}: {str(exc)[:500]}")
+        extra.setdefault("failures", []).append(
+            {"system": "towhee_rt served, tuned", "error": f"{type(exc).__name__}: {exc}"[:2000]})
 
 
 def local_int8(pipeline: str, args, budget: Budget, items, latency_items,
@@ -239,6 +263,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     parser.add_argument("--no-profile", dest="profile", action="store_false",
                         help="skip the py-spy profile of the recommended resnet50 server")
+    parser.add_argument("--tune-budget", type=float, default=120.0,
+                        help="seconds per towhee_rt.tune run for the 'served, tuned' rows "
+                             "(two runs per pipeline; 0 skips them)")
     parser.add_argument("--quiet-budget", type=float, default=None,
                         help="max seconds to wait in total for other jobs to leave the CPU")
     args = parser.parse_args(argv)
@@ -266,6 +293,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Any] = {"machine": info, "quick": args.quick, "pipelines": {}}
     for pipeline in pipelines:
         results["pipelines"][pipeline] = run_pipeline(pipeline, args, budget, args.out)
+    images = [p for p in pipelines if p != "minilm"]
+    if images:  # issue 15: the check behind preprocess='cv2' (bench/preprocess_check.py)
+        from . import preprocess_check
+
+        log("preprocess='cv2' against the reference transform")
+        results["preprocess_check"] = preprocess_check.run(images)
     results["run_seconds"] = round(time.perf_counter() - start, 1)
     results["quiet_wait_budget_left_s"] = round(budget.left, 1)
     paths = report.write_all(results, args.out)

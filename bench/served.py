@@ -59,6 +59,8 @@ class ServedConfig:
     format: str = "onnx"
     #: Params of the decode operator, e.g. ``(("min_side", 256),)``.
     decode_params: Tuple[Tuple[str, Any], ...] = ()
+    #: Params of the model operator, e.g. ``(("preprocess", "cv2"),)``.
+    model_params: Tuple[Tuple[str, Any], ...] = ()
 
     def describe(self) -> Dict[str, Any]:
         out = {"model_instances": self.model_instances or "default",
@@ -67,6 +69,8 @@ class ServedConfig:
                "dynamic_batching": self.dynamic_batching or "off", "format": self.format}
         if self.decode_params:
             out["decode_params"] = dict(self.decode_params)
+        if self.model_params:
+            out["model_params"] = dict(self.model_params)
         if self.server_env:
             out["server_env"] = dict(self.server_env)
         return out
@@ -80,6 +84,7 @@ def served_pipeline(pipeline: str, config: ServedConfig):
     if config.dynamic_batching:
         model_config["dynamic_batching"] = config.dynamic_batching
     params = {"num_threads": config.num_threads} if config.num_threads else {}
+    params.update(dict(config.model_params))
     decode_config = {"instance_count": config.decode_instances}
     pipe = build_pipeline(pipeline, config.format, decode_config=decode_config,
                           model_config=model_config, decode_params=dict(config.decode_params),

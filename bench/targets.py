@@ -1,0 +1,146 @@
+"""Issue 15's targets, checked on one run's figures: met / NOT met, with the measured reason.
+
+1. served int8 >= 5x HF-style (resnet50, CLIP, MiniLM), accuracy gate (>= 0.99) met end to end;
+2. served >= 0.85x the model-only ceiling of the same format, fp32 and int8;
+3. served ahead of the PyTriton peer (same fp32 ONNX model);
+4. p50 at 1 request in flight, with the settings tuned for latency, no worse than HF-style's;
+5. pixel-changing preprocessing (``preprocess='cv2'``) only behind an end-to-end cosine >= 0.999
+   to the model's reference transform on the test images (``bench/preprocess_check.py``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+HF = "HF-style (torch eager, batch 1)"
+CEILING = "ceiling: ONNX Runtime alone"
+INT8_CEILING = "int8 ceiling: ONNX Runtime alone on the int8 model"
+PEER = "PyTriton peer (same ONNX + preprocessing, @batch)"
+SERVED = "towhee_rt served, "
+TUNED_LATENCY = SERVED + "tuned for latency"
+X_HF_INT8, X_CEILING, MIN_COSINE, PREPROCESS_GATE = 5.0, 0.85, 0.99, 0.999
+
+
+def _best(rows: List[Dict[str, Any]], keep) -> Optional[Dict[str, Any]]:
+    return max((r for r in rows if keep(r)), key=lambda r: r["items_per_s"], default=None)
+
+
+def _int8(row: Dict[str, Any]) -> bool:
+    return row.get("settings", {}).get("format") == "onnx_int8"
+
+
+def _served(row: Dict[str, Any]) -> bool:
+    return row["system"].startswith(SERVED)
+
+
+def _named(rows, name):
+    return _best(rows, lambda r: r["system"] == name)
+
+
+def _at(row: Dict[str, Any]) -> str:
+    c = row.get("settings", {}).get("concurrency")
+    return f"{row['system']} at {c} in flight" if c is not None else row["system"]
+
+
+def _line(pipeline: str, what: str, met: bool, figures: str, why: str = "") -> Dict[str, Any]:
+    return {"pipeline": pipeline, "target": what, "met": bool(met), "figures": figures,
+            "reason": "" if met else why}
+
+
+def pipeline_targets(pipeline: str, result: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Targets 1-4 for one pipeline's rows."""
+    rows = result["rows"]
+    hf, ceiling, ceiling8 = _named(rows, HF), _named(rows, CEILING), _named(rows, INT8_CEILING)
+    peer = _named(rows, PEER)
+    fp32 = _best(rows, lambda r: _served(r) and not _int8(r))
+    int8 = _best(rows, lambda r: _served(r) and _int8(r))
+    out = []
+    if hf and int8:
+        x = int8["items_per_s"] / hf["items_per_s"]
+        accuracy = result.get("int8", {}).get(int8["settings"].get("config"), {})
+        gate, served_cos = accuracy.get("gate_min_cosine"), \
+            accuracy.get("served", {}).get("min_cosine")
+        if gate is None and served_cos is None:  # e.g. a tuned copy: same model file
+            accuracy = next(iter(result.get("int8", {}).values()), {})
+            gate, served_cos = accuracy.get("gate_min_cosine"), \
+                accuracy.get("served", {}).get("min_cosine")
+        gate, served_cos = (None if v is None else round(v, 4) for v in (gate, served_cos))
+        accurate = (gate or 0) >= MIN_COSINE and (served_cos or 0) >= MIN_COSINE
+        bound = ceiling8["items_per_s"] / hf["items_per_s"] if ceiling8 else None
+        why = [f"{x:.2f}x < {X_HF_INT8}x"] if x < X_HF_INT8 else []
+        if x < X_HF_INT8 and bound is not None:
+            why.append(f"the int8 model alone (ceiling) is {bound:.2f}x HF"
+                       + (": the model itself bounds it" if bound < X_HF_INT8 else ""))
+        if not accurate:
+            why.append(f"accuracy below {MIN_COSINE} (gate {gate}, served {served_cos})")
+        out.append(_line(pipeline, f"served int8 >= {X_HF_INT8}x HF-style, accuracy >= "
+                         f"{MIN_COSINE}", x >= X_HF_INT8 and accurate,
+                         f"{_at(int8)}: {int8['items_per_s']:.1f} vs HF {hf['items_per_s']:.1f}"
+                         f" items/s = {x:.2f}x; gate min cosine {gate}, served min cosine "
+                         f"{served_cos}", "; ".join(why)))
+    for fmt, served, ref in (("fp32", fp32, ceiling), ("int8", int8, ceiling8)):
+        if served and ref:
+            x = served["items_per_s"] / ref["items_per_s"]
+            out.append(_line(pipeline, f"served {fmt} >= {X_CEILING}x its ceiling", x >= X_CEILING,
+                             f"{_at(served)}: {served['items_per_s']:.1f} vs {ref['system']} "
+                             f"{ref['items_per_s']:.1f} (batch "
+                             f"{ref.get('settings', {}).get('batch_size', '?')}) = {x:.2f}x",
+                             _ceiling_reason(served, x)))
+    if fp32 and peer:
+        x = fp32["items_per_s"] / peer["items_per_s"]
+        out.append(_line(pipeline, "served ahead of the PyTriton peer (same fp32 ONNX)", x >= 1.0,
+                         f"{_at(fp32)}: {fp32['items_per_s']:.1f} vs peer "
+                         f"{peer['items_per_s']:.1f} items/s = {x:.2f}x", f"{x:.2f}x < 1"))
+    lone = [r for r in rows if r["system"].startswith(TUNED_LATENCY)
+            and r.get("settings", {}).get("concurrency") == 1]
+    if hf:
+        if lone:
+            p50 = lone[0]["p50_ms"]
+            out.append(_line(pipeline, "p50 at 1 in flight (tuned for latency) <= HF-style p50",
+                             p50 is not None and p50 <= hf["p50_ms"],
+                             f"{lone[0]['system']}: p50 {p50} ms vs HF {hf['p50_ms']} ms",
+                             f"p50 {p50} ms > {hf['p50_ms']} ms"))
+        else:
+            out.append(_line(pipeline, "p50 at 1 in flight (tuned for latency) <= HF-style p50",
+                             False, "no tuned-for-latency row in this run",
+                             "not measured (bench/run.py --tune-budget 0, or the tuner failed: "
+                             "see Failures)"))
+    return out
+
+
+def _ceiling_reason(row: Dict[str, Any], x: float) -> str:
+    split = row.get("cpu_split") or {}
+    others = {k: v for k, v in split.items() if "embedding" not in k and "pytriton" not in k}
+    if not others:
+        return f"{x:.2f}x"
+    top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(others.items(), key=lambda kv: -kv[1])[:4])
+    return f"{x:.2f}x; cores used around the model step at that point: {top}"
+
+
+def preprocess_targets(check: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Target 5 from ``bench/preprocess_check.py``'s figures (``{pipeline: {variant: ...}}``)."""
+    out = []
+    for pipeline, figures in (check or {}).get("pipelines", {}).items():
+        for variant, row in figures.items():
+            if isinstance(row, dict):
+                out.append(_line(pipeline, f"preprocessing '{variant}': end-to-end cosine to "
+                                 f"the reference transform >= {PREPROCESS_GATE}",
+                                 row["min_cosine"] >= PREPROCESS_GATE,
+                                 f"min cosine {row['min_cosine']} on {check.get('images')} test "
+                                 f"images (model inputs {row['min_input_cosine']})",
+                                 f"{row['min_cosine']} < {PREPROCESS_GATE}"))
+    return out
+
+
+def all_targets(results: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Every issue-15 target of a run's ``results``."""
+    out = []
+    for pipeline, result in results["pipelines"].items():
+        out += pipeline_targets(pipeline, result)
+    return out + preprocess_targets(results.get("preprocess_check"))
+
+
+def markdown(targets: List[Dict[str, Any]]) -> str:
+    """One line per target."""
+    return "\n".join(f"- {t['pipeline']}: {t['target']}: **{'met' if t['met'] else 'NOT met'}**"
+                     f" — {t['figures']}" + (f" (why: {t['reason']})" if t["reason"] else "")
+                     for t in targets)
