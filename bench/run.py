@@ -150,7 +150,8 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
                         "gate_min_cosine": info["gate_min_cosine"], "served": accuracy}
                     log(f"  served int8 accuracy: min cosine {accuracy['min_cosine']} to "
                         f"{accuracy['reference']}; gate {info['gate_min_cosine']}")
-                if (config == RECOMMENDED or config == int8_configs(pipeline)[0]) and args.profile and pipeline == "resnet50":
+                profiled = (RECOMMENDED, int8_configs(pipeline)[0])
+                if config in profiled and args.profile and pipeline == "resnet50":
                     extra.setdefault("profiles", {})[config.label] = profile_recommended(
                         pipeline, server, client, rows, out_dir, config,
                         "profile_resnet50_int8" if is_int8(config) else "profile_resnet50")
