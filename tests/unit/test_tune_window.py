@@ -4,8 +4,7 @@ import math
 
 import pytest
 
-from towhee_rt.tune.window import (Window, is_stable, measure, percentile, spread, summarise,
-                                   window_requests)
+from towhee_rt.tune.window import Window, is_stable, measure, percentile, spread, summarise
 
 
 def test_three_windows_must_agree_within_ten_percent():
@@ -23,50 +22,42 @@ def test_percentile_is_nearest_rank():
 
 
 def _runner(rates, errors=()):
-    """A run_window whose k-th window runs at rates[k] items/s, latency 1/rate each."""
+    """A one-second run_window whose k-th window runs at rates[k] items/s, latency 1/rate."""
     seen = []
 
-    def run(requests):
+    def run():
         k = len(seen)
-        seen.append(requests)
+        seen.append(k)
         rate = rates[min(k, len(rates) - 1)]
-        return Window(requests, requests / rate, [1 / rate] * requests,
-                      errors=1 if k in errors else 0)
+        return Window(int(rate), 1.0, [1 / rate] * int(rate), errors=1 if k in errors else 0)
     return run, seen
 
 
 def test_windows_repeat_until_three_agree():
     run, seen = _runner([5.0, 20.0, 10.0, 10.4, 9.9, 50.0])
-    m = measure(run, concurrency=2, window_s=1.0, max_windows=8, deadline=math.inf)
-    assert (m.windows, m.stable) == (5, True)
+    m = measure(run, window_s=1.0, max_windows=8, deadline=math.inf)
+    assert (m.windows, m.stable) == (5, True) and len(seen) == 5
     assert m.items_per_s == pytest.approx(10.0)
     assert m.p50_ms == pytest.approx(100.0, rel=0.05)
-    assert seen[0] == 4 and seen[1] == 5  # sized by the rate seen: 5 items/s x 1 s
 
 
 def test_a_point_that_never_settles_stops_at_the_cap_and_says_so():
     run, seen = _runner([10.0, 20.0] * 10)
-    m = measure(run, concurrency=1, window_s=1.0, max_windows=6, deadline=math.inf)
+    m = measure(run, window_s=1.0, max_windows=6, deadline=math.inf)
     assert (m.windows, m.stable) == (6, False) and len(seen) == 6
 
 
 def test_time_caps_the_windows_but_one_always_runs():
     clock = itertools.count(0.0, 1.0).__next__  # one second per look at the clock
     run, seen = _runner([10.0, 20.0] * 10)
-    m = measure(run, concurrency=1, window_s=1.0, max_windows=50, deadline=-1.0, clock=clock)
+    m = measure(run, window_s=1.0, max_windows=50, deadline=-1.0, clock=clock)
     assert m.windows == 1 and not m.stable
 
 
 def test_failed_requests_end_the_point():
     run, _ = _runner([10.0] * 10, errors={1})
-    m = measure(run, concurrency=1, window_s=1.0, max_windows=8, deadline=math.inf)
+    m = measure(run, window_s=1.0, max_windows=8, deadline=math.inf)
     assert m.windows == 2 and m.errors == 1 and not m.ok
-
-
-def test_window_sizes_are_bounded():
-    assert window_requests(None, 2.0, 8) == 16
-    assert window_requests(100.0, 2.0, 1) == 200
-    assert window_requests(1e9, 2.0, 1) == 5000
 
 
 def test_figures_come_from_the_last_three_windows():

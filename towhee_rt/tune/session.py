@@ -1,6 +1,6 @@
 """The served side of a search: a scratch copy of the repository on a real tritonserver bound
 to loopback, points applied by rewriting configs and reloading only the models that changed,
-and windows of requests sent by :class:`towhee_rt.Client`.
+and steady load (:mod:`.load`) to measure it.
 
 Reloading one step (Triton's repository API, explicit model control) costs that step's load
 and warm-up; restarting the server would load every model. Each rewritten config carries a new
@@ -10,22 +10,20 @@ count. The user's repository is never served or touched here.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ..errors import ItemError, ServerError
+from ..errors import ServerError
 from ..triton.admin import RELOAD_PARAMETER
 from ..triton.config import write_config
 from ..triton.server import TritonServer
+from .load import SteadyLoad
 from .space import Pipeline, Point, apply_point
-from .window import Window
 
 #: Seconds a model gets to load after its config changed.
 LOAD_TIMEOUT_S = 120.0
@@ -49,10 +47,8 @@ def scratch_copy(source: Path, target: Path) -> Path:
 
 
 class ServedSession:
-    """A scratch copy of a repository, served on 127.0.0.1 until :meth:`close`.
-
-    ``items`` are sent round and round, one per request, to the ensemble of ``pipeline``.
-    """
+    """A scratch copy of a repository, served on 127.0.0.1 until :meth:`close`; ``items``
+    are what :meth:`load` sends to the ensemble of ``pipeline``."""
 
     def __init__(self, source: Path, configs: Mapping[str, pb.ModelConfig], pipeline: Pipeline,
                  items: Sequence[Any], workdir: Path, ready_timeout: float = 180.0):
@@ -67,9 +63,6 @@ class ServedSession:
                                    ready_timeout=ready_timeout, supervise=False)
         self.startup_s = 0.0
         self.reloads: List[float] = []
-        self._records: List[Any] = []
-        self._lock = threading.Lock()
-        self._next = 0  # the next item to send
         self._generation = 0
 
     def start(self) -> "ServedSession":
@@ -121,39 +114,10 @@ class ServedSession:
         self.served[name] = config
 
     # -- load ----------------------------------------------------------------------------------
-    @contextlib.contextmanager
-    def client(self) -> Iterator[Any]:
-        """A :class:`towhee_rt.Client` of the pipeline that records every request's latency
-        (one per point: each call's worker threads open their own connections)."""
-        from ..client import Client
-
-        client = Client(self.server.grpc_url, model_name=self.pipeline.ensemble,
-                        protocol="grpc", on_request=self._record)
-        try:
-            yield client
-        finally:
-            client.close()
-
-    def _record(self, record) -> None:
-        with self._lock:
-            self._records.append(record)
-
-    def run_window(self, client, requests: int, concurrency: int) -> Window:
-        """Send ``requests`` items, one per request, ``concurrency`` in flight."""
-        items = [self.items[(self._next + k) % len(self.items)] for k in range(requests)]
-        self._next = (self._next + requests) % len(self.items)
-        with self._lock:
-            self._records = []
-        started = time.perf_counter()
-        results = client.infer(items, mode="async_infer", concurrency=concurrency,
-                               errors="return")
-        seconds = time.perf_counter() - started
-        with self._lock:
-            records = list(self._records)
-        failed = sum(isinstance(r, ItemError) for r in results)
-        latencies = [r.seconds for r in records if r.error is None]
-        return Window(requests, seconds, latencies, errors=max(failed, len(records)
-                                                               - len(latencies)))
+    def load(self, concurrency: int) -> SteadyLoad:
+        """Steady load of :attr:`items` on the pipeline, ``concurrency`` requests in flight
+        (a context manager that starts and stops it)."""
+        return SteadyLoad(self.server.grpc_url, self.pipeline.ensemble, self.items, concurrency)
 
     def log_tail(self, chars: int = 2000) -> str:
         """The end of the server's log (quoted when a point fails)."""

@@ -106,26 +106,22 @@ def tune(repository, *, out=None, model: Optional[str] = None, objective: str = 
         session.start()
         progress(f"tune: server ready in {session.startup_s:.1f} s; objective {objective}, "
                  f"time budget {time_budget_s:g} s")
-        rates: Dict[int, float] = {}
         durations: List[float] = []
 
         def evaluate(point: Point) -> Any:
             began = time.monotonic()
             try:
                 reload_s = session.apply(point)
-                load = machine.OtherLoad(session.server.pid)
-                with session.client() as client:
-                    warm = session.run_window(client, 2 * point.concurrency, point.concurrency)
-                    result = measure(
-                        lambda n: session.run_window(client, n, point.concurrency),
-                        point.concurrency, window_s, max_windows,
-                        min(deadline, time.monotonic() + max_point_s),
-                        rates.get(point.concurrency, warm.items_per_s))
+                with session.load(point.concurrency) as load:
+                    load.window(window_s / 2)  # warm-up: the load settles, not counted
+                    other = machine.OtherLoad(session.server.pid)
+                    result = measure(lambda: load.window(window_s), window_s, max_windows,
+                                     min(deadline, time.monotonic() + max_point_s))
+                    other_cores = other.cores()
             finally:
                 durations.append(time.monotonic() - began)
-            rates[point.concurrency] = result.items_per_s
             extras[point] = {"reload_s": round(reload_s, 2),
-                             "other_load_cores": _round(load.cores())}
+                             "other_load_cores": _round(other_cores)}
             return result
 
         def time_left() -> bool:

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import statistics
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Sequence
 
 #: Windows that must agree, and how closely: (max - min) <= TOLERANCE * median of their rates.
 AGREEING_WINDOWS = 3
@@ -19,7 +19,8 @@ TOLERANCE = 0.10
 
 @dataclasses.dataclass(frozen=True)
 class Window:
-    """One window: ``requests`` sent (one item each), their wall time, latencies, failures."""
+    """One window: ``requests`` answered (one item each) within ``seconds``, their
+    latencies, and how many failed."""
 
     requests: int
     seconds: float
@@ -95,34 +96,19 @@ def summarise(windows: Sequence[Window], seconds: float,
         seconds=seconds)
 
 
-def measure(run_window: Callable[[int], Window], concurrency: int, window_s: float,
-            max_windows: int, deadline: float, rate_guess: Optional[float] = None,
-            clock: Callable[[], float] = time.monotonic) -> Measurement:
-    """Run windows of about ``window_s`` seconds each (``run_window(requests)``) until the last
+def measure(run_window: Callable[[], Window], window_s: float, max_windows: int,
+            deadline: float, clock: Callable[[], float] = time.monotonic) -> Measurement:
+    """Run windows (``run_window()``, about ``window_s`` seconds each) until the last
     :data:`AGREEING_WINDOWS` agree, ``max_windows`` ran, or ``clock()`` passes ``deadline``;
-    at least one window always runs. A window holds enough requests for ``window_s`` at the
-    rate seen so far (``rate_guess`` before the first), and at least two per request in
-    flight; a window with failures ends the point (its figures would be meaningless)."""
+    at least one window always runs. A window with failed requests ends the point (its
+    figures would be meaningless)."""
     started = clock()
     windows: List[Window] = []
-    rate = rate_guess
     while True:
-        requests = window_requests(rate, window_s, concurrency)
-        window = run_window(requests)
+        window = run_window()
         windows.append(window)
-        rate = window.items_per_s or rate
         if window.errors or is_stable([w.items_per_s for w in windows]):
             break
         if len(windows) >= max_windows or clock() + window_s > deadline:
             break
     return summarise(windows, clock() - started)
-
-
-#: A window never holds more than this many requests (bounds a window on a fast pipeline).
-MAX_WINDOW_REQUESTS = 5000
-
-
-def window_requests(rate: Optional[float], window_s: float, concurrency: int) -> int:
-    """Requests for one window: ``rate * window_s``, at least 2 per request in flight."""
-    wanted = math.ceil((rate or 0.0) * window_s)
-    return min(MAX_WINDOW_REQUESTS, max(2 * concurrency, wanted, 4))
