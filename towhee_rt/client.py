@@ -44,9 +44,9 @@ from .client_inputs import (encode_item, item_source, max_batch_size, payload_by
                             request_headers, served_input, split_by_bytes, to_array)
 from .client_replicas import parse_urls
 from .client_retry import (BUSY, DEADLINE_SLACK, DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF,
-                           DEFAULT_RETRIES, REFUSED, TIMEOUT, UNAVAILABLE, RetryPolicy,
-                           classify_error, connection_options, error_text, refusal_error,
-                           rejection_error)
+                           DEFAULT_RETRIES, REFUSED, TIMEOUT, UNAVAILABLE, Cancelled, Rejected,
+                           RequestFailed, RetryPolicy, classify_error, connection_options,
+                           error_text, refusal_error, rejection_error)
 from .errors import (ClientError, ConfigError, ItemError, PipelineError, ServerUnavailableError,
                      TowheeRTError, check_error_mode)
 from .triton.flags import check_key
@@ -70,28 +70,6 @@ class RequestRecord:
     error: Optional[BaseException] = None
     #: The server ("host:port") the request was sent to: with several urls, which replica.
     url: Optional[str] = None
-
-
-class _RequestFailed(Exception):
-    """A request failed: its items' structured failures, or the server's or transport's text."""
-
-    def __init__(self, failures: List[ItemFailure], text: str):
-        super().__init__(text)
-        self.failures = failures
-        self.text = text
-
-
-class _Rejected(Exception):
-    """A request the server was too busy for (:data:`BUSY`) or that ran out of time
-    (:data:`TIMEOUT`): each of its items fails alike."""
-
-    def __init__(self, kind: str, text: str, attempts: int):
-        super().__init__(text)
-        self.kind, self.text, self.attempts = kind, text, attempts
-
-
-class _Cancelled(Exception):
-    """The call this request belongs to has already failed; stop retrying."""
 
 
 class Client:
@@ -190,6 +168,8 @@ class Client:
         finally:
             if close:
                 self.close()
+            else:
+                self._close_finished_threads()
 
     def ready(self) -> bool:
         """Whether the server and this pipeline's model are ready."""
@@ -201,8 +181,7 @@ class Client:
         """Close every connection this client opened."""
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            client.close()
+        _close_quietly(clients)
 
     def __enter__(self) -> "Client":
         return self
@@ -234,16 +213,19 @@ class Client:
                 self._clients[key] = client
         return client
 
+    def _close_finished_threads(self) -> None:
+        """Close the connections of threads that have ended (each call's worker threads), so a
+        long-lived client does not gather one connection per worker of every call."""
+        with self._lock:
+            ended = [key for key in self._clients if not key[0].is_alive()]
+            clients = [self._clients.pop(key) for key in ended]
+        _close_quietly(clients)
+
     def _drop_client(self) -> None:
         """Close this thread's connection, so that the next call opens a fresh one."""
         with self._lock:
             client = self._clients.pop((threading.current_thread(), self._serving_url()), None)
-        if client is None:
-            return
-        try:
-            client.close()
-        except Exception:  # noqa: BLE001 - a broken connection may fail to close; it is gone
-            pass
+        _close_quietly([client] if client is not None else [])
 
     def _load_model(self) -> None:
         """Read the served model's inputs, outputs and limits (with retries)."""
@@ -280,11 +262,11 @@ class Client:
         start = time.monotonic()
         try:
             return self._call(read, start + self.timeout, doing=doing)
-        except _Rejected as exc:  # no answer in time: reads are not queued behind inferences
+        except Rejected as exc:  # no answer in time: reads are not queued behind inferences
             raise ServerUnavailableError(
                 self.url, self.protocol, f"no answer within timeout={self.timeout:g}s "
                 f"({exc.text})", exc.attempts, time.monotonic() - start, doing) from None
-        except _RequestFailed as exc:
+        except RequestFailed as exc:
             raise ClientError(
                 f"cannot {doing} from the Triton server at {self.url} ({self.protocol}): "
                 f"{exc.text}. Check the model name (model_name=; towhee-rt serve prints the "
@@ -310,7 +292,7 @@ class Client:
         retried = busy_retried = 0
         while True:
             if stop.is_set():
-                raise _Cancelled()
+                raise Cancelled()
             try:
                 return call(deadline - time.monotonic())
             except TowheeRTError:
@@ -329,7 +311,7 @@ class Client:
             retried += 1
             busy_retried += kind == BUSY
             if stop.wait(delay):
-                raise _Cancelled()
+                raise Cancelled()
 
     def _failure(self, kind: str, text: str, attempts: int, seconds: float,
                  doing: str) -> Exception:
@@ -341,8 +323,8 @@ class Client:
             return ServerUnavailableError(self.url, self.protocol, text, attempts, seconds,
                                           doing)
         if kind in (BUSY, TIMEOUT):
-            return _Rejected(kind, text, attempts)
-        return _RequestFailed(decode_failures(text), text)
+            return Rejected(kind, text, attempts)
+        return RequestFailed(decode_failures(text), text)
 
     def _run_batch(self, items: Sequence[Any], batch: List[int],
                    stop: threading.Event) -> List[Tuple[int, Any]]:
@@ -372,11 +354,11 @@ class Client:
             rows = self._call(lambda remaining: self._send(payloads, remaining),
                               time.monotonic() + self.timeout, stop)
             return list(zip(indices, rows))
-        except _Rejected as rejected:
+        except Rejected as rejected:
             return [(i, rejection_error(rejected.kind, rejected.text, rejected.attempts,
                                         self.timeout, i, self._source(items, i)))
                     for i in indices]
-        except _RequestFailed as failed:
+        except RequestFailed as failed:
             by_position = {f.index: f for f in failed.failures if 0 <= f.index < len(indices)}
             if not by_position:  # no item named: transport, or a request-level error
                 if len(indices) == 1:
@@ -439,3 +421,12 @@ class Client:
 def _check_positive(value: Any, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _close_quietly(clients: List[Any]) -> None:
+    """Close tritonclients; a broken connection may fail to close, and it is gone anyway."""
+    for client in clients:
+        try:
+            client.close()
+        except Exception:  # noqa: BLE001
+            pass

@@ -42,11 +42,11 @@ import threading
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from .client import Client, _Cancelled
+from .client import Client
 from .client_replicas import (Replica, ReplicaSet, ReplicaStats, model_signature, parse_urls,
                               signature_changes)
-from .client_retry import (BUSY, DEADLINE_SLACK, OTHER, TIMEOUT, UNAVAILABLE, classify_error,
-                           error_text)
+from .client_retry import (BUSY, DEADLINE_SLACK, OTHER, TIMEOUT, UNAVAILABLE, Cancelled,
+                           classify_error, error_text)
 from .errors import ClientError, ServerUnavailableError, TowheeRTError
 
 __all__ = ["ReplicaClient"]
@@ -160,7 +160,7 @@ class ReplicaClient(Client):
         most = (self.retry.retries + 1) * len(self.urls)  # bounds a flapping set of replicas
         while True:
             if stop.is_set():
-                raise _Cancelled()
+                raise Cancelled()
             replica, avoid = self._pool.acquire(avoid), None
             if replica is None:
                 delay = self._pool.wait_s()
@@ -168,7 +168,7 @@ class ReplicaClient(Client):
                     raise self._unavailable(text, attempts, time.monotonic() - start, doing)
                 waits += 1
                 if stop.wait(delay):
-                    raise _Cancelled()
+                    raise Cancelled()
                 continue
             attempts += 1
             try:
@@ -186,7 +186,7 @@ class ReplicaClient(Client):
                 delay = 0.0 if self._pool.usable_besides(replica.url) else self.retry.delay(0)
                 if now + delay < deadline:
                     if stop.wait(delay):
-                        raise _Cancelled()
+                        raise Cancelled()
                     continue
             raise self._failure(kind, text, attempts, now - start, doing)
 

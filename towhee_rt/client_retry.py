@@ -205,3 +205,25 @@ def rejection_error(kind: str, text: str, attempts: int, timeout: float, index: 
         f"no answer within the client's timeout={timeout:g}s ({text}; sent {tries}); the "
         "server drops requests it has not started by then. Raise timeout= (Client(...), "
         "remote(...)) or send fewer requests at once"), source)
+
+
+class RequestFailed(Exception):
+    """A request failed: its items' structured failures, or the server's or transport's text."""
+
+    def __init__(self, failures: list, text: str):
+        super().__init__(text)
+        self.failures = failures
+        self.text = text
+
+
+class Rejected(Exception):
+    """A request the server was too busy for (:data:`BUSY`) or that ran out of time
+    (:data:`TIMEOUT`): each of its items fails alike."""
+
+    def __init__(self, kind: str, text: str, attempts: int):
+        super().__init__(text)
+        self.kind, self.text, self.attempts = kind, text, attempts
+
+
+class Cancelled(Exception):
+    """The call this request belongs to has already failed; stop retrying."""

@@ -259,6 +259,18 @@ def test_batch_size_over_max_batch_size_gives_requests_of_max_batch_size(server,
     assert [(r.items, r.error) for r in records] == [(4, None), (4, None), (2, None)]
 
 
+@pytest.mark.timeout(90)
+def test_a_long_lived_client_does_not_gather_connections(server):
+    """Each async call runs on fresh worker threads; their connections close with the call."""
+    items = _items(8)
+    with towhee.Client(server.grpc_url) as client:
+        for _ in range(5):
+            results = client.infer(items, mode="async_infer", concurrency=4)
+            assert all(np.array_equal(a, b) for a, b in zip(results, _expected(items)))
+        # the caller's own thread keeps the one it read the model with
+        assert len(client._clients) == 1
+
+
 # -------------------------------------------------------------------------------- deadline
 def _send_without_deadline(server: TritonServer, items, timeout: float) -> int:
     """Send ``items`` at once over HTTP, the client giving up after ``timeout`` s but the
