@@ -4,6 +4,7 @@
                          [--api-key-file FILE] [--admin-key-file FILE] ...
     towhee-rt quickstart --images DIR [--model-name resnet50] [--repo DIR]
     towhee-rt tune REPO [--out DIR] [--objective throughput|latency] [--time-budget S] ...
+    towhee-rt deploy kubernetes REPO --image IMAGE [--out DIR] [--kserve] ...
 
 ``serve`` starts tritonserver (the one carried by ``nvidia-pytriton`` unless ``--tritonserver
 PATH`` or ``--docker IMAGE`` says otherwise), waits until the server and every model are ready,
@@ -18,7 +19,8 @@ bad key file), 130 when interrupted while starting.
 ``python -m towhee_rt.serve REPO`` is the same as ``towhee-rt serve REPO``.
 
 ``quickstart`` is the README's demo (:mod:`towhee_rt.quickstart`); ``tune`` is
-``python -m towhee_rt.tune`` (:mod:`towhee_rt.tune`).
+``python -m towhee_rt.tune`` (:mod:`towhee_rt.tune`); ``deploy`` is ``python -m towhee_rt.deploy``
+(:mod:`towhee_rt.deploy`).
 """
 from __future__ import annotations
 
@@ -33,12 +35,13 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import quickstart
-from .tune import cli as tune_cli
+from .deploy import cli as deploy_cli
 from .errors import ConfigError, TowheeRTError
 from .triton.flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
                            DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, GRPC_HEADER_PREFIX,
                            STOP_TIMEOUT_SECS, check_key)
 from .triton.server import TritonServer
+from .tune import cli as tune_cli
 
 #: A graceful stop waits this long for tritonserver (its exit timeout and then some).
 STOP_TIMEOUT = float(STOP_TIMEOUT_SECS)
@@ -64,6 +67,10 @@ def main(argv: Optional[List[str]] = None, prog: str = "towhee-rt") -> int:
                                       description=tune_cli.DESCRIPTION)
     tune_cli.add_arguments(tune_parser)
     tune_parser.set_defaults(run=lambda args: tune_cli.run(args, prog))
+    deploy_parser = commands.add_parser("deploy", help="write Kubernetes / KServe manifests",
+                                        description=deploy_cli.SUMMARY)
+    deploy_cli.add_arguments(deploy_parser)
+    deploy_parser.set_defaults(run=deploy_cli.run)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 import towhee_rt as towhee
-from towhee_rt.deploy.__main__ import build_parser, main
+from towhee_rt.deploy.cli import build_parser, main
 
 IMAGE = "registry.example.com/image_embedding:v1"
 
@@ -53,6 +53,18 @@ def test_writes_the_manifests_and_says_how_to_apply(repo, tmp_path, capsys):
                  "--kserve"]) == 0
     assert sorted(p.name for p in (tmp_path / "ks").iterdir()) == [
         "inferenceservice.yaml", "kustomization.yaml", "servingruntime.yaml"]
+
+
+def test_towhee_rt_deploy_writes_the_same_files(repo, tmp_path):
+    from towhee_rt import cli
+
+    argv = ["kubernetes", repo, "--image", IMAGE, "--replicas", "3"]
+    assert main(argv + ["--out", str(tmp_path / "a")]) == 0
+    assert cli.main(["deploy"] + argv + ["--out", str(tmp_path / "b")]) == 0
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in names:
+        assert (tmp_path / "a" / name).read_text() == (tmp_path / "b" / name).read_text()
 
 
 @pytest.mark.parametrize("args, message", [
