@@ -52,7 +52,7 @@ def tuned_rows(pipeline: str, config: ServedConfig, items: Sequence[Any],
         pipe.close()
         inputs = _tuner_inputs(pipeline, tmp)
         for objective, suffix, fixed in OBJECTIVES:
-            system = f"{TUNED}{suffix} ({config.label.split(',')[0]})"
+            system = f"{TUNED}{suffix} ({config.label.rsplit(', ', 1)[0]})"
             log(f" tuning ({objective}, budget {budget_s:g} s)")
             started = time.perf_counter()
             result = tune(repo.path, out=tmp / f"tuned_{objective}", objective=objective,
