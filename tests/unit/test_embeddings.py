@@ -279,6 +279,20 @@ def test_minilm_batch_equals_one_by_one_and_truncates(minilm):
     assert tokens["attention_mask"][1].sum() == 2  # '' -> [CLS] [SEP]
 
 
+def test_text_batches_run_in_groups_of_similar_length():
+    from towhee_rt.backends._hf_text import PAD_SLACK, length_groups
+
+    lengths = [3, 120, 9, 10, 118, 2, 11, 60, 3, 256]
+    groups = length_groups(lengths)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        real = sum(lengths[i] for i in group)
+        assert len(group) * max(lengths[i] for i in group) <= PAD_SLACK * real
+    padded_all = len(lengths) * max(lengths)
+    assert sum(len(g) * max(lengths[i] for i in g) for g in groups) < padded_all / 2
+    assert [len(g) for g in length_groups([7] * 5)] == [5]  # equal lengths: one batch
+
+
 def test_minilm_checkpoint_round_trip(minilm, tmp_path):
     state = {k: v.clone() for k, v in minilm.torch_module().state_dict().items()}
     same, changed = tmp_path / "same.safetensors", tmp_path / "changed.safetensors"
