@@ -211,7 +211,9 @@ def local_int8(pipeline: str, args, budget: Budget, items, latency_items,
     config = int8_configs(pipeline, args.quick)[0]
     pipe = served_pipeline(pipeline, config)  # fails if int8 did not pass the gate
     extra["int8_format"] = pipe.format_choice(len(pipe.steps) - 1).summary()
-    label = "towhee_rt local, " + config.label.rsplit(", ", 1)[0]  # less the instances
+    # The setting less what only a server has (instances, dynamic batching).
+    label = "towhee_rt local, " + config.label.rsplit(", ", 1)[0].replace(
+        ", dynamic batching", "")
     int8_items = items_for(pipeline, 3 * len(items))  # ~3x faster: as long a window
     rows = [measured(lambda: local(pipeline, "onnx_int8", int8_items, latency_items, pipe,
                                    label), budget, "local int8")]
