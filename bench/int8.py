@@ -38,15 +38,19 @@ INT8_TEXT = ServedConfig("int8 (onnx_int8), 2 model instances x 1 thread", forma
 
 
 def int8_image(pipeline: str) -> ServedConfig:
-    """The recommended int8 settings of an image pipeline. CLIP adds dynamic batching: ViT-B/32
-    in int8 spent 38.6-39.6 instead of 41.3-43.6 ms of CPU per image with it (perf_study.md)."""
+    """The recommended int8 settings of an image pipeline (measured in perf_study.md). CLIP adds
+    dynamic batching: ViT-B/32 in int8 spent 38.6-39.6 instead of 41.3-43.6 ms of CPU per image
+    with it."""
     if pipeline == "clip":
         return ServedConfig(INT8_LABEL.replace(", 2 model", ", dynamic batching, 2 model"),
                             format="onnx_int8", dynamic_batching=True,
                             decode_params=(("min_side", MIN_SIDE),
                                            ("resize_crop", RESIZE_CROP[pipeline])),
                             model_params=(("preprocess", "cv2"),))
-    return ServedConfig(INT8_LABEL, format="onnx_int8",
+    # resnet50 int8: a second decode instance keeps both cores busy (same CPU per image, 28.3
+    # ms; 61-66 vs 47-56 img/s at 8-16 in flight, perf_study.md section 7).
+    return ServedConfig(INT8_LABEL.replace("2 model", "2 decode + 2 model"), format="onnx_int8",
+                        decode_instances=2,
                         decode_params=(("min_side", MIN_SIDE),
                                        ("resize_crop", RESIZE_CROP[pipeline])),
                         model_params=(("preprocess", "cv2"),))
