@@ -33,10 +33,12 @@ def test_climbs_one_knob_at_a_time_to_the_peak_measuring_each_point_once():
 
     result = hill_climb((0, 0), _grid_moves, evaluate, Objective("throughput"))
     assert result.best.point == (4, 2)
-    assert len(measured) == len(set(measured))  # never twice
+    searched, confirmed = measured[:-2], measured[-2:]
+    assert len(searched) == len(set(searched))  # never twice while searching
+    assert confirmed == [(0, 0), (4, 2)]  # then the start and the chosen one, once more
     assert len(measured) < 49  # far from the whole grid
     assert result.accepted_moves == ["x=1", "x=2", "x=3", "x=4", "y=1", "y=2"]
-    assert "no move" in result.stopped
+    assert "no move" in result.stopped and "still won" in result.stopped
 
 
 def test_a_gain_within_the_noise_is_not_kept():
@@ -94,3 +96,24 @@ def test_failed_requests_or_a_bad_start_are_never_chosen():
     with pytest.raises(ConfigError, match="objective"):
         Objective("fastest")
     assert math.isinf(Objective().noise(_m(1.0, spread=math.inf), _m(1.0)))
+
+
+def test_a_lucky_measurement_is_not_kept_when_measured_again_beside_the_start():
+    """The winner's curse: (1, 0) measured 20% better once, then no better than the start."""
+    seen = {}
+
+    def evaluate(point):
+        seen[point] = seen.get(point, 0) + 1
+        if point == (1, 0) and seen[point] == 1:
+            return _m(120.0)
+        return _m(100.0)
+
+    result = hill_climb((0, 0), _grid_moves, evaluate, Objective())
+    assert result.best.point == (0, 0)
+    assert [t.move for t in result.trials[-2:]] == ["confirm: the start again",
+                                                     "confirm: chosen again"]
+    assert result.best is result.trials[-2] and result.accepted_moves == ["x=1"]
+    assert "the repository's own settings are kept" in result.stopped
+    without = hill_climb((0, 0), _grid_moves, lambda p: _m(120.0 if p == (1, 0) else 100.0),
+                         Objective(), confirm=False)
+    assert without.best.point == (1, 0)

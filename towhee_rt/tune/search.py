@@ -3,7 +3,8 @@
 From the current point, the moves are tried in order; the first that improves the objective by
 more than the noise is kept and the moves start again from the new point (a point is never
 measured twice); the search ends when no move from the kept point improves it, or when time
-runs out. This needs far fewer points than a grid: each knob is tried from wherever the others
+runs out. Then the chosen point and the start are measured again, back to back, and the start
+is kept unless the chosen point still wins (one lucky measurement must not win the search). This needs far fewer points than a grid: each knob is tried from wherever the others
 stand. The measurements come from a function, so the logic is tested on plain numbers.
 """
 from __future__ import annotations
@@ -18,6 +19,8 @@ P = TypeVar("P", bound=Hashable)
 OBJECTIVES = ("throughput", "latency")
 #: A move is kept only when it gains more than this, or the points' own window spread.
 MIN_GAIN = 0.03
+#: How the final re-measurements are named among the trials.
+CONFIRM = "confirm:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,17 +92,21 @@ class SearchResult:
 
     @property
     def accepted_moves(self) -> List[str]:
-        return [t.move for t in self.trials if t.accepted and t.index > 0]
+        return [t.move for t in self.trials
+                if t.accepted and t.index > 0 and not t.move.startswith(CONFIRM)]
 
 
 def hill_climb(start: P, moves: Callable[[P], Sequence[Tuple[str, P]]],
                evaluate: Callable[[P], Measurement], objective: Objective,
                time_left: Callable[[], bool] = lambda: True,
-               on_trial: Optional[Callable[[Trial], None]] = None) -> SearchResult:
+               on_trial: Optional[Callable[[Trial], None]] = None,
+               confirm: bool = True) -> SearchResult:
     """Climb from ``start``; ``moves(point)`` gives (description, neighbour) pairs in the order
     to try, ``evaluate(point)`` measures one (an exception marks it failed: its message is
     kept, the search goes on), ``time_left()`` says whether another point fits the budget.
-    ``start`` is always measured. ``on_trial`` sees each trial once measured."""
+    ``start`` is always measured. ``on_trial`` sees each trial once measured. With
+    ``confirm``, a chosen point other than ``start`` is measured again beside ``start`` and
+    kept only if it still wins (see :func:`_confirm`); leave time for two more points."""
     seen: Dict[P, Trial] = {}
     trials: List[Trial] = []
 
@@ -139,5 +146,29 @@ def hill_climb(start: P, moves: Callable[[P], Sequence[Tuple[str, P]]],
                 break
         else:
             stopped = "no move from the chosen point improved it beyond the noise"
+    if confirm and best is not trials[0]:
+        best, verdict = _confirm(trials[0], best, run, objective, on_trial)
+        stopped += f"; {verdict}"
     return SearchResult(trials, best, stopped)
+
+
+def _confirm(start: Trial, chosen: Trial, run: Callable[[object, str], Trial],
+             objective: Objective, on_trial: Optional[Callable[[Trial], None]]):
+    """Measure the start and the chosen point again, back to back, and keep the chosen one
+    only if it still wins: the best of many noisy measurements is usually a lucky one (the
+    winner's curse), and a tuner must not leave a repository slower than it found it."""
+    again = []
+    for trial, label in ((start, f"{CONFIRM} the start again"), (chosen, f"{CONFIRM} chosen again")):
+        again.append(run(trial.point, label))
+        if on_trial:
+            on_trial(again[-1])
+    start_again, chosen_again = again
+    if chosen_again.measurement is not None and (
+            start_again.measurement is None
+            or objective.improves(chosen_again.measurement, start_again.measurement)):
+        chosen_again.accepted = True
+        return chosen_again, "measured again beside the start, the chosen point still won"
+    start_again.accepted = True
+    return start_again, ("measured again beside the start, the chosen point no longer won "
+                         "beyond the noise: the repository's own settings are kept")
 

@@ -125,8 +125,9 @@ def tune(repository, *, out=None, model: Optional[str] = None, objective: str = 
             return result
 
         def time_left() -> bool:
-            """Whether a point as long as the longest of the last three still fits."""
-            needed = max(durations[-3:], default=window_s * 4)
+            """Whether a point as long as the longest of the last three still fits, with the
+            two points of the final confirmation after it."""
+            needed = 3 * max(durations[-3:], default=window_s * 4)
             return time.monotonic() + needed < deadline
 
         def on_trial(trial: Trial) -> None:
