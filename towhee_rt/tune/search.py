@@ -157,18 +157,19 @@ def _confirm(start: Trial, chosen: Trial, run: Callable[[object, str], Trial],
     """Measure the start and the chosen point again, back to back, and keep the chosen one
     only if it still wins: the best of many noisy measurements is usually a lucky one (the
     winner's curse), and a tuner must not leave a repository slower than it found it."""
-    again = []
-    for trial, label in ((start, f"{CONFIRM} the start again"), (chosen, f"{CONFIRM} chosen again")):
-        again.append(run(trial.point, label))
-        if on_trial:
-            on_trial(again[-1])
-    start_again, chosen_again = again
+    start_again = run(start.point, f"{CONFIRM} the start again")
+    chosen_again = run(chosen.point, f"{CONFIRM} chosen again")
     if chosen_again.measurement is not None and (
             start_again.measurement is None
             or objective.improves(chosen_again.measurement, start_again.measurement)):
-        chosen_again.accepted = True
-        return chosen_again, "measured again beside the start, the chosen point still won"
-    start_again.accepted = True
-    return start_again, ("measured again beside the start, the chosen point no longer won "
-                         "beyond the noise: the repository's own settings are kept")
+        kept, verdict = chosen_again, "measured again beside the start, the chosen point still won"
+    else:
+        kept, verdict = start_again, ("measured again beside the start, the chosen point no "
+                                      "longer won beyond the noise: the repository's own "
+                                      "settings are kept")
+    kept.accepted = True
+    for trial in (start_again, chosen_again):
+        if on_trial:
+            on_trial(trial)
+    return kept, verdict
 

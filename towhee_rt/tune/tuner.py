@@ -15,7 +15,7 @@ from ..errors import ConfigError
 from ..triton.config import PARAM_INPUT_KIND, read_parameters, read_repository, write_config
 from . import inputs as sample_inputs
 from . import machine, report
-from .search import Objective, SearchResult, Trial, hill_climb
+from .search import CONFIRM, Objective, SearchResult, Trial, hill_climb
 from .session import ServedSession, session_dir
 from .space import CONCURRENCIES, Point, Space, apply_point, find_pipeline, read_point
 from .window import measure
@@ -202,7 +202,8 @@ def _why(result: SearchResult, goal: Objective) -> str:
 def _progress_line(trial: Trial, pipeline, goal: Objective, started: float,
                    extras: Dict[Point, dict]) -> str:
     elapsed = time.monotonic() - started
-    head = f"tune [{trial.index:2d}] {elapsed:5.0f} s  {pipeline.label(trial.point)}"
+    again = " (measured again)" if trial.move.startswith(CONFIRM) else ""
+    head = f"tune [{trial.index:2d}] {elapsed:5.0f} s  {pipeline.label(trial.point)}{again}"
     m = trial.measurement
     if m is None:
         return f"{head}: failed ({trial.failure[:200]})"
