@@ -15,7 +15,7 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from ..backends._operator import SHAPES_SUFFIX, TensorSpec
 from ..errors import ConfigError
-from ..op_config import OpConfig, RequestLimits
+from ..op_config import DynamicBatching, OpConfig, RequestLimits
 
 #: Model parameter names read by the generic Python-backend adapter (model.py): the operator,
 #: its params, and how its model format was chosen (logged when the model loads).
@@ -66,8 +66,7 @@ def _shapes_spec(spec: TensorSpec) -> TensorSpec:
 
 def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
     """The Python-backend config of one operator model."""
-    config = pb.ModelConfig(name=model.model_name, backend="python",
-                            max_batch_size=model.config.max_batch_size)
+    config = pb.ModelConfig(name=model.model_name, backend="python")
     for spec in model.inputs:
         _add_tensor(config.input, spec, allow_ragged=not spec.is_fixed_shape)
         if spec.name in model.shaped_inputs:
@@ -89,7 +88,8 @@ def ensemble_config(name: str, models: Sequence[OperatorModel],
     Its parameters tell clients the input kind and the request limits (Triton ignores them).
     """
     config = pb.ModelConfig(name=name, platform="ensemble",
-                            max_batch_size=min(m.config.max_batch_size for m in models))
+                            max_batch_size=ensemble_max_batch_size(
+                                [m.config.max_batch_size for m in models]))
     config.parameters[PARAM_INPUT_KIND].string_value = models[0].inputs[0].name
     _set_limits(config, limits)
     for spec in models[0].inputs:
@@ -178,15 +178,34 @@ def _set_instance_group(config: pb.ModelConfig, op: OpConfig) -> None:
         config.instance_group.add(count=op.instances, kind=pb.ModelInstanceGroup.KIND_CPU)
 
 
-def _set_dynamic_batching(config: pb.ModelConfig, op: OpConfig) -> None:
-    """Every model gets Triton's dynamic scheduler, for its bounded queue; the requests it
-    hands over together are merged into one operator batch only when ``dynamic_batching`` is
-    asked for (``towhee_merge_requests``), else they run one after the other with no wait."""
-    batching = op.dynamic_batching
+def set_batching(config: pb.ModelConfig, max_batch_size: int,
+                 batching: Optional[DynamicBatching]) -> None:
+    """Write an operator model's batching: ``max_batch_size``, and with ``batching`` the
+    scheduler's queue delay and preferred sizes plus ``towhee_merge_requests`` "yes" (the
+    requests handed over together run as one operator batch); without, no delay, no preferred
+    sizes and "no" (they run one after the other). The builder and the tuner both write it."""
+    config.max_batch_size = max_batch_size
     scheduler = config.dynamic_batching
+    del scheduler.preferred_batch_size[:]
     if batching is not None:
         scheduler.max_queue_delay_microseconds = batching.max_queue_delay_microseconds
         scheduler.preferred_batch_size.extend(batching.preferred_batch_size)
+    else:
+        scheduler.max_queue_delay_microseconds = 0
+    config.parameters[PARAM_MERGE_REQUESTS].string_value = "yes" if batching else "no"
+
+
+def ensemble_max_batch_size(step_sizes: Sequence[int]) -> int:
+    """The ensemble's ``max_batch_size``: Triton wants it no larger than any step's."""
+    return min(step_sizes)
+
+
+def _set_dynamic_batching(config: pb.ModelConfig, op: OpConfig) -> None:
+    """Every model gets Triton's dynamic scheduler, for its bounded queue; the requests it
+    hands over together are merged into one operator batch only when ``dynamic_batching`` is
+    asked for (see :func:`set_batching`)."""
+    set_batching(config, op.max_batch_size, op.dynamic_batching)
+    scheduler = config.dynamic_batching
     policy = scheduler.default_queue_policy
     policy.timeout_action = pb.ModelQueuePolicy.REJECT
     policy.default_timeout_microseconds = op.queue_timeout_ms * 1000
@@ -199,8 +218,6 @@ def _set_parameters(config: pb.ModelConfig, model: OperatorModel) -> None:
     config.parameters[PARAM_OPERATOR].string_value = json.dumps(operator, sort_keys=True)
     config.parameters[PARAM_PARAMS].string_value = json.dumps(dict(model.params),
                                                               sort_keys=True)
-    config.parameters[PARAM_MERGE_REQUESTS].string_value = \
-        "yes" if model.config.dynamic_batching else "no"
     if model.format:
         config.parameters[PARAM_FORMAT].string_value = model.format
     if model.limits:

@@ -18,7 +18,9 @@ from tritonclient.grpc import model_config_pb2 as pb
 
 from ..backends._operator import cpu_threads_per_instance
 from ..errors import ConfigError
-from ..triton.config import PARAM_MERGE_REQUESTS, PARAM_OPERATOR, PARAM_PARAMS
+from ..op_config import DynamicBatching
+from ..triton.config import (PARAM_MERGE_REQUESTS, PARAM_OPERATOR, PARAM_PARAMS,
+                              ensemble_max_batch_size, set_batching)
 
 #: The values a move steps through (a current value off the ladder moves to its neighbours).
 QUEUE_DELAYS_US = (0, 500, 2000, 5000, 10000)
@@ -158,8 +160,8 @@ def apply_point(configs: Mapping[str, pb.ModelConfig], pipeline: Pipeline,
         out[name] = config
     ensemble = pb.ModelConfig()
     ensemble.CopyFrom(configs[pipeline.ensemble])
-    ensemble.max_batch_size = min([configs[pipeline.ensemble].max_batch_size]
-                                  + [s.max_batch for _, s in point.steps])
+    ensemble.max_batch_size = ensemble_max_batch_size(
+        [configs[pipeline.ensemble].max_batch_size] + [s.max_batch for _, s in point.steps])
     out[pipeline.ensemble] = ensemble
     return out
 
@@ -174,16 +176,11 @@ def _write_step(config: pb.ModelConfig, settings: StepSettings) -> None:
     else:
         params["num_threads"] = settings.threads
     config.parameters[PARAM_PARAMS].string_value = json.dumps(params, sort_keys=True)
-    config.max_batch_size = settings.max_batch
-    scheduler = config.dynamic_batching  # kept either way: it holds the bounded queue
-    preferred = [size for size in scheduler.preferred_batch_size if size <= settings.max_batch]
-    del scheduler.preferred_batch_size[:]
-    if settings.batching:
-        scheduler.max_queue_delay_microseconds = settings.queue_delay_us
-        scheduler.preferred_batch_size.extend(preferred)
-    else:
-        scheduler.max_queue_delay_microseconds = 0
-    config.parameters[PARAM_MERGE_REQUESTS].string_value = "yes" if settings.batching else "no"
+    preferred = tuple(size for size in config.dynamic_batching.preferred_batch_size
+                      if size <= settings.max_batch)
+    set_batching(config, settings.max_batch,
+                 DynamicBatching(settings.max_batch, preferred, settings.queue_delay_us)
+                 if settings.batching else None)
 
 
 @dataclasses.dataclass(frozen=True)
