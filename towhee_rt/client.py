@@ -298,12 +298,8 @@ class Client:
             except TowheeRTError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified, then retried or re-raised
-                kind, text = classify_error(exc), error_text(exc)
+                kind, text = self._classify(exc, deadline)
             now = time.monotonic()
-            if kind == BUSY and now >= deadline - DEADLINE_SLACK:
-                kind = TIMEOUT  # Triton dropped it at the deadline this client sent
-            if kind == UNAVAILABLE:
-                self._drop_client()
             delay = self.retry.delay(retried)
             if not (self.retry.should_retry(kind, retried, busy_retried)
                     and now + delay < deadline):
@@ -312,6 +308,16 @@ class Client:
             busy_retried += kind == BUSY
             if stop.wait(delay):
                 raise Cancelled()
+
+    def _classify(self, exc: BaseException, deadline: float) -> Tuple[str, str]:
+        """(kind, text) of a failed call (:func:`classify_error`); a busy answer at the
+        deadline is the deadline, and an unreachable server's connection is dropped."""
+        kind, text = classify_error(exc), error_text(exc)
+        if kind == BUSY and time.monotonic() >= deadline - DEADLINE_SLACK:
+            kind = TIMEOUT  # Triton dropped it at the deadline this client sent
+        if kind == UNAVAILABLE:
+            self._drop_client()
+        return kind, text
 
     def _failure(self, kind: str, text: str, attempts: int, seconds: float,
                  doing: str) -> Exception:

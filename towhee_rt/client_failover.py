@@ -45,8 +45,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from .client import Client
 from .client_replicas import (Replica, ReplicaSet, ReplicaStats, model_signature, parse_urls,
                               signature_changes)
-from .client_retry import (BUSY, DEADLINE_SLACK, OTHER, TIMEOUT, UNAVAILABLE, Cancelled,
-                           classify_error, error_text)
+from .client_retry import BUSY, OTHER, UNAVAILABLE, Cancelled, classify_error, error_text
 from .errors import ClientError, ServerUnavailableError, TowheeRTError
 
 __all__ = ["ReplicaClient"]
@@ -205,11 +204,7 @@ class ReplicaClient(Client):
         except TowheeRTError:
             raise
         except Exception as exc:  # noqa: BLE001 - classified, then re-sent or raised
-            kind, text = classify_error(exc), error_text(exc)
-            if kind == BUSY and time.monotonic() >= deadline - DEADLINE_SLACK:
-                kind = TIMEOUT  # Triton dropped it at the deadline this client sent
-            if kind == UNAVAILABLE:
-                self._drop_client()
+            kind, text = self._classify(exc, deadline)
             raise _Failed(kind, text) from None
         finally:
             self._local.replica = None
