@@ -16,11 +16,13 @@ import os
 import platform
 import threading
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from towhee_rt.backends._operator import usable_cores
+from towhee_rt.tune.machine import CLOCK_TICKS, busy_cpu_ticks, cpu_model, package_version
 
 if TYPE_CHECKING:
     from towhee_rt.client import RequestRecord
@@ -235,16 +237,6 @@ def timed_client(url: str, model_name: str = "pipeline") -> Tuple[Any, RequestTi
 
 
 # ------------------------------------------------------------------ other work on the machine
-_CLK_TCK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def _busy_jiffies() -> int:
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    values = [int(v) for v in fields]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    return sum(values[:8]) - idle
-
-
 def _process_table() -> Dict[int, tuple]:
     """pid -> (parent pid, utime+stime+cutime+cstime in jiffies) of every process."""
     table: Dict[int, tuple] = {}
@@ -312,7 +304,7 @@ class CpuSplit:
             used = table[pid][1] - self._start.get(pid, 0)
             if used > 0:
                 label = process_label(pid)
-                out[label] = round(out.get(label, 0.0) + used / _CLK_TCK / elapsed, 2)
+                out[label] = round(out.get(label, 0.0) + used / CLOCK_TICKS / elapsed, 2)
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
@@ -328,7 +320,7 @@ class ForeignLoad:
 
     def start(self) -> None:
         self._t = time.perf_counter()
-        self._busy = _busy_jiffies()
+        self._busy = busy_cpu_ticks()
         self._own = _process_tree_jiffies(os.getpid())
 
     def cores(self) -> float:
@@ -336,9 +328,9 @@ class ForeignLoad:
         elapsed = time.perf_counter() - self._t
         if elapsed <= 0:
             return 0.0
-        busy = _busy_jiffies() - self._busy
+        busy = busy_cpu_ticks() - self._busy
         own = _process_tree_jiffies(os.getpid()) - self._own
-        return max(0.0, (busy - own) / _CLK_TCK / elapsed)
+        return max(0.0, (busy - own) / CLOCK_TICKS / elapsed)
 
 
 def wait_for_quiet(threshold: float = 0.25, sample_s: float = 1.0, max_wait_s: float = 20.0
@@ -354,27 +346,6 @@ def wait_for_quiet(threshold: float = 0.25, sample_s: float = 1.0, max_wait_s: f
 
 
 # ---------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "-"
-
-
 def git_commit() -> str:
     """``abc1234`` (``+dirty`` when the work tree differs) of the checkout measured."""
     import subprocess
@@ -394,21 +365,21 @@ def machine_info() -> Dict[str, Any]:
     """Machine, cores, date and library versions, stamped on every artifact."""
     try:
         import towhee_rt
-        towhee_rt_version = getattr(towhee_rt, "__version__", _version("towhee_rt"))
+        towhee_rt_version = getattr(towhee_rt, "__version__", package_version("towhee_rt"))
     except ImportError:
         towhee_rt_version = "-"
     towhee_rt_version += f" (git {git_commit()})"
     return {
-        "cpu": cpu_model(), "cores": cores(), "platform": platform.platform(),
+        "cpu": cpu_model(), "cores": usable_cores(), "platform": platform.platform(),
         "python": platform.python_version(),
         "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
         "versions": {
-            "towhee_rt": towhee_rt_version, "torch": _version("torch"),
-            "onnxruntime": _version("onnxruntime"),
-            "tritonserver": "2.51 (nvidia-pytriton %s)" % _version("nvidia-pytriton"),
-            "timm": _version("timm"), "open_clip": _version("open_clip_torch"),
-            "sentence-transformers": _version("sentence-transformers"),
-            "tritonclient": _version("tritonclient"), "numpy": _version("numpy"),
+            "towhee_rt": towhee_rt_version, "torch": package_version("torch"),
+            "onnxruntime": package_version("onnxruntime"),
+            "tritonserver": "2.51 (nvidia-pytriton %s)" % package_version("nvidia-pytriton"),
+            "timm": package_version("timm"), "open_clip": package_version("open_clip_torch"),
+            "sentence-transformers": package_version("sentence-transformers"),
+            "tritonclient": package_version("tritonclient"), "numpy": package_version("numpy"),
         },
     }
 

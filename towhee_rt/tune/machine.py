@@ -12,38 +12,46 @@ from typing import Dict, Optional
 from ..backends._operator import usable_cores
 from ..triton import procs
 
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+#: Clock ticks per second, the unit of /proc's CPU times.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def package_version(dist: str) -> str:
+    """The installed version of distribution ``dist``, ``'-'`` when it is not installed."""
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "-"
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what :mod:`platform` says."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f
+                        if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or "unknown"
 
 
 def describe() -> Dict[str, object]:
     """CPU model, usable cores, OS, Python, date and the versions that matter to the figures."""
-    def version(dist: str) -> str:
-        try:
-            return metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            return "-"
-
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f
-                        if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": usable_cores(), "platform": platform.platform(),
+    return {"cpu": cpu_model(), "cores": usable_cores(), "platform": platform.platform(),
             "python": platform.python_version(),
             "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
-            "versions": {name: version(name) for name in (
+            "versions": {name: package_version(name) for name in (
                 "towhee_rt", "nvidia-pytriton", "onnxruntime", "torch", "tritonclient")}}
 
 
-def _busy_ticks() -> Optional[int]:
+def busy_cpu_ticks() -> Optional[int]:
+    """CPU ticks the whole machine spent busy since boot (all but idle and iowait), or None
+    where ``/proc/stat`` cannot tell."""
     try:
         with open("/proc/stat") as f:
             values = [int(v) for v in f.readline().split()[1:9]]
     except (OSError, ValueError):
         return None
-    return sum(values) - values[3] - values[4]  # all but idle and iowait
+    return sum(values) - values[3] - values[4]
 
 
 def _group_ticks(pgid: Optional[int]) -> int:
@@ -69,14 +77,14 @@ class OtherLoad:
 
     def _own(self) -> float:
         times = os.times()
-        return times.user + times.system + _group_ticks(self.server_pgid) / _TICKS
+        return times.user + times.system + _group_ticks(self.server_pgid) / CLOCK_TICKS
 
     def start(self) -> None:
-        self._t, self._busy, self._own0 = time.monotonic(), _busy_ticks(), self._own()
+        self._t, self._busy, self._own0 = time.monotonic(), busy_cpu_ticks(), self._own()
 
     def cores(self) -> Optional[float]:
-        busy, elapsed = _busy_ticks(), time.monotonic() - self._t
+        busy, elapsed = busy_cpu_ticks(), time.monotonic() - self._t
         if busy is None or self._busy is None or elapsed <= 0:
             return None
-        other = (busy - self._busy) / _TICKS - (self._own() - self._own0)
+        other = (busy - self._busy) / CLOCK_TICKS - (self._own() - self._own0)
         return max(0.0, other / elapsed)
