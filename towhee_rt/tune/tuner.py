@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import statistics
 import sys
@@ -12,7 +13,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..backends._operator import usable_cores
 from ..errors import ConfigError
-from ..triton.config import PARAM_INPUT_KIND, read_parameters, read_repository, write_config
+from ..triton.config import (PARAM_INPUT_KIND, PARAM_OPERATOR, PARAM_PARAMS, read_parameters,
+                              read_repository, write_config)
 from . import inputs as sample_inputs
 from . import machine, report
 from .search import CONFIRM, Objective, SearchResult, Trial, hill_climb
@@ -167,10 +169,7 @@ def tune(repository, *, out=None, model: Optional[str] = None, objective: str = 
 
 
 def _operator_of(config) -> tuple:
-    import json
-
-    from ..triton.config import PARAM_OPERATOR, PARAM_PARAMS
-
+    """(operator name, its params) of a step's config."""
     params = read_parameters(config)
     return (json.loads(params[PARAM_OPERATOR])["name"],
             json.loads(params.get(PARAM_PARAMS) or "{}"))
