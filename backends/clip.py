@@ -17,13 +17,13 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 # Re-exported: callers import the model names from here.
-from ._clip_models import (CONFIG_DIR, CONFIG_FILE, HUB_PREFIX, PREFERRED_TAGS,  # noqa: F401
+from .clip_models import (CONFIG_DIR, CONFIG_FILE, HUB_PREFIX, PREFERRED_TAGS,  # noqa: F401
                            TOWHEE_NAMES, default_tag, encoders, open_clip_name)
-from ._model import ModelInput, ModelOperator
-from ._operator import OperatorParamError, Param, TensorSpec
-from ._image_prep import PREPROCESS_PARAM, ImagePreprocessing
-from ._preprocess import random_images, to_texts
-from ._weights import download_hint, hub_source, jsonable, weights_unavailable
+from .model_operator import ModelInput, ModelOperator
+from .operator_base import OperatorParamError, Param, TensorSpec
+from .cv2_preprocess import PREPROCESS_PARAM, ImagePreprocessing
+from .embedding_inputs import random_images, to_texts
+from .weights import download_hint, hub_source, jsonable, weights_unavailable
 
 
 def _pretrained_value(value: Any) -> Optional[str]:
@@ -256,7 +256,7 @@ class ClipImageEmbedding(ImagePreprocessing, _ClipOperator):
 
     Images are preprocessed with open_clip's own evaluation transform for the model's pretrained
     config (e.g. resize the shorter side, centre crop, CLIP mean/std); ``preprocess='cv2'`` does
-    the same steps with OpenCV and numpy (faster, pixels differ slightly: ``_image_prep.py``).
+    the same steps with OpenCV and numpy (faster, pixels differ slightly: ``cv2_preprocess.py``).
 
     Example::
 

@@ -5,7 +5,7 @@ local pipeline sets the internal param ``in_process``), where a path, ``file://`
 ``http(s)://`` URL is read too. A served decoder (inside Triton) never opens a path or fetches a
 URL a client sends, unless its params opt in: ``allow_paths`` (root directories) and
 ``allow_urls`` (host patterns). Where items are read from, and how much, is the source policy of
-``_sources.py`` (:class:`._sources.SourcePolicy`, :func:`._sources.read_source`); this module
+``image_sources.py`` (:class:`.image_sources.SourcePolicy`, :func:`.image_sources.read_source`); this module
 checks the header (the decompression-bomb guard) and decodes.
 
 The helpers here (:func:`read_header`, :func:`decode_cv2`, and :func:`read_source`, re-exported)
@@ -13,7 +13,7 @@ are shared by the GPU decoders in ``image_decode_gpu.py`` so that every decoder 
 inputs, applies the same limits and rejects bad data with the same messages.
 
 This module is copied verbatim into Triton model directories: it imports only numpy, cv2, PIL
-and its sibling ``_operator`` and ``_sources`` modules.
+and its sibling ``_operator`` and ``image_sources`` modules.
 """
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ._image_prep import ResizeCrop
-from ._operator import (Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec,
-                        positive)
+from .cv2_preprocess import ResizeCrop
+from .operator_base import (Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec,
+                            positive)
 # Re-exported: the GPU decoders and earlier callers import these from here.
-from ._sources import (DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, SOURCE_PARAMS,  # noqa: F401
+from .image_sources import (DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, SOURCE_PARAMS,  # noqa: F401
                        SourcePolicy, looks_unread_location, read_source)
 
 #: Formats every decoder accepts (PIL's format names).

@@ -9,7 +9,7 @@ HxWx3 uint8 RGB arrays; handing GPU tensors on to the next model without a copy 
 Triton adapter's job.
 
 This module is copied verbatim into Triton model directories together with its siblings
-``image_decode.py``, ``_fetch.py`` and ``_operator.py``; torch, torchvision and DALI are
+``image_decode.py``, ``fetch.py`` and ``_operator.py``; torch, torchvision and DALI are
 imported lazily.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._operator import (Operator, OperatorInputError, Param, TensorSpec,
-                        cpu_threads_per_instance, positive)
+from .operator_base import Operator, OperatorInputError, Param, TensorSpec, positive
+from .cpu import cpu_threads_per_instance
 from .image_decode import (DECODE_PARAMS, EXPECTED, CV2RGBDecode, ImageHeader, decode_cv2,
                            decode_params)
 

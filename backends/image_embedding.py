@@ -10,11 +10,11 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ._model import ModelInput, ModelOperator
-from ._operator import OperatorParamError, Param, TensorSpec
-from ._image_prep import PREPROCESS_PARAM, ImagePreprocessing
-from ._preprocess import random_images
-from ._weights import (cached_file, download_hint, hub_source, jsonable,
+from .model_operator import ModelInput, ModelOperator
+from .operator_base import OperatorParamError, Param, TensorSpec
+from .cv2_preprocess import PREPROCESS_PARAM, ImagePreprocessing
+from .embedding_inputs import random_images
+from .weights import (cached_file, download_hint, hub_source, jsonable,
                        weights_unavailable)
 
 #: Where a repository keeps the timm config of a model named ``hf-hub:...`` (``config.json``).
@@ -32,7 +32,7 @@ class TimmImageEmbedding(ImagePreprocessing, ModelOperator):
     plus the :class:`ModelOperator` params. Each image is resized, cropped and normalised
     exactly as timm's own evaluation transform for the model's pretrained config
     (``timm.data.create_transform``); ``preprocess='cv2'`` does the same steps with OpenCV and
-    numpy (about 5x less CPU, pixels differ slightly: see ``_image_prep.py``).
+    numpy (about 5x less CPU, pixels differ slightly: see ``cv2_preprocess.py``).
 
     Example::
 

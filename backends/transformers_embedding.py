@@ -2,17 +2,17 @@
 
 ``AutoTokenizer`` + ``AutoModel`` (through the Hugging Face cache; ``HF_HOME``, ``HF_HUB_CACHE``
 and ``HF_HUB_OFFLINE`` apply), then ``cls`` or ``mean`` pooling of the last hidden state, as one
-export-friendly module (:mod:`._hf_text`). Copied into generated Triton repositories: relative
+export-friendly module (:mod:`.hf_text`). Copied into generated Triton repositories: relative
 imports and third-party packages only; heavy packages are imported when first needed.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from ._hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
-from ._model import ModelOperator
-from ._operator import OperatorParamError, Param, positive
-from ._weights import download_hint, hub_source, weights_unavailable
+from .hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
+from .model_operator import ModelOperator
+from .operator_base import OperatorParamError, Param, positive
+from .weights import download_hint, hub_source, weights_unavailable
 
 
 def _pooling(value: Any) -> Any:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 
 import numpy as np
 
-from towhee_rt.backends._operator import usable_cores
+from towhee_rt.backends.cpu import usable_cores
 from towhee_rt.tune.machine import CLOCK_TICKS, busy_cpu_ticks, cpu_model, package_version
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ hands over several requests at once), runs the operator on all of them in one ba
 returns one response per request, in order. If an item fails, only the request holding it gets
 an error: ``towhee_rt.item_errors=`` then JSON, one entry per failed item (its index in that
 request, the operator, the kind of failure: bad_input / limit / internal, and the message),
-which towhee_rt's client reads back (``towhee_ops/_operator.py``: ``encode_failures``).
+which towhee_rt's client reads back (``towhee_ops/wire.py``: ``encode_failures``).
 
 Per-machine values are decided here, when the model loads: an operator that takes
 ``num_threads`` and was not given one gets this instance's share of the cores the stub may use.
@@ -36,9 +36,10 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # installed under the same names.
 sys.path[:] = [_HERE] + [path for path in sys.path if path != _HERE]
 
-from towhee_ops._operator import (SHAPES_SUFFIX, ItemFailure,  # noqa: E402
-                                  cpu_threads_per_instance, crop_items, encode_failures,
-                                  pad_items, process_items, stack_items)
+from towhee_ops.batching import process_items, stack_items  # noqa: E402
+from towhee_ops.cpu import cpu_threads_per_instance  # noqa: E402
+from towhee_ops.wire import (SHAPES_SUFFIX, ItemFailure, crop_items,  # noqa: E402
+                             encode_failures, pad_items)
 
 
 class TritonPythonModel:

@@ -11,7 +11,7 @@ function the way towhee_rt does locally (``function_operator.py``, a copy of tow
 import sys
 
 import towhee_ops
-from towhee_ops import _model, _operator
+from towhee_ops import model_operator, operator_base
 
 # towhee_rt.backends is shipped as towhee_ops: the same module objects under both names, so a
 # class imported either way is one class (an OperatorInputError raised by the user's code is
@@ -19,13 +19,13 @@ from towhee_ops import _model, _operator
 backends = towhee_ops
 operator = sys.modules[__name__]  # towhee_rt.operator: the same names
 sys.modules[__name__ + ".backends"] = towhee_ops
-sys.modules[__name__ + ".backends._operator"] = _operator
-sys.modules[__name__ + ".backends._model"] = _model
+sys.modules[__name__ + ".backends.operator_base"] = operator_base
+sys.modules[__name__ + ".backends.model_operator"] = model_operator
 sys.modules[__name__ + ".operator"] = sys.modules[__name__]
 
-from towhee_ops._model import ModelInput, ModelOperator  # noqa: E402
-from towhee_ops._operator import (Operator, OperatorInputError, OperatorLimitError,  # noqa: E402
-                                  Param, TensorSpec)
+from towhee_ops.model_operator import ModelInput, ModelOperator  # noqa: E402
+from towhee_ops.operator_base import (Operator, OperatorInputError,  # noqa: E402
+                                      OperatorLimitError, Param, TensorSpec)
 
 from .function_operator import function_operator  # noqa: E402
 

@@ -14,7 +14,7 @@ from .errors import (BadInputError, ClientError, ConfigError, DeadlineExceededEr
                      DockerError, FormatError, ItemError, LimitExceededError, PipelineError,
                      ServerBusyError, ServerError, ServerUnavailableError, TowheeRTError)
 from .operator import Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec
-from .backends._model import ModelInput, ModelOperator
+from .backends.model_operator import ModelInput, ModelOperator
 from .registry import register
 from .pipeline import Pipeline, PipelineBuilder, dummy_input
 # Not `from .serve import serve`: the towhee_rt.serve module is `python -m towhee_rt.serve`,

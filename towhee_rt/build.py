@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from .accel import formats
 from .accel.formats import FormatChoice, ModelFile
-from .backends._operator import OperatorParamError
+from .backends.operator_base import OperatorParamError
 from .errors import ConfigError, ItemError
 from .op_config import OpConfig, RequestLimits
 from .operator import Operator

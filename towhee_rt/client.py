@@ -17,7 +17,7 @@ config: a larger ``batch_size`` gives requests of ``max_batch_size`` items) or i
 it did not get answers with a :class:`ClientError` saying how to pass it.
 
 A request whose items failed carries one structured failure per item (see
-``towhee_rt.backends._operator.ItemFailure``): each such item becomes an :class:`ItemError` of
+``towhee_rt.backends.operator_base.ItemFailure``): each such item becomes an :class:`ItemError` of
 the matching kind, named by the caller's index (and local file name or URL), and the other items
 of that request are sent again without them.
 
@@ -38,8 +38,8 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 
 import numpy as np
 
-from .backends._operator import (SHAPES_SUFFIX, ItemFailure, OperatorInputError, crop_items,
-                                 decode_failures)
+from .backends.operator_base import OperatorInputError
+from .backends.wire import SHAPES_SUFFIX, ItemFailure, crop_items, decode_failures
 from .client_inputs import (encode_item, item_source, max_batch_size, payload_bytes,
                             request_headers, served_input, split_by_bytes, to_array)
 from .client_replicas import parse_urls

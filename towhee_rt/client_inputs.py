@@ -3,7 +3,7 @@
 What is sent for an item follows the served pipeline's input kind (``towhee_input_kind`` in the
 ensemble's config): a *text* pipeline gets strings as they are (``'note.txt'`` is the text
 "note.txt", as locally); an *image* pipeline gets bytes: local files are read and ``http(s)://``
-URLs are downloaded here (:func:`towhee_rt.backends._fetch.fetch_url`), since the server does
+URLs are downloaded here (:func:`towhee_rt.backends.fetch.fetch_url`), since the server does
 not fetch them. An item over the server's ``max_item_bytes``, or a download that fails, becomes
 that item's error without being sent. Repositories built before the input kind was recorded get
 the older behaviour: local files as bytes, every other string as it is.
@@ -20,11 +20,11 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .backends._fetch import fetch_url
-from .backends._operator import OperatorInputError, OperatorLimitError
+from .backends.fetch import fetch_url
+from .backends.operator_base import OperatorInputError, OperatorLimitError
 from .errors import ConfigError
 from .op_config import DEFAULT_MAX_ITEM_BYTES
-from .triton.config import PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES, PARAM_MAX_REQUEST_BYTES
+from .backends.wire import PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES, PARAM_MAX_REQUEST_BYTES
 from .triton.flags import key_headers
 
 TEXT_KIND = "text"
@@ -118,7 +118,7 @@ def encode_item(value: Any, served: ServedInput = ServedInput(), timeout: float 
     Text pipelines: ``str`` as UTF-8, bytes as they are. Other (image) pipelines: bytes as they
     are, a local file (path or ``file://`` URL) read, an ``http(s)://`` URL downloaded with
     ``timeout`` seconds in all. Unknown kind (older repositories): a local file read, any other
-    string as UTF-8. Raises :class:`~towhee_rt.backends._operator.OperatorInputError` for an
+    string as UTF-8. Raises :class:`~towhee_rt.backends.operator_base.OperatorInputError` for an
     item that cannot be sent, and its subclass ``OperatorLimitError`` for one over the server's
     ``max_item_bytes`` or ``max_request_bytes``.
     """

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, List, Optional, Sequence
 
-from .backends._operator import ItemFailure
+from .backends.wire import ItemFailure
 
 #: What a call does when some items fail: raise a PipelineError, or return the ItemErrors.
 ERROR_MODES = ("raise", "return")
@@ -27,7 +27,7 @@ class ItemError(TowheeRTError):
     (:class:`DeadlineExceededError`); ``source`` what the item was when known (a path, a URL,
     ``<encoded image, N bytes>``).
     ``str()`` is the one spelling of an item failure, shared with the server (see
-    :class:`~towhee_rt.backends._operator.ItemFailure`). :meth:`from_failure` returns the
+    :class:`~towhee_rt.backends.operator_base.ItemFailure`). :meth:`from_failure` returns the
     subclass for the kind: :class:`BadInputError`, :class:`LimitExceededError` or
     :class:`ItemError` itself for internal failures.
     """

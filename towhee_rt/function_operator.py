@@ -20,7 +20,7 @@ The contract of such a function (``register('text.lower', inputs=[...], outputs=
 
 This module is shared by towhee_rt and by the stand-in ``towhee_rt`` package shipped into
 served models (as ``towhee_rt/function_operator.py`` there), so that a function runs the same
-way locally and served: the standard library, numpy and ``.backends._operator`` only (the
+way locally and served: the standard library, numpy and ``.backends.operator_base`` only (the
 stand-in maps ``towhee_rt.backends`` to the shipped ``towhee_ops``).
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .backends._operator import REQUIRED, Operator, OperatorInputError, Param, TensorSpec
+from .backends.operator_base import REQUIRED, Operator, OperatorInputError, Param, TensorSpec
 
 #: A keyword-only default's type -> the JSON types its param takes.
 _PARAM_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
 
-from .backends._operator import usable_cores
+from .backends.cpu import usable_cores
 from .errors import ConfigError
 
 #: Model formats ``format_priority`` may name, best first when the hardware allows.

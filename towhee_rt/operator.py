@@ -1,6 +1,6 @@
 """Operators: the base class, tensor specs, and the registry of namespaced operator names.
 
-The base class lives in ``towhee_rt.backends._operator`` (shipped into generated Triton
+The base class lives in ``towhee_rt.backends.operator_base`` (shipped into generated Triton
 repositories, which must not import towhee_rt); this module re-exports it and owns the registry
 that maps names to classes: the built-in names (``image_decode.cv2_rgb`` ...) to backend
 classes, and the user's own names, added by :func:`towhee_rt.register` (``towhee_rt.registry``),
@@ -11,8 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Dict, Tuple, Type
 
-from .backends._operator import (Operator, OperatorInputError, OperatorLimitError, Param,
-                                 TensorSpec)
+from .backends.operator_base import (Operator, OperatorInputError, OperatorLimitError, Param,
+                                     TensorSpec)
 from .errors import ConfigError
 
 __all__ = ["Operator", "OperatorInputError", "OperatorLimitError", "Param", "TensorSpec",

@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
 from . import op_config as cfg
 from .accel.formats import FormatChoice
-from .backends._operator import OperatorParamError
+from .backends.operator_base import OperatorParamError
 from .build import BuiltPipeline, build_pipeline
 from .errors import ConfigError, ItemError, PipelineError, check_error_mode
 from .operator import Operator, namespaces, operator_class

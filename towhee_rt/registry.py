@@ -27,7 +27,7 @@ import json
 import re
 from typing import Any, Callable, Optional, Sequence, TypeVar
 
-from .backends._operator import REQUIRED, Operator, TensorSpec
+from .backends.operator_base import REQUIRED, Operator, TensorSpec
 from .errors import ConfigError
 from .function_operator import function_operator
 from .operator import add_user_operator

@@ -11,7 +11,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Dict, List, Sequence
 
-from .backends._operator import ItemFailure, Operator, process_items
+from .backends.operator_base import Operator
+from .backends.wire import ItemFailure
+from .backends.batching import process_items
 from .errors import ItemError
 from .op_config import OpConfig
 

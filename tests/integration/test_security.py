@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import towhee_rt as towhee
-from towhee_rt.backends._operator import decode_failures
+from towhee_rt.backends.wire import decode_failures
 from towhee_rt.triton import procs
 
 from ..local_http import serving

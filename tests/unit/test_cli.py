@@ -13,7 +13,7 @@ from typing import List
 
 import pytest
 
-from towhee_rt import cli
+from towhee_rt import cli, cli_serve
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -116,8 +116,8 @@ def _key_file(tmp_path, text, mode=0o600):
 
 
 def test_key_file_is_stripped_and_checked(tmp_path):
-    assert cli.read_key_file(_key_file(tmp_path, "  s3cr3t-key_1\n\n")) == "s3cr3t-key_1"
-    assert cli.read_key_file(_key_file(tmp_path, "k", mode=0o640)) == "k"  # group may read
+    assert cli_serve.read_key_file(_key_file(tmp_path, "  s3cr3t-key_1\n\n")) == "s3cr3t-key_1"
+    assert cli_serve.read_key_file(_key_file(tmp_path, "k", mode=0o640)) == "k"  # group may read
 
 
 @pytest.mark.parametrize("text, mode, message", [
@@ -128,15 +128,15 @@ def test_key_file_is_stripped_and_checked(tmp_path):
     ("x" * 5000, 0o600, "larger than 4096 bytes"),
 ], ids=["empty", "world-readable", "spaces", "huge"])
 def test_bad_key_files_are_refused(tmp_path, text, mode, message):
-    with pytest.raises(cli.ConfigError, match=message):
-        cli.read_key_file(_key_file(tmp_path, text, mode))
+    with pytest.raises(cli_serve.ConfigError, match=message):
+        cli_serve.read_key_file(_key_file(tmp_path, text, mode))
 
 
 def test_missing_key_file_and_directory_are_refused(tmp_path):
-    with pytest.raises(cli.ConfigError, match="--api-key-file .*nope: cannot read it"):
-        cli.read_key_file(tmp_path / "nope")
-    with pytest.raises(cli.ConfigError, match="--admin-key-file .*: not a regular file"):
-        cli.read_key_file(tmp_path, "--admin-key-file")
+    with pytest.raises(cli_serve.ConfigError, match="--api-key-file .*nope: cannot read it"):
+        cli_serve.read_key_file(tmp_path / "nope")
+    with pytest.raises(cli_serve.ConfigError, match="--admin-key-file .*: not a regular file"):
+        cli_serve.read_key_file(tmp_path, "--admin-key-file")
 
 
 def test_serve_with_a_bad_key_file_is_a_usage_error_before_anything_starts(tmp_path, capsys):
@@ -159,7 +159,7 @@ def test_stop_timeout_covers_tritonservers_exit_timeout():
 
     # tritonserver needs up to its exit timeout to finish requests and unload the models
     # (4.3 s measured for resnet50 here); the CLI must not kill it before.
-    assert cli.STOP_TIMEOUT > EXIT_TIMEOUT_SECS >= 15
+    assert cli_serve.STOP_TIMEOUT > EXIT_TIMEOUT_SECS >= 15
 
 
 def test_serve_logs_towhee_rt_messages_to_stderr_once(capsys):
@@ -169,8 +169,8 @@ def test_serve_logs_towhee_rt_messages_to_stderr_once(capsys):
     saved = logger.handlers[:], logger.level
     logger.handlers = []
     try:
-        cli._log_to_stderr()
-        cli._log_to_stderr()
+        cli_serve._log_to_stderr()
+        cli_serve._log_to_stderr()
         assert len(logger.handlers) == 1
         logger.warning("model echo: stub echo_0_0 (pid 1) killed by SIGKILL")
         logger.debug("not shown")

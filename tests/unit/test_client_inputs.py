@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from towhee_rt.backends._operator import OperatorInputError, OperatorLimitError
+from towhee_rt.backends.operator_base import OperatorInputError, OperatorLimitError
 from towhee_rt.client_inputs import ServedInput, encode_item, request_headers, split_by_bytes
 from towhee_rt.client_retry import refusal_error
 from towhee_rt.errors import BadInputError, ClientError, ConfigError, LimitExceededError

@@ -15,7 +15,7 @@ import pytest
 from geventhttpclient.response import HTTPConnectionClosed
 from tritonclient.utils import InferenceServerException
 
-from towhee_rt.backends._operator import ItemFailure, encode_failures
+from towhee_rt.backends.wire import ItemFailure, encode_failures
 from towhee_rt.client_inputs import ServedInput, max_batch_size
 from towhee_rt.client_retry import (BUSY, OTHER, REFUSED, TIMEOUT, UNAVAILABLE, RetryPolicy,
                                     classify_error)

@@ -1,4 +1,4 @@
-"""Where the image decoders read an item from (``backends/_sources.py``): image data by
+"""Where the image decoders read an item from (``backends/image_sources.py``): image data by
 default; paths and URLs in process, or where ``allow_paths`` / ``allow_urls`` opt in.
 
 Every decoder reads its items with CV2RGBDecode.load, so every test here runs for each decoder
@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from towhee_rt.backends import image_decode
-from towhee_rt.backends._operator import (OperatorInputError, OperatorLimitError,
-                                          OperatorParamError)
+from towhee_rt.backends.operator_base import (OperatorInputError, OperatorLimitError,
+                                              OperatorParamError)
 from towhee_rt.backends.image_decode import CV2RGBDecode
 
 from .decode_helpers import OPERATORS, decode, images, op  # noqa: F401 - fixtures

@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from towhee_rt.backends._operator import OperatorInputError, process_items
+from towhee_rt.backends.operator_base import OperatorInputError
+from towhee_rt.backends.batching import process_items
 from towhee_rt.backends.clip import ClipImageEmbedding, ClipTextEmbedding, open_clip_name
 from towhee_rt.backends.image_embedding import TimmImageEmbedding
 from towhee_rt.backends.text_embedding import SentenceTransformerEmbedding, bundled_minilm_dir
@@ -280,7 +281,7 @@ def test_minilm_batch_equals_one_by_one_and_truncates(minilm):
 
 
 def test_text_batches_run_in_groups_of_similar_length():
-    from towhee_rt.backends._hf_text import PAD_SLACK, length_groups
+    from towhee_rt.backends.hf_text import PAD_SLACK, length_groups
 
     lengths = [3, 120, 9, 10, 118, 2, 11, 60, 3, 256]
     groups = length_groups(lengths)

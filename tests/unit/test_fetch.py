@@ -1,4 +1,4 @@
-"""backends/_fetch.py: fetch_url against a local http.server on 127.0.0.1 that the tests start.
+"""backends/fetch.py: fetch_url against a local http.server on 127.0.0.1 that the tests start.
 
 The server misbehaves on purpose (huge, lying, slow and redirecting responses); every loop in
 it is bounded in count and stops when the fixture ends.
@@ -20,9 +20,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from PIL import Image
 
-from towhee_rt.backends import _fetch
-from towhee_rt.backends._fetch import MAX_REDIRECTS, fetch_url, is_public_address
-from towhee_rt.backends._operator import OperatorInputError, OperatorLimitError
+from towhee_rt.backends import fetch as fetch_module
+from towhee_rt.backends.fetch import MAX_REDIRECTS, fetch_url, is_public_address
+from towhee_rt.backends.operator_base import OperatorInputError, OperatorLimitError
 
 from ..local_http import closed_port, serving  # noqa: F401 - closed_port: a fixture
 
@@ -320,7 +320,7 @@ def test_redirect_to_a_host_not_allowed_is_refused(server):
 
 def test_redirect_to_a_private_address_is_refused(server, monkeypatch):
     # 127.0.0.1 plays a public address here; 127.0.0.2 (also loopback) a private one.
-    monkeypatch.setattr(_fetch, "is_public_address", lambda address: address == "127.0.0.1")
+    monkeypatch.setattr(fetch_module, "is_public_address", lambda address: address == "127.0.0.1")
     port = server.server_address[1]
     assert fetch(f"{server.base}/img") == JPEG
     with pytest.raises(OperatorInputError, match="'127.0.0.2' does not resolve to a public"):

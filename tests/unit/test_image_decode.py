@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from towhee_rt.backends._operator import OperatorInputError, process_items
+from towhee_rt.backends.operator_base import OperatorInputError
+from towhee_rt.backends.batching import process_items
 from towhee_rt.backends.image_decode_gpu import DaliDecode, NvJpegDecode, jpeg_has_end
 
 from .decode_helpers import OPERATORS, decode, images, op  # noqa: F401 - fixtures

@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from towhee_rt.backends._image_prep import Cv2Preprocess, ResizeCrop
-from towhee_rt.backends._operator import OperatorInputError, OperatorParamError
+from towhee_rt.backends.cv2_preprocess import Cv2Preprocess, ResizeCrop
+from towhee_rt.backends.operator_base import OperatorInputError, OperatorParamError
 from towhee_rt.backends.clip import ClipImageEmbedding
 from towhee_rt.backends.image_decode import CV2RGBDecode
 from towhee_rt.backends.image_embedding import TimmImageEmbedding

@@ -2,10 +2,10 @@
 import numpy as np
 import pytest
 
-from towhee_rt.backends._operator import (ItemFailure, Operator, OperatorInputError,
-                                           OperatorLimitError, OperatorParamError, Param,
-                                           TensorSpec, decode_failures, encode_failures,
-                                           positive, process_items, stack_items)
+from towhee_rt.backends.operator_base import (Operator, OperatorInputError, OperatorLimitError,
+                                              OperatorParamError, Param, TensorSpec, positive)
+from towhee_rt.backends.wire import ItemFailure, decode_failures, encode_failures
+from towhee_rt.backends.batching import process_items, stack_items
 
 
 class Reciprocal(Operator):

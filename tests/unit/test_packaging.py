@@ -22,7 +22,7 @@ CHECK = textwrap.dedent("""
     pipe = towhee_rt.dummy_input().image_decode.cv2_rgb().as_function()
     repo = towhee_rt.build_model_repo(pipe, tempfile.mkdtemp() + "/repo")
     ops = repo.path / repo.models[0].model_name / "1" / "towhee_ops"
-    assert (ops / "image_decode.py").is_file() and (ops / "_operator.py").is_file()
+    assert (ops / "image_decode.py").is_file() and (ops / "operator_base.py").is_file()
     print("installed-ok", len(OPERATORS))
 """)
 

@@ -250,7 +250,7 @@ def test_module_importing_only_installed_and_stdlib_packages_ships(tmp_path, mon
     _import_file(tmp_path, monkeypatch, "reg_ops_fine", OPS_TEMPLATE.format(
         imports="import json, os.path\nimport numpy as np\nimport towhee_rt\n"
                 "from towhee_rt.operator import Param"
-                "\nfrom towhee_rt.backends._operator import OperatorInputError\ntry:\n"
+                "\nfrom towhee_rt.backends.operator_base import OperatorInputError\ntry:\n"
                 "    import not_installed_anywhere\nexcept ImportError:\n    pass",
         name="t_ship.fine", body="text.upper() + str(isinstance(OperatorInputError('x'), "
                                  "towhee_rt.OperatorInputError)).encode()"))
@@ -315,7 +315,7 @@ ADAPTER = textwrap.dedent("""
     spec.loader.exec_module(model)
     adapter = model.TritonPythonModel()
     adapter.initialize({'model_config': sys.argv[2], 'model_instance_name': 'test'})
-    from towhee_ops._operator import process_items
+    from towhee_ops.batching import process_items
     import numpy as np, towhee_rt
     items = json.loads(sys.argv[3])
     items = [(i.encode(),) if isinstance(i, str) else (np.asarray(i, np.float32),) for i in items]

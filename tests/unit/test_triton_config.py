@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from towhee_rt.backends._operator import TensorSpec
+from towhee_rt.backends.operator_base import TensorSpec
 from towhee_rt.errors import ConfigError
 from towhee_rt.op_config import DynamicBatching, OpConfig, RequestLimits
 from towhee_rt.triton import config as tc

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from towhee_rt.backends._operator import TensorSpec, cpu_threads_per_instance
+from towhee_rt.backends.operator_base import TensorSpec
+from towhee_rt.backends.cpu import cpu_threads_per_instance
 from towhee_rt.errors import ConfigError
 from towhee_rt.op_config import DynamicBatching, OpConfig
 from towhee_rt.triton import config as tc

@@ -17,10 +17,10 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from ..backends._model import ModelOperator
-from ..backends._operator import OperatorParamError
-from ..backends._runners import Runner, TorchRunner, make_file_runner
-from ..backends._weights import file_sha256, jsonable
+from ..backends.model_operator import ModelOperator
+from ..backends.operator_base import OperatorParamError
+from ..backends.format_runners import Runner, TorchRunner, make_file_runner
+from ..backends.weights import file_sha256, jsonable
 from ..errors import FormatError
 from ..op_config import OpConfig
 from . import cache, parity

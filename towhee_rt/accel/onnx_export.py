@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends._model import ModelOperator
+from ..backends.model_operator import ModelOperator
 from ..errors import FormatError
 from . import cache
 

@@ -5,8 +5,8 @@ from typing import Optional
 
 import numpy as np
 
-from ..backends._model import ModelOperator
-from ..backends._runners import Runner, TorchRunner
+from ..backends.model_operator import ModelOperator
+from ..backends.format_runners import Runner, TorchRunner
 from ..errors import FormatError
 
 #: Max relative error (max |candidate - torch| / max |torch|) allowed per precision.

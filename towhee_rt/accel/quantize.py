@@ -23,8 +23,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from ..backends._model import ModelOperator
-from ..backends._runners import OnnxRunner, Runner
+from ..backends.model_operator import ModelOperator
+from ..backends.format_runners import OnnxRunner, Runner
 from ..errors import FormatError
 from . import cache
 

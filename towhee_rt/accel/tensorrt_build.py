@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
-from ..backends._model import ModelOperator
+from ..backends.model_operator import ModelOperator
 from ..errors import FormatError
 from ..op_config import OpConfig
 from . import cache

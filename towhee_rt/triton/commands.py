@@ -1,9 +1,13 @@
 """The argv of a tritonserver: on this host (:func:`build_command`) or in a container
-(:func:`docker_command`). Every flag comes from :func:`~towhee_rt.triton.flags.server_flags`,
-shared with the generated image's entrypoint; nothing is started here."""
+(:func:`docker_command`), and whether a Docker engine can run the latter
+(:func:`docker_engine_available`). Every flag comes from
+:func:`~towhee_rt.triton.flags.server_flags`, shared with the generated image's entrypoint;
+nothing is started here."""
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from typing import List, Optional, Sequence, Union
 
 from .flags import (CONTAINER_REPOSITORY, DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT,
@@ -58,3 +62,14 @@ def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
         CONTAINER_REPOSITORY, host=host, grpc_port=grpc_port, http_port=http_port,
         metrics_port=metrics_port, log_verbose=log_verbose, api_key=api_key,
         admin_key=admin_key) + list(extra_args)
+
+
+def docker_engine_available(timeout: float = 10.0) -> bool:
+    """Whether ``docker info`` reaches a Docker engine."""
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True,
+                              timeout=timeout).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False

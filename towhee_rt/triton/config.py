@@ -13,23 +13,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ..backends._operator import SHAPES_SUFFIX, TensorSpec
+from ..backends.operator_base import TensorSpec
+from ..backends.wire import (PARAM_FORMAT, PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES,
+                            PARAM_MAX_REQUEST_BYTES, PARAM_MERGE_REQUESTS, PARAM_OPERATOR,
+                            PARAM_PARAMS, SHAPES_SUFFIX)
 from ..errors import ConfigError
 from ..op_config import DynamicBatching, OpConfig, RequestLimits
-
-#: Model parameter names read by the generic Python-backend adapter (model.py): the operator,
-#: its params, and how its model format was chosen (logged when the model loads).
-PARAM_OPERATOR = "towhee_operator"
-PARAM_PARAMS = "towhee_params"
-PARAM_FORMAT = "towhee_format"
-#: Whether the adapter runs the requests of one execute() call as one batch (dynamic batching).
-PARAM_MERGE_REQUESTS = "towhee_merge_requests"
-#: What the first model (it receives the client's data) and the ensemble (for clients to read)
-#: say about the requests they accept.
-PARAM_MAX_REQUEST_BYTES = "towhee_max_request_bytes"
-PARAM_MAX_ITEM_BYTES = "towhee_max_item_bytes"
-#: The ensemble's input kind for clients: the first operator's input name ("image", "text").
-PARAM_INPUT_KIND = "towhee_input_kind"
 
 
 @dataclasses.dataclass(frozen=True)

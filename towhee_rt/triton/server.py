@@ -1,66 +1,51 @@
-"""Start a tritonserver on a model repository, wait until it is ready, stop it.
+"""Start a tritonserver on a model repository, wait until it is ready, serve, stop it.
 
-The server is, by precedence: ``docker_image`` (``docker run --rm --gpus=all --shm-size=1g
---net=host IMAGE tritonserver --model-repository=/workspace/models ...`` as in Towhee's guide),
-``tritonserver`` (that binary), else the one carried by ``nvidia-pytriton``
-(:mod:`towhee_rt.triton.embedded`). Endpoints bind ``host`` (default ``127.0.0.1``; Triton
-alone binds ``0.0.0.0``); every other flag comes from :mod:`towhee_rt.triton.flags`, shared
-with the generated Dockerfile. The admin APIs (shared memory, model repository, statistics,
-trace, logging) need an admin key, random per start unless given; inference needs ``api_key``
-when one is given. The child dies with the parent (``PR_SET_PDEATHSIG``: with the
-*thread* that started it, so start servers from a long-lived thread), runs in its own session
-so a terminal's Ctrl-C reaches only us, and logs to a file that errors quote (argv, ports and
-log reading: :mod:`.commands`, :mod:`.ports`, :mod:`.server_log`).
+The server is, by precedence: ``docker_image`` (``docker run ... IMAGE tritonserver ...`` as in
+Towhee's guide), ``tritonserver`` (that binary), else the one carried by ``nvidia-pytriton``
+(:mod:`.embedded`); argv and environment: :mod:`.launch_plan`, flags: :mod:`.flags` (shared
+with the generated Dockerfile). Endpoints bind ``host`` (default ``127.0.0.1``). The admin APIs
+need an admin key, random per start unless given; inference needs ``api_key`` when one is
+given. The process (:mod:`.process`) dies with the *thread* that started it (start servers from
+a long-lived thread), runs in its own session and logs to a file that errors quote
+(:mod:`.server_log`); it never writes bytecode into the repository.
 
-A host server is supervised (:mod:`towhee_rt.triton.supervisor`): a model whose Python stub
-dies or hangs is reloaded, readiness is false meanwhile, and :attr:`TritonServer.events` says
-what happened. Nothing is left behind: its stubs are killed and its shared-memory regions
-(named ``towhee_rt_<pid>_<n>_...``) removed when it stops, when tritonserver crashes, and, by a
-small watchdog process, when the process that started it is killed; a start removes the
-regions that dead processes left. Example::
+A host server is supervised (:mod:`.supervisor`): a model whose Python stub dies or hangs is
+reloaded, readiness is false meanwhile, and :attr:`TritonServer.events` says what happened.
+Nothing is left behind: stubs, shared-memory regions (``towhee_rt_<pid>_<n>_...``) and a
+temporary log after a clean stop are removed, by a watchdog process if ours is killed.
+Example::
 
     with TritonServer("repo/") as server:   # free loopback ports
         print(server.grpc_url, server.model_states())
 
-:func:`serve` starts one and returns it once every model is ready (``towhee_rt.serve``).
+:func:`serve` starts one and returns it once every model is ready (``towhee_rt.serve``);
+:meth:`TritonServer.serve_forever` serves in the foreground until Ctrl-C (:mod:`.lifetime`).
 """
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from ..errors import ServerError
 from . import procs
 from .admin import TritonAdmin
-from .commands import PathLike, build_command, docker_command
-from .embedded import find_tritonserver
+from .commands import PathLike
 from .flags import (DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
                     STOP_TIMEOUT_SECS, check_key, key_headers)
-# Defined here before flags.py existed; still importable from this module.
-from .flags import (EXIT_TIMEOUT_SECS, PYTHON_SHM_DEFAULT_BYTES,  # noqa: F401
-                    PYTHON_SHM_GROWTH_BYTES)
-from .ports import find_free_port  # noqa: F401  (imported from here by callers)
-from .ports import resolve_ports, warn_exposure
-from .server_log import ServerStartError, loading_models, read_log, start_error
-from .supervisor import Supervisor, only_pinned_left
-from .supervisor_main import standalone_command
+from .lifetime import ServeOutcome, serve_until_signalled
+from .launch_plan import LaunchPlan, docker_plan, host_plan
+from .ports import resolve_ports
+from .process import ServerProcess
+from .repository_check import check_repository
+from .server_log import ServerStartError, loading_models, start_error
+from .supervisor import Supervisor
 
 log = logging.getLogger("towhee_rt")
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
 
 
 class TritonServer:
@@ -68,7 +53,8 @@ class TritonServer:
 
     Ports left ``None`` (or 0) get free loopback ports; a port given explicitly must be free.
     ``extra_args`` are appended to the tritonserver flags, ``env`` overrides environment
-    variables. ``log_file`` defaults to a kept temporary file whose path errors quote.
+    variables. ``log_file``: where the server's output goes; by default a temporary file that
+    errors quote, removed by a clean :meth:`stop` unless ``keep_log`` (kept after a failure).
     ``api_key``: inference (and model configs) require it in the ``towhee-api-key`` header
     (``Client(api_key=...)`` sends it). ``admin_key``: the admin APIs' key; without one each
     :meth:`start` draws a random key that only this object knows (:attr:`admin_key`).
@@ -81,7 +67,7 @@ class TritonServer:
                  grpc_port: Optional[int] = None, http_port: Optional[int] = None,
                  metrics_port: Optional[int] = None, tritonserver: Optional[PathLike] = None,
                  docker_image: Optional[str] = None, log_file: Optional[PathLike] = None,
-                 log_verbose: int = 0, ready_timeout: float = 120.0,
+                 keep_log: bool = False, log_verbose: int = 0, ready_timeout: float = 120.0,
                  extra_args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
                  shm_size: str = "1g", api_key: Optional[str] = None,
                  admin_key: Optional[str] = None, supervise: bool = True,
@@ -105,8 +91,10 @@ class TritonServer:
         self._requested = {"gRPC": grpc_port, "HTTP": http_port, "metrics": metrics_port}
         self.ports: Dict[str, int] = {}
         self.log_file = Path(log_file) if log_file else None
-        self._process: Optional[subprocess.Popen] = None
-        self._container: Optional[str] = None
+        #: Whether :meth:`stop` leaves the log file (always for a ``log_file`` given).
+        self.keep_log = keep_log or log_file is not None
+        self._failed = False  # a failed start or a death: the log is kept whatever keep_log says
+        self._process: Optional[ServerProcess] = None
         self.command: List[str] = []  # the argv of the last start()
         self._stopped = False
         self.supervise = supervise
@@ -115,8 +103,6 @@ class TritonServer:
         self.shm_prefix: Optional[str] = None
         self._admin: Optional[TritonAdmin] = None
         self._supervisor: Optional[Supervisor] = None
-        self._watchdog: Optional[subprocess.Popen] = None
-        self._watchdog_pipe: Optional[int] = None
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -151,63 +137,27 @@ class TritonServer:
         return f"{host}:{self.ports[label]}"
 
     # ------------------------------------------------------------------ lifecycle
-    def _prepare(self) -> Tuple[List[str], Dict[str, str]]:
-        """The argv and environment for this server's ports and mode."""
-        ports = dict(grpc_port=self.ports["gRPC"], http_port=self.ports["HTTP"],
-                     metrics_port=self.ports["metrics"])
+    def _plan(self) -> LaunchPlan:
         keys = dict(api_key=self.api_key, admin_key=self.admin_key)
+        common = dict(host=self.host, ports=self.ports, keys=keys, log_verbose=self.log_verbose,
+                      extra_args=self.extra_args, env=self.env)
         if self.docker_image:
-            warn_exposure(self.host, embedded=False, api_key=self.api_key)
-            return self._docker_argv(ports, keys), {**os.environ, **self.env}
-        binary, backend_dir, env = find_tritonserver(self.tritonserver)
-        # Only the wheel's embedded server comes with its own backend directory.
-        warn_exposure(self.host, embedded=self.tritonserver is None and backend_dir is not None,
-                      api_key=self.api_key)
-        self.shm_prefix = procs.shm_prefix()
-        argv = build_command(binary, self.model_repository, host=self.host,
-                             backend_directory=backend_dir, log_verbose=self.log_verbose,
-                             gpu_metrics=os.path.exists("/dev/nvidiactl"),
-                             extra_args=self.extra_args, shm_region_prefix=self.shm_prefix,
-                             **ports, **keys)
-        return argv, {**env, **self.env}
-
-    def _docker_argv(self, ports: Dict[str, int], keys: Dict[str, Optional[str]]) -> List[str]:
-        from .docker import docker_engine_available
-
-        name = f"towhee_rt-{os.getpid()}-{ports['grpc_port']}"
-        argv = docker_command(self.docker_image, model_repository=self.model_repository,
-                              host=self.host, shm_size=self.shm_size, name=name,
-                              log_verbose=self.log_verbose, extra_args=self.extra_args,
-                              **ports, **keys)
-        if not docker_engine_available():
-            raise ServerError("cannot run the container: no Docker engine is reachable (is "
-                              "docker installed and its daemon running?). Command: "
-                              + " ".join(argv))
-        self._container = name
-        return argv
-
-    def _check_repository(self) -> None:
-        repo = self.model_repository
-        if repo is None:
-            return
-        if not repo.is_dir():
-            raise ServerError(f"model repository {repo} does not exist or is not a directory; "
-                              "build one with towhee_rt.build_model_repo(pipe, "
-                              f"'{repo}') or pass the right path")
-        if not any(child.is_dir() for child in repo.iterdir()):
-            raise ServerError(f"model repository {repo} has no model directories")
+            return docker_plan(self.docker_image, self.model_repository, shm_size=self.shm_size,
+                               **common)
+        return host_plan(self.model_repository, tritonserver=self.tritonserver, **common)
 
     def start(self) -> "TritonServer":
-        """Launch the process (returns at once; see :meth:`wait_ready`)."""
-        if self._process is not None and self._process.poll() is None:
-            raise ServerError(f"tritonserver is already running (pid {self._process.pid})")
-        self._check_repository()
+        """Launch the process (returns at once; see :meth:`wait_ready`, :meth:`start_ready`)."""
+        if self.is_alive():
+            raise ServerError(f"tritonserver is already running (pid {self.pid})")
+        if self.model_repository is not None:
+            check_repository(self.model_repository)
         self.ports = resolve_ports(self.host, self._requested)
         self.admin_key = self._fixed_admin_key or secrets.token_urlsafe(32)
         self._admin = TritonAdmin(self.http_url, key_headers(
             "http", api_key=self.api_key, admin_key=self.admin_key))
-        self.shm_prefix = None
-        argv, env = self._prepare()
+        plan = self._plan()
+        self.shm_prefix = plan.shm_prefix
         if self.log_file is None:
             fd, name = tempfile.mkstemp(prefix="towhee_rt-tritonserver-", suffix=".log")
             os.close(fd)
@@ -217,49 +167,26 @@ class TritonServer:
             if count:
                 log.info("removed %d shared-memory region(s) (%.0f MiB) left by towhee_rt "
                          "processes that are gone", count, nbytes / 2**20)
-        self.command = argv
-        self._stopped = False
-        open(self.log_file, "wb").close()
-        with open(self.log_file, "ab") as log_out:  # append: the watchdog may write too
-            self._process = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log_out, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, preexec_fn=_die_with_parent, close_fds=True)
-        self._start_watchdog()
+        self.command = plan.argv
+        self._stopped = self._failed = False
+        self._process = ServerProcess(plan.argv, plan.env, self.log_file, plan.shm_prefix,
+                                      plan.container)
         if self.supervise and self.shm_prefix:
             self._supervisor = Supervisor(
                 self._process.pid, self._admin, shm_prefix=self.shm_prefix,
                 on_event=self.on_event, load_timeout=self.ready_timeout).start()
         return self
 
-    def _start_watchdog(self) -> None:
-        """A small process that cleans up after us if this process dies without stop()."""
-        read_end, self._watchdog_pipe = os.pipe()  # not inherited by tritonserver (PEP 446)
-        argv = standalone_command("watchdog", "--group", str(self._process.pid))
-        if self.shm_prefix:
-            argv += ["--shm-prefix", self.shm_prefix]
-        if self._container:
-            argv += ["--container", self._container]
-        try:
-            with open(self.log_file, "ab") as log_out:
-                self._watchdog = subprocess.Popen(argv, stdin=read_end, stdout=log_out,
-                                                  stderr=log_out, start_new_session=True)
-        except OSError as exc:
-            log.warning("no watchdog (%s): if this process is killed, tritonserver's stubs and "
-                        "shared memory may be left behind until the next start", exc)
-            os.close(self._watchdog_pipe)
-            self._watchdog_pipe = None
-        finally:
-            os.close(read_end)
-
     def wait_ready(self, timeout: Optional[float] = None) -> "TritonServer":
         """Block until the server and every model in its repository are ready.
 
-        Raises :class:`ServerStartError` (log tail, failing models) when the process exits
-        first or ``timeout`` (default ``ready_timeout``) passes.
+        Raises :class:`ServerStartError` (failing models and their reasons first, the log's
+        path) when the process exits first or ``timeout`` (default ``ready_timeout``) passes.
         """
         if self._process is None:
             raise ServerError("the server is not started: call start() first")
-        deadline = time.monotonic() + (self.ready_timeout if timeout is None else timeout)
+        timeout = self.ready_timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise self._start_error(f"tritonserver exited with code "
@@ -269,11 +196,33 @@ class TritonServer:
             time.sleep(0.1)
         loading = loading_models(self.log_text())
         detail = f" (still loading: {', '.join(loading)})" if loading else ""
-        raise self._start_error(f"tritonserver was not ready after {timeout or self.ready_timeout}"
-                                f" s{detail}; raise ready_timeout (--ready-timeout) if the "
-                                "models are slow to load")
+        raise self._start_error(f"tritonserver was not ready after {timeout:g} s{detail}; "
+                                "raise ready_timeout (--ready-timeout) if the models are slow "
+                                "to load")
+
+    def start_ready(self, timeout: Optional[float] = None) -> "TritonServer":
+        """Start (unless running) and wait until every model is ready; on any failure (an
+        interrupt included) stop what was started and re-raise. Returns the server."""
+        try:
+            if not self.is_alive():
+                self.start()
+            return self.wait_ready(timeout)
+        except BaseException:
+            self._failed = True
+            self.stop()
+            raise
+
+    def serve_forever(self, on_ready: Optional[Callable[["TritonServer"], None]] = None,
+                      on_stopping: Optional[Callable[[], None]] = None) -> ServeOutcome:
+        """Start (unless running), wait ready, call ``on_ready(self)``, then serve until
+        SIGINT/SIGTERM (main thread), tritonserver's death or a model the supervisor gave up;
+        stop (calling ``on_stopping()`` before a requested stop) and return how it ended
+        (:class:`~towhee_rt.triton.lifetime.ServeOutcome`). What ``towhee-rt serve`` does.
+        Raises like :meth:`start_ready`."""
+        return serve_until_signalled(self, on_ready, on_stopping=on_stopping)
 
     def _start_error(self, headline: str) -> ServerStartError:
+        self._failed = True
         return start_error(headline, self.log_file, self.log_text(),
                            self.command if self.docker_image else ())
 
@@ -300,8 +249,9 @@ class TritonServer:
     def stop(self, timeout: float = STOP_TIMEOUT_SECS) -> Optional[int]:
         """Stop gracefully (SIGTERM: tritonserver lets in-flight requests finish and unloads
         the models within its exit timeout), then SIGKILL the whole process group after
-        ``timeout`` seconds; remove the server's shared-memory regions; return the exit code
-        (``None`` if never started). Safe to call twice."""
+        ``timeout`` seconds; remove the server's shared-memory regions and, after a clean
+        run, its temporary log; return the exit code (``None`` if never started). Safe to
+        call twice."""
         process = self._process
         if process is None or self._stopped:
             return process.returncode if process else None
@@ -309,30 +259,11 @@ class TritonServer:
         if self._supervisor is not None:
             self._supervisor.stop()
             pinned = self._supervisor.pinned_versions()
-        if process.poll() is None:
-            log_offset = self.log_file.stat().st_size if self.log_file.exists() else 0
-            process.send_signal(signal.SIGTERM)
-            self._wait_stopped(timeout, pinned, log_offset)
+            self._failed = self._failed or bool(self._supervisor.given_up)
+        self._failed = self._failed or process.poll() is not None  # it died on its own
+        process.terminate(timeout, pinned)
         self._cleanup()
         return process.returncode
-
-    def _wait_stopped(self, timeout: float, pinned: int, log_offset: int) -> None:
-        """Wait for tritonserver to exit after SIGTERM; with ``pinned`` model versions that
-        Triton never unloads, only until every other model is unloaded (it would otherwise
-        spend its whole exit timeout waiting for them)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                self._process.wait(0.2)
-                return
-            except subprocess.TimeoutExpired:
-                pass
-            if pinned and only_pinned_left(read_log(self.log_file, log_offset), pinned):
-                log.info("tritonserver has unloaded every model but %d version(s) that cannot "
-                         "unload (a request reached a dead stub); not waiting for them",
-                         pinned)
-                return
-        log.warning("tritonserver did not stop within %.0f s; killing it", timeout)
 
     def kill(self) -> None:
         """SIGKILL tritonserver and its Python stubs (or the container) now."""
@@ -342,36 +273,13 @@ class TritonServer:
             self._cleanup()
 
     def _cleanup(self) -> None:
-        """Kill what is left of the server, remove its regions, let the watchdog go."""
-        procs.kill_group(self._process.pid)  # start_new_session: group id == pid
-        self._process.wait()
-        procs.kill_group(self._process.pid)  # stubs that outlived their server
-        if self._container:  # killing `docker run` leaves its container running
-            subprocess.run(["docker", "rm", "-f", self._container], capture_output=True,
-                           timeout=60, check=False)
-            self._container = None
-        if self.shm_prefix:
-            procs.remove_regions(self.shm_prefix)
-        if self._watchdog_pipe is not None:
-            os.close(self._watchdog_pipe)  # the watchdog finds nothing left and exits
-            self._watchdog_pipe = None
-        if self._watchdog is not None:
-            try:
-                self._watchdog.wait(10)
-            except subprocess.TimeoutExpired:
-                self._watchdog.kill()
-                self._watchdog.wait()
-            self._watchdog = None
+        self._process.cleanup()
         self._stopped = True
+        if not (self.keep_log or self._failed) and self.log_file is not None:
+            self.log_file.unlink(missing_ok=True)
 
     def __enter__(self) -> "TritonServer":
-        if not self.is_alive():
-            self.start()
-        try:
-            return self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        return self.start_ready()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -423,24 +331,19 @@ def serve(model_repository: Optional[PathLike], *, grpc_port: Optional[int] = DE
 
     Ports default to Triton's 8001/8000/8002; ``None`` or 0 picks a free port. Other keyword
     arguments go to :class:`TritonServer` (``host``, ``api_key``, ``admin_key``,
-    ``tritonserver``, ``docker_image``, ``log_file``, ``ready_timeout``, ``extra_args``,
-    ``env``...). With ``api_key``, inference requires that key
+    ``tritonserver``, ``docker_image``, ``log_file``, ``keep_log``, ``ready_timeout``,
+    ``extra_args``, ``env``...). With ``api_key``, inference requires that key
     (``dc(...).remote(..., api_key=...)``, ``Client(..., api_key=...)``); the admin APIs always
     require an admin key (random per start unless ``admin_key`` is given). The result is a
-    context manager that stops the server; otherwise call ``server.stop()``. While it runs, a
-    model whose stub dies or hangs is reloaded (``supervise=False`` turns that off;
-    ``server.events`` lists what happened, ``on_event=`` is told as it happens). Raises
-    :class:`~towhee_rt.errors.ServerError` (with the log tail and failing models) on failure,
-    after stopping what was started. Example::
+    context manager that stops the server; otherwise call ``server.stop()``, or
+    ``server.serve_forever()`` to serve in the foreground until Ctrl-C as ``towhee-rt serve``
+    does. While it runs, a model whose stub dies or hangs is reloaded (``supervise=False``
+    turns that off; ``server.events`` lists what happened, ``on_event=`` is told as it
+    happens). Raises :class:`~towhee_rt.errors.ServerError` (failing models and their
+    reasons first) on failure, after stopping what was started. Example::
 
         with serve("repo/", grpc_port=0, http_port=0, metrics_port=0) as server:
             towhee.dc(["photo.jpg"]).remote(url=server.grpc_url, protocol="grpc")
     """
-    server = TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port,
-                          metrics_port=metrics_port, api_key=api_key, **kwargs)
-    server.start()
-    try:
-        return server.wait_ready()
-    except BaseException:
-        server.stop()
-        raise
+    return TritonServer(model_repository, grpc_port=grpc_port, http_port=http_port,
+                        metrics_port=metrics_port, api_key=api_key, **kwargs).start_ready()

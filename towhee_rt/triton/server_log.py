@@ -1,5 +1,13 @@
-"""A tritonserver's log: the models it failed to load or is still loading, its tail, and the
-error that quotes them when a start fails (:class:`ServerStartError`)."""
+"""A tritonserver's log: why a start failed, which models are still loading, and the error
+that says so (:class:`ServerStartError`).
+
+A failed start is explained cause first: each model Triton could not load (or whose directory
+it could not read) with its reason, then what happened to the server, then where the log is.
+The log's own lines are quoted only when no cause was found. tritonserver's CUDA complaints on
+a machine without a GPU (``CUDA driver version is insufficient``, ``CudaDriverHelper has not
+been initialized``...) are harmless for CPU models and never presented as a cause: they are
+left out of the quoted lines and counted instead.
+"""
 from __future__ import annotations
 
 import re
@@ -11,15 +19,19 @@ from ..errors import ServerError
 LOG_TAIL_LINES = 40
 _FAILED_LOAD = re.compile(r"failed to load '([^']+)' version \d+: (.*?)\"?$", re.M)
 _FAILED_ONLY = re.compile(r"failed to load '([^']+)'\"?$", re.M)
+_POLL_FAILED = re.compile(r"Poll failed for model directory '([^']+)': (.*?)\"?$", re.M)
 _LOADING = re.compile(r"\"loading: ([^:\"]+):\d+\"")
 _LOADED = re.compile(r"successfully loaded '([^']+)'")
+#: tritonserver's messages about a missing GPU or driver: noise for CPU-only models.
+_CUDA_NOISE = re.compile(r"CUDA|CudaDriverHelper|cuda_memory_manager|pinned memory|"
+                         r"number of CUDA devices|GPU metrics|NVML|DCGM", re.I)
 
 
 class ServerStartError(ServerError):
     """tritonserver exited or timed out before it was ready.
 
     ``failed_models`` maps each model Triton could not load to its reason; ``log_file`` is the
-    server's log and ``log_tail`` its last lines, also quoted in the message.
+    server's log and ``log_tail`` its last lines (CUDA noise left out).
     """
 
     def __init__(self, message: str, *, failed_models: Optional[Dict[str, str]] = None,
@@ -30,12 +42,19 @@ class ServerStartError(ServerError):
         super().__init__(message)
 
 
+def _unescape(reason: str) -> str:
+    """Triton quotes messages with ``\\n`` and ``\\"``: one line, parts joined by ``|``."""
+    reason = reason.replace("\\n", "\n").replace('\\"', '"').strip()
+    return re.sub(r"\n+", " | ", reason)
+
+
 def parse_failed_models(log_text: str) -> Dict[str, str]:
-    """Model name -> Triton's reason (one line), from ``failed to load 'm' ...`` log lines."""
+    """Model name -> Triton's reason (one line), from ``failed to load 'm' ...`` log lines and
+    from ``Poll failed for model directory 'm'`` (a directory Triton could not read)."""
     failed: Dict[str, str] = {}
-    for match in _FAILED_LOAD.finditer(log_text):
-        reason = match.group(2).replace("\\n", "\n").replace('\\"', '"').strip()
-        failed.setdefault(match.group(1), re.sub(r"\n+", " | ", reason))
+    for pattern in (_FAILED_LOAD, _POLL_FAILED):
+        for match in pattern.finditer(log_text):
+            failed.setdefault(match.group(1), _unescape(match.group(2)))
     for match in _FAILED_ONLY.finditer(log_text):
         failed.setdefault(match.group(1), "")
     return failed
@@ -48,34 +67,47 @@ def loading_models(log_text: str) -> List[str]:
     return [name for name in started if name not in done]
 
 
+def is_cuda_noise(line: str) -> bool:
+    """Whether a log line is tritonserver complaining about a missing GPU or CUDA driver."""
+    return bool(_CUDA_NOISE.search(line))
+
+
 def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> List[str]:
-    """The last ``lines`` lines of a server log, without Triton's server-options table."""
+    """The last ``lines`` lines of a server log, without Triton's tables (server options,
+    backends, models; their content is in the lines before) and without CUDA noise."""
     kept: List[str] = []
-    in_options = False
     for line in text.splitlines():
-        if line.startswith("| Option "):
-            in_options = True
-            kept = kept[:-1] if kept and kept[-1].startswith("+") else kept
-        elif in_options and not line.startswith(("|", "+")):
-            in_options = False
-        if not in_options:
-            kept.append(line)
+        if line.startswith(("|", "+")) or not line.strip() or is_cuda_noise(line):
+            continue
+        kept.append(line)
     return kept[-lines:]
+
+
+def _causes(failed: Dict[str, str]) -> str:
+    if len(failed) == 1:
+        (name, reason), = failed.items()
+        return f"model '{name}' failed to load: {reason or '(no reason in the log)'}"
+    return "failed models:\n" + "\n".join(f"  {name}: {reason}"
+                                           for name, reason in failed.items())
 
 
 def start_error(headline: str, log_file: Optional[Path], log_text: str,
                 command: Sequence[str] = ()) -> ServerStartError:
-    """The error of a server that was not ready: ``headline``, the models its log says failed
-    to load, ``command`` (when given) and the last :data:`LOG_TAIL_LINES` lines of its log."""
+    """The error of a server that was not ready: the models its log says failed to load
+    (first: they are the cause), ``headline``, ``command`` (when given), the log's last lines
+    when no cause was found, and the log's path."""
     failed = parse_failed_models(log_text)
     tail = "\n".join(log_tail(log_text))
-    parts = [headline]
-    if failed:
-        parts.append("failed models:\n" + "\n".join(
-            f"  {name}: {reason}" for name, reason in failed.items()))
+    parts = [_causes(failed), headline] if failed else [headline]
     if command:
         parts.append("command: " + " ".join(command))
-    parts.append(f"last {LOG_TAIL_LINES} lines of {log_file}:\n{tail}")
+    if not failed and tail:
+        parts.append(f"last lines of the log:\n{tail}")
+    noise = sum(1 for line in log_text.splitlines() if is_cuda_noise(line))
+    if noise and not failed:
+        parts.append(f"({noise} CUDA line(s) left out: tritonserver says so on every machine "
+                     "without a GPU; they are not the cause)")
+    parts.append(f"log: {log_file}")
     return ServerStartError("\n".join(parts), failed_models=failed, log_file=log_file,
                             log_tail=tail)
 

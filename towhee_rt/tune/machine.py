@@ -9,7 +9,7 @@ import time
 from importlib import metadata
 from typing import Dict, Optional
 
-from ..backends._operator import usable_cores
+from ..backends.cpu import usable_cores
 from ..triton import procs
 
 #: Clock ticks per second, the unit of /proc's CPU times.

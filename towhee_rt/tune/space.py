@@ -16,11 +16,11 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from tritonclient.grpc import model_config_pb2 as pb
 
-from ..backends._operator import cpu_threads_per_instance
+from ..backends.cpu import cpu_threads_per_instance
+from ..backends.wire import PARAM_MERGE_REQUESTS, PARAM_OPERATOR, PARAM_PARAMS
 from ..errors import ConfigError
 from ..op_config import DynamicBatching
-from ..triton.config import (PARAM_MERGE_REQUESTS, PARAM_OPERATOR, PARAM_PARAMS,
-                              ensemble_max_batch_size, set_batching)
+from ..triton.config import ensemble_max_batch_size, set_batching
 
 #: The values a move steps through (a current value off the ladder moves to its neighbours).
 QUEUE_DELAYS_US = (0, 500, 2000, 5000, 10000)

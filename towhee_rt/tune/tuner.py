@@ -11,10 +11,10 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from ..backends._operator import usable_cores
+from ..backends.cpu import usable_cores
+from ..backends.wire import PARAM_INPUT_KIND, PARAM_OPERATOR, PARAM_PARAMS
 from ..errors import ConfigError
-from ..triton.config import (PARAM_INPUT_KIND, PARAM_OPERATOR, PARAM_PARAMS, read_parameters,
-                              read_repository, write_config)
+from ..triton.config import read_parameters, read_repository, write_config
 from . import inputs as sample_inputs
 from . import machine, report
 from .search import CONFIRM, Objective, SearchResult, Trial, hill_climb

@@ -20,8 +20,8 @@ from typing import Any, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ._operator import OperatorParamError, Param
-from ._preprocess import rgb_array, transform_images
+from .operator_base import OperatorParamError, Param
+from .embedding_inputs import rgb_array, transform_images
 
 #: Values of the image models' ``preprocess`` param.
 PREPROCESS_MODES = ("reference", "cv2")

@@ -4,12 +4,12 @@ An item is encoded image data unless the policy says it is read: in the user's o
 local pipeline sets the internal param ``in_process``) a path, ``file://`` URL or ``http(s)://``
 URL is read; a served decoder (inside Triton) reads a path only under the root directories of
 ``allow_paths`` and fetches a URL only from the host patterns of ``allow_urls`` (with
-:func:`._fetch.fetch_url`). Bytes read or fetched are capped at ``max_bytes`` and a URL has
+:func:`.fetch.fetch_url`). Bytes read or fetched are capped at ``max_bytes`` and a URL has
 ``timeout`` seconds in total. A FIFO, device or directory is never read (nor waited on).
 
 :func:`read_source` is what every decoder (``image_decode.py``, ``image_decode_gpu.py``) reads
 its items with. This module is copied verbatim into Triton model directories: it imports only
-numpy and its sibling ``_operator`` and ``_fetch`` modules.
+numpy and its sibling ``_operator`` and ``fetch`` modules.
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from urllib.request import url2pathname
 
 import numpy as np
 
-from ._fetch import fetch_url
-from ._operator import OperatorInputError, OperatorLimitError, Param, positive
+from .fetch import fetch_url
+from .operator_base import OperatorInputError, OperatorLimitError, Param, positive
 
 DEFAULT_MAX_BYTES = 32 * 2**20
 DEFAULT_TIMEOUT = 10.0

@@ -9,7 +9,7 @@ from typing import Any, Callable, List, Sequence
 
 import numpy as np
 
-from ._operator import OperatorInputError
+from .operator_base import OperatorInputError
 
 
 def rgb_array(item: Any) -> np.ndarray:

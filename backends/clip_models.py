@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 from typing import Dict, List, Optional
 
-from ._operator import OperatorParamError
+from .operator_base import OperatorParamError
 
 #: Towhee's CLIP model names -> open_clip architecture names.
 TOWHEE_NAMES = {

@@ -20,10 +20,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from ._model import ModelInput, ModelOperator
-from ._operator import OperatorParamError, TensorSpec
-from ._preprocess import to_texts
-from ._weights import jsonable
+from .model_operator import ModelInput, ModelOperator
+from .operator_base import OperatorParamError, TensorSpec
+from .embedding_inputs import to_texts
+from .weights import jsonable
 
 #: Where a repository keeps the model's config and tokenizer files (no weights).
 MODEL_DIR = "hf_model"
@@ -65,7 +65,7 @@ class HFTextOperator(ModelOperator):
     # -- to implement ------------------------------------------------------------------------
     def load_local(self) -> TextModel:
         """Load the model through its library (hub or local files); record
-        :attr:`weights_source`; raise :class:`~._weights.WeightsUnavailableError` on failure."""
+        :attr:`weights_source`; raise :class:`~.weights.WeightsUnavailableError` on failure."""
         raise NotImplementedError
 
     # -- the model -----------------------------------------------------------------------------

@@ -1,19 +1,13 @@
-"""The one operator abstraction shared by the local runner and the Triton adapter.
-
-This module depends on numpy only and uses no absolute import of ``towhee_rt``: it is copied
-verbatim into every model directory of a generated Triton repository, next to the operator
-module that subclasses it, so the repository runs without towhee_rt installed.
-
-It also owns the one format of an item's failure (:class:`ItemFailure`): the local runner, the
-Triton adapter (which sends it over the wire with :func:`encode_failures`) and the client
-(which reads it back with :func:`decode_failures`) all use it.
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
+"""The one operator abstraction shared by the local runner and the Triton adapter: the
+:class:`Operator` base class, its :class:`TensorSpec` inputs and outputs, its declared
+:class:`Param` s, and the errors an operator raises for one item or for its params.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
-from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, ClassVar, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -84,61 +78,6 @@ class OperatorLimitError(OperatorInputError):
 
 class OperatorParamError(ValueError):
     """An operator param is unknown, missing, or of the wrong type or value."""
-
-
-#: Why an item failed: its input was bad, it was over a limit, or the operator broke.
-ERROR_KINDS = ("bad_input", "limit", "internal")
-#: Marks the structured failures inside a Triton error message (which Triton may prefix, e.g.
-#: "in ensemble 'pipeline', ...").
-WIRE_MARKER = "towhee_rt.item_errors="
-
-
-@dataclasses.dataclass(frozen=True)
-class ItemFailure:
-    """One item's failure in one operator: the single format used locally and on the wire.
-
-    ``index`` is the item's position in the batch it was sent in (the caller's list locally,
-    the request on a server); ``operator`` is ``None`` when no operator was reached.
-    """
-
-    index: int
-    operator: Optional[str]
-    kind: str
-    message: str
-    source: Optional[str] = None
-
-    def describe(self) -> str:
-        """``item 1: operator image_decode.cv2_rgb: a.jpg: empty input (0 bytes); ...``."""
-        where = f"operator {self.operator}" if self.operator else "request"
-        what = f"{self.source}: {self.message}" if self.source else self.message
-        return f"item {self.index}: {where}: {what}"
-
-    @classmethod
-    def from_exception(cls, operator: Optional[str], index: int,
-                       exc: BaseException) -> "ItemFailure":
-        """The failure an exception raised for one item stands for."""
-        if isinstance(exc, OperatorInputError):
-            return cls(index, operator, exc.kind, exc.message, exc.source)
-        return cls(index, operator, "internal", f"{type(exc).__name__}: {exc}")
-
-
-def encode_failures(failures: Sequence[ItemFailure]) -> str:
-    """The error message of a request whose items failed: the marker, then JSON."""
-    return WIRE_MARKER + json.dumps([dataclasses.asdict(f) for f in failures])
-
-
-def decode_failures(text: str) -> List[ItemFailure]:
-    """The failures :func:`encode_failures` put in ``text`` (``[]`` when there are none)."""
-    start = (text or "").find(WIRE_MARKER)
-    if start < 0:
-        return []
-    try:
-        rows, _ = json.JSONDecoder().raw_decode(text, start + len(WIRE_MARKER))
-        failures = [ItemFailure(int(r["index"]), r.get("operator"), str(r["kind"]),
-                                str(r["message"]), r.get("source")) for r in rows]
-    except (ValueError, TypeError, KeyError):
-        return []
-    return [f for f in failures if f.kind in ERROR_KINDS]
 
 
 # -- params -----------------------------------------------------------------------------------
@@ -299,82 +238,3 @@ class Operator:
     def __repr__(self) -> str:
         shown = {k: v for k, v in self.params.items() if k != "artifact_dir"}
         return f"{self.name or type(self).__name__}({shown})"
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity, which containers and taskset
-    narrow)."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
-
-
-def cpu_threads_per_instance(instances: int = 1) -> int:
-    """Threads one instance may use so that ``instances`` of them fit :func:`usable_cores`."""
-    return max(1, usable_cores() // max(1, instances))
-
-
-def stack_items(items: Sequence[Any], spec: TensorSpec) -> np.ndarray:
-    """Stack per-item values into one batch array of ``spec``'s dtype (bytes -> np.object_)."""
-    if spec.dtype == "bytes":
-        out = np.empty(len(items), dtype=np.object_)
-        for i, item in enumerate(items):
-            out[i] = item.encode() if isinstance(item, str) else bytes(item)
-        return out
-    return np.stack([np.asarray(item, dtype=spec.dtype) for item in items])
-
-
-#: Suffix of the tensor that carries each item's shape beside a padded variable-shape tensor
-#: handed from one Triton step to the next (a request may hold images of different sizes).
-SHAPES_SUFFIX = "__shapes"
-
-
-def pad_items(items: Sequence[Any], spec: TensorSpec) -> Tuple[np.ndarray, np.ndarray]:
-    """Items of possibly different shapes as one zero-padded batch array, and their shapes."""
-    arrays = [np.asarray(item, dtype=spec.dtype) for item in items]
-    shapes = np.array([a.shape for a in arrays], dtype=np.int64).reshape(len(arrays), -1)
-    out = np.zeros((len(arrays),) + tuple(shapes.max(axis=0)), dtype=spec.dtype)
-    for i, array in enumerate(arrays):
-        out[(i,) + tuple(slice(0, d) for d in array.shape)] = array
-    return out, shapes
-
-
-def crop_items(batch: Any, shapes: np.ndarray) -> List[Any]:
-    """The items :func:`pad_items` padded, cut back to their shapes (views, no copy)."""
-    return [batch[(i,) + tuple(slice(0, int(d)) for d in shape)]
-            for i, shape in enumerate(shapes)]
-
-
-def process_items(op: Operator, items: Sequence[Tuple[Any, ...]]) -> List[Any]:
-    """Run ``op`` on ``items`` (each a tuple of input values ordered like ``op.inputs``).
-
-    Returns one entry per item, in order: a tuple of output values ordered like
-    ``op.outputs``, or the exception that item raised. The whole batch runs in one call; if
-    that call raises, each item is retried alone so one bad item cannot fail the others.
-    """
-    if not items:
-        return []
-    try:
-        return _run(op, items)
-    except Exception as exc:  # noqa: BLE001 - isolated below, per item
-        if len(items) == 1:
-            return [exc]
-    return [_single(op, item) for item in items]
-
-
-def _run(op: Operator, items: Sequence[Tuple[Any, ...]]) -> List[Tuple[Any, ...]]:
-    batch = {spec.name: [item[i] for item in items] for i, spec in enumerate(op.inputs)}
-    out = op(batch)
-    columns = [out[spec.name] for spec in op.outputs]
-    for spec, column in zip(op.outputs, columns):
-        if len(column) != len(items):
-            raise RuntimeError(f"{op.name}: output {spec.name!r} has {len(column)} items "
-                               f"for {len(items)} inputs")
-    return list(zip(*columns))
-
-
-def _single(op: Operator, item: Tuple[Any, ...]) -> Any:
-    try:
-        return _run(op, [item])[0]
-    except Exception as exc:  # noqa: BLE001 - reported per item
-        return exc

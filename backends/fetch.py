@@ -42,7 +42,7 @@ import time
 from typing import List, NamedTuple, Optional, Sequence, Tuple
 from urllib.parse import urljoin, urlsplit
 
-from ._operator import OperatorInputError, OperatorLimitError
+from .operator_base import OperatorInputError, OperatorLimitError
 
 #: Redirects followed per item; each one is checked like the original URL.
 MAX_REDIRECTS = 3

@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from ._operator import Operator, OperatorParamError, Param, TensorSpec, positive
-from ._weights import WeightsUnavailableError, file_sha256
-from . import _runners
+from .operator_base import Operator, OperatorParamError, Param, TensorSpec, positive
+from .weights import WeightsUnavailableError, file_sha256
+from . import format_runners
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +57,7 @@ class ModelOperator(Operator):
         Triton adapter gives each instance its share of the serving machine's cores).
     Operators whose library has pretrained weights add ``pretrained`` (default: load them, the
     way the library itself does; weights that cannot be loaded raise
-    :class:`~._weights.WeightsUnavailableError`, never fall back to random ones).
+    :class:`~.weights.WeightsUnavailableError`, never fall back to random ones).
     Set by towhee_rt's build, not by users: ``format`` (``torch``, ``torch_compile``,
     ``onnx``, ``onnx_int8`` or ``tensorrt``; chosen from ``format_priority``), ``model_file``
     (the exported ONNX file or TensorRT engine of the non-torch formats), ``model_dir`` (the
@@ -83,7 +83,7 @@ class ModelOperator(Operator):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self.runner: Optional[_runners.Runner] = None
+        self.runner: Optional[format_runners.Runner] = None
         self._torch_module = None
         #: How :meth:`build_torch_module` got pretrained weights (see :meth:`lock_info`).
         self.weights_source: Dict[str, Any] = {}
@@ -173,7 +173,7 @@ class ModelOperator(Operator):
     def torch_module(self):
         """The torch model with its weights loaded (built once, eval mode, no grad).
 
-        Raises :class:`~._weights.WeightsUnavailableError` (an :class:`OperatorParamError`)
+        Raises :class:`~.weights.WeightsUnavailableError` (an :class:`OperatorParamError`)
         when the weights asked for cannot be loaded.
         """
         if self._torch_module is None:
@@ -212,7 +212,7 @@ class ModelOperator(Operator):
             return os.path.join(self.artifact_dir, path)
         return path
 
-    def use_runner(self, runner: "_runners.Runner") -> None:
+    def use_runner(self, runner: "format_runners.Runner") -> None:
         """Run with ``runner`` (already built and verified, e.g. by the build's parity check)
         instead of building one from the params in :meth:`setup`."""
         self.runner = runner
@@ -223,14 +223,14 @@ class ModelOperator(Operator):
             return
         fmt, threads = self.params["format"], self.params["num_threads"]
         if fmt in ("torch", "torch_compile"):
-            self.runner = _runners.TorchRunner(self.torch_module(), device,
+            self.runner = format_runners.TorchRunner(self.torch_module(), device,
                                                compile=fmt == "torch_compile",
                                                num_threads=threads)
             return
         model_file = self.resolve_path(self.params["model_file"])
         if not model_file:
             raise OperatorParamError(f"{self.name}: format {fmt!r} needs the 'model_file' param")
-        self.runner = _runners.make_file_runner(fmt, model_file, device, num_threads=threads)
+        self.runner = format_runners.make_file_runner(fmt, model_file, device, num_threads=threads)
 
     def process_batch(self, batch: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
         inputs = self.preprocess(batch)

@@ -17,7 +17,7 @@ import os
 import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ._operator import OperatorParamError
+from .operator_base import OperatorParamError
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 

@@ -1,0 +1,47 @@
+"""Checks of a folder about to be served, before tritonserver starts: Triton itself would only
+say ``failed to open ... config.pbtxt`` somewhere in its log.
+
+Run side: reads the folder, never writes it, and imports nothing of the build side.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List
+
+from ..errors import ServerError
+
+CONFIG = "config.pbtxt"
+
+
+def _holds_models(folder: Path) -> bool:
+    """Whether ``folder`` looks like a model repository: a sub-folder with a config.pbtxt."""
+    try:
+        return any((child / CONFIG).is_file() for child in folder.iterdir() if child.is_dir())
+    except OSError:
+        return False
+
+
+def nested_repositories(repo: Path) -> List[Path]:
+    """Sub-folders of ``repo`` that have no config.pbtxt but hold models themselves."""
+    return [child for child in sorted(repo.iterdir())
+            if child.is_dir() and not (child / CONFIG).is_file() and _holds_models(child)]
+
+
+def check_repository(repo: Path) -> None:
+    """Raise :class:`ServerError`, saying what to pass instead, unless ``repo`` can be a
+    model repository: an existing folder of model folders (not a model folder itself, not a
+    folder of repositories)."""
+    if not repo.is_dir():
+        raise ServerError(f"model repository {repo} does not exist or is not a directory; "
+                          f"build one with towhee_rt.build_model_repo(pipe, '{repo}') (or "
+                          f"towhee-rt build MODULE:PIPELINE {repo}) or pass the right path")
+    if (repo / CONFIG).is_file():
+        raise ServerError(f"{repo} is one model (it has a {CONFIG}), not a model repository; "
+                          f"serve the folder that holds it: {repo.resolve().parent}")
+    if not any(child.is_dir() for child in repo.iterdir()):
+        raise ServerError(f"model repository {repo} has no model directories")
+    nested = nested_repositories(repo)
+    if nested:
+        names = ", ".join(str(path) for path in nested)
+        raise ServerError(f"{repo} holds model repositories, not models ({names} have no "
+                          f"{CONFIG} but hold models); serve one of them, e.g. {nested[0]}")
