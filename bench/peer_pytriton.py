@@ -144,7 +144,7 @@ def start_peer(pipeline: str, model_file: str, threads: int = 2,
                log_file: Optional[str] = None) -> Iterator[Dict[str, Any]]:
     """Start the PyTriton peer in a child process with the environment it needs; stop it."""
     from towhee_rt.triton.embedded import stub_environment
-    from towhee_rt.triton.server import find_free_port
+    from towhee_rt.triton.ports import find_free_port
 
     from .common import ROOT
 

@@ -16,9 +16,10 @@ import pytest
 
 import towhee_rt as towhee
 from towhee_rt.errors import ClientError, ServerError
-from towhee_rt.triton import server as server_module
+from towhee_rt.triton import process as process_module
 from towhee_rt.triton.flags import ADMIN_KEY_HEADER, API_KEY_HEADER, GRPC_HEADER_PREFIX
-from towhee_rt.triton.server import TritonServer, find_free_port
+from towhee_rt.triton.ports import find_free_port
+from towhee_rt.triton.server import TritonServer
 
 from .test_server import SERVE_COMMAND, _cli, _Lines
 
@@ -216,7 +217,7 @@ def _refuse_to_launch(*args, **kwargs):
 @pytest.mark.parametrize("explicit_binary", [False, True], ids=["embedded", "--tritonserver"])
 def test_binding_beyond_loopback_warns(repo, monkeypatch, caplog, explicit_binary):
     # Nothing is started: the launch itself is replaced, after the command is prepared.
-    monkeypatch.setattr(server_module.subprocess, "Popen", _refuse_to_launch)
+    monkeypatch.setattr(process_module.subprocess, "Popen", _refuse_to_launch)
     kwargs = {}
     if explicit_binary:
         from towhee_rt.triton.embedded import prepare_embedded_tritonserver
@@ -234,7 +235,7 @@ def test_binding_beyond_loopback_warns(repo, monkeypatch, caplog, explicit_binar
 
 
 def test_loopback_does_not_warn(repo, monkeypatch, caplog):
-    monkeypatch.setattr(server_module.subprocess, "Popen", _refuse_to_launch)
+    monkeypatch.setattr(process_module.subprocess, "Popen", _refuse_to_launch)
     with caplog.at_level(logging.WARNING, logger="towhee_rt"), pytest.raises(_Stop):
         TritonServer(repo, host="127.0.0.1").start()
     assert caplog.text == ""
@@ -243,7 +244,7 @@ def test_loopback_does_not_warn(repo, monkeypatch, caplog):
 def test_cli_warns_for_a_non_loopback_host(repo, monkeypatch, caplog, capsys):
     from towhee_rt import cli
 
-    monkeypatch.setattr(server_module.subprocess, "Popen", _refuse_to_launch)
+    monkeypatch.setattr(process_module.subprocess, "Popen", _refuse_to_launch)
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
         code = cli.main(["serve", str(repo), "--host", "0.0.0.0", "--grpc-port", "0",
                          "--http-port", "0", "--metrics-port", "0"])

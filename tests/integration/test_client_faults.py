@@ -31,7 +31,8 @@ import towhee_rt as towhee
 from towhee_rt.errors import (DeadlineExceededError, ItemError, PipelineError, ServerBusyError,
                               ServerUnavailableError)
 from towhee_rt.triton.flags import key_headers
-from towhee_rt.triton.server import TritonServer, find_free_port
+from towhee_rt.triton.ports import find_free_port
+from towhee_rt.triton.server import TritonServer
 
 pytestmark = pytest.mark.integration
 

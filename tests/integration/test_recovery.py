@@ -245,7 +245,7 @@ def test_cli_exits_1_when_a_model_keeps_dying(tmp_path):
         assert process.wait(40) == 1
         logged = err.rest()
         assert "model dies died 4 times within 60 s; left unloaded" in logged, logged
-        assert "error: model dies kept dying and was left unloaded; stopping tritonserver" \
+        assert "error: model dies kept dying and was left unloaded; stopped tritonserver" \
             in logged
     finally:
         if process.poll() is None:

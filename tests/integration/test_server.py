@@ -19,8 +19,7 @@ import pytest
 
 from towhee_rt.errors import ServerError
 from towhee_rt.triton import procs
-from towhee_rt.triton.commands import build_command, docker_command
-from towhee_rt.triton.docker import docker_engine_available
+from towhee_rt.triton.commands import build_command, docker_command, docker_engine_available
 from towhee_rt.triton.ports import find_free_port
 from towhee_rt.triton.server import ServerStartError, TritonServer, serve
 from towhee_rt.triton.server_log import parse_failed_models
@@ -155,9 +154,12 @@ def test_broken_model_fails_start_with_log_and_name(tmp_path):
     message = str(info.value)
     assert list(info.value.failed_models) == ["broken"]
     assert "broken on purpose" in info.value.failed_models["broken"]
-    assert "failed models:\n  broken: " in message and str(srv.log_file) in message
-    assert "failed to load 'broken'" in message  # quoted log lines
-    assert "| Option " not in message  # the server options table is left out
+    # The cause first, then what happened, then where the log is (kept after a failure).
+    assert message.startswith("model 'broken' failed to load: Internal: RuntimeError: broken "
+                              "on purpose"), message
+    assert "exited with code 1 before it was ready" in message.splitlines()[1]
+    assert message.splitlines()[-1] == f"log: {srv.log_file}" and srv.log_file.exists()
+    assert "| Option " not in message and "CUDA" not in message
 
 
 def test_ready_timeout_names_the_loading_model_and_stops(tmp_path):
@@ -326,7 +328,10 @@ def test_cli_start_failure_exits_1_with_reason(tmp_path):
         if process.poll() is None:
             process.kill()
     assert process.returncode == 1
-    assert "broken: Internal: RuntimeError: broken on purpose" in err
+    assert err.startswith("error: model 'broken' failed to load: Internal: RuntimeError: "
+                          "broken on purpose"), err
+    assert "CUDA" not in err and "Traceback" not in err
+    assert len(err.splitlines()) <= 4, err  # cause, what happened, log path: no log dump
 
 
 def test_prepare_embedded_tritonserver(tmp_path):
@@ -389,7 +394,7 @@ def test_docker_command_follows_the_guide():
     assert mounted[mounted.index("-v") + 1] == "/data/repo:/workspace/models:ro"
 
 
-def test_parse_failed_models():
+def test_parse_failed_models_and_unreadable_model_directories():
     log = ('E1124 model_lifecycle.cc:642] "failed to load \'enc\' version 1: Internal: '
            'ValueError: bad\\n\\nAt:\\n  /r/enc/1/model.py(3): initialize\\n"\n'
            'I1124 model_lifecycle.cc:777] "failed to load \'enc\'"\n'
@@ -397,3 +402,9 @@ def test_parse_failed_models():
     assert parse_failed_models(log) == {
         "enc": "Internal: ValueError: bad | At: |   /r/enc/1/model.py(3): initialize",
         "other": ""}
+    poll = ('E1203 model_repository_manager.cc:1460] "Poll failed for model directory '
+            '\'repo_a\': failed to open text file for read /x/repo_a/config.pbtxt: No such '
+            'file or directory"\n')
+    assert parse_failed_models(poll) == {
+        "repo_a": "failed to open text file for read /x/repo_a/config.pbtxt: No such file or "
+                  "directory"}

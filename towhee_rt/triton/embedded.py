@@ -11,7 +11,9 @@ it outside PyTriton, :func:`prepare_embedded_tritonserver`
    interpreter's ``LIBDIR`` (where its ``libpython3.X.so`` lives; without it the stub embeds
    the system libpython with the venv's standard library and fails in odd places), then the
    wheel's ``nvidia_pytriton.libs``; ``PATH`` starts with the interpreter's ``bin/`` so the
-   stub's Python sees the venv's packages.
+   stub's Python sees the venv's packages;
+4. turns bytecode writing off in the stubs (:func:`stop_bytecode_writes`), so that serving
+   never writes ``__pycache__`` into the served repository.
 
 Example::
 
@@ -40,6 +42,10 @@ MIN_GLIBC = (2, 35)
 STUB_NAME = "triton_python_backend_stub"
 INSTALL_HINT = f"pip install {WHEEL}==0.7.0"
 SYSTEM_TRITONSERVER = "/opt/tritonserver/bin/tritonserver"  # where NGC images have it
+BACKEND_UTILS = "triton_python_backend_utils.py"
+#: Appended to the backend's utilities module, which every stub imports before the model.
+NO_BYTECODE_LINE = ("import sys as _towhee_rt_sys; _towhee_rt_sys.dont_write_bytecode = True"
+                    "  # added by towhee_rt: stubs never write into the served repository\n")
 
 
 def python_tag() -> str:
@@ -133,6 +139,23 @@ def _install_tree(source: Path, stub: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def stop_bytecode_writes(backend_dir: Path) -> None:
+    """Make the Python backend's stubs in ``backend_dir`` write no ``__pycache__``.
+
+    The stub embeds Python with an isolated configuration that ignores ``PYTHON*`` environment
+    variables (``PYTHONDONTWRITEBYTECODE`` and ``PYTHONPYCACHEPREFIX`` have no effect there), so
+    the switch goes into the module every stub imports first. Idempotent; atomic.
+    """
+    utils = backend_dir / "python" / BACKEND_UTILS
+    text = utils.read_text()
+    if NO_BYTECODE_LINE in text:
+        return
+    fd, tmp = tempfile.mkstemp(prefix=f".{BACKEND_UTILS}-", dir=utils.parent)
+    with os.fdopen(fd, "w") as out:
+        out.write(NO_BYTECODE_LINE + text)
+    os.replace(tmp, utils)
+
+
 def prepare_embedded_tritonserver(work_dir: Optional[Path] = None
                                   ) -> Tuple[Path, Path, Dict[str, str]]:
     """Make the wheel's tritonserver runnable; return ``(binary, backend_dir, env)``.
@@ -155,6 +178,7 @@ def prepare_embedded_tritonserver(work_dir: Optional[Path] = None
     binary = target / "bin" / "tritonserver"
     if not (target / "backends" / "python" / STUB_NAME).is_file():
         _install_tree(server_dir, stub, target)
+    stop_bytecode_writes(target / "backends")
     return binary, target / "backends", env
 
 

@@ -14,7 +14,8 @@ from .commands import build_command, docker_command, docker_engine_available
 from .embedded import find_tritonserver
 from .ports import warn_exposure
 
-#: tritonserver and its stubs never write bytecode into the served repository.
+#: For stubs that honour it (the embedded server's do not: see
+#: :func:`~.embedded.stop_bytecode_writes`): write no bytecode into the served repository.
 NO_BYTECODE = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 

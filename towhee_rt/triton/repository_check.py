@@ -1,12 +1,12 @@
-"""Checks of a folder about to be served, before tritonserver starts: Triton itself would only
-say ``failed to open ... config.pbtxt`` somewhere in its log.
-
-Run side: reads the folder, never writes it, and imports nothing of the build side.
+"""The served folder, seen from the run side: checked before tritonserver starts (Triton
+itself would only say ``failed to open ... config.pbtxt`` somewhere in its log), and left as it
+was after a stop (:func:`remove_new_pycache`). Imports nothing of the build side.
 """
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
-from typing import List
+from typing import List, Set
 
 from ..errors import ServerError
 
@@ -45,3 +45,22 @@ def check_repository(repo: Path) -> None:
         names = ", ".join(str(path) for path in nested)
         raise ServerError(f"{repo} holds model repositories, not models ({names} have no "
                           f"{CONFIG} but hold models); serve one of them, e.g. {nested[0]}")
+
+
+def pycache_dirs(repo: Path) -> Set[Path]:
+    """The ``__pycache__`` directories under ``repo`` now."""
+    try:
+        return set(repo.rglob("__pycache__"))
+    except OSError:
+        return set()
+
+
+def remove_new_pycache(repo: Path, existing: Set[Path]) -> None:
+    """Remove the ``__pycache__`` directories under ``repo`` that are not in ``existing``.
+
+    The Python backend's stub imports each ``model.py`` before any code of ours runs in it,
+    with bytecode writing on (its embedded Python ignores ``PYTHONDONTWRITEBYTECODE``), so
+    a served repository gains ``1/__pycache__/model.*.pyc``; a stop takes it away again.
+    """
+    for folder in pycache_dirs(repo) - existing:
+        shutil.rmtree(folder, ignore_errors=True)

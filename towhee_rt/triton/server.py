@@ -41,7 +41,7 @@ from .lifetime import ServeOutcome, serve_until_signalled
 from .launch_plan import LaunchPlan, docker_plan, host_plan
 from .ports import resolve_ports
 from .process import ServerProcess
-from .repository_check import check_repository
+from .repository_check import check_repository, pycache_dirs, remove_new_pycache
 from .server_log import ServerStartError, loading_models, start_error
 from .supervisor import Supervisor
 
@@ -103,6 +103,7 @@ class TritonServer:
         self.shm_prefix: Optional[str] = None
         self._admin: Optional[TritonAdmin] = None
         self._supervisor: Optional[Supervisor] = None
+        self._pycache_before: Set[Path] = set()
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -152,6 +153,7 @@ class TritonServer:
             raise ServerError(f"tritonserver is already running (pid {self.pid})")
         if self.model_repository is not None:
             check_repository(self.model_repository)
+            self._pycache_before = pycache_dirs(self.model_repository)
         self.ports = resolve_ports(self.host, self._requested)
         self.admin_key = self._fixed_admin_key or secrets.token_urlsafe(32)
         self._admin = TritonAdmin(self.http_url, key_headers(
@@ -275,6 +277,8 @@ class TritonServer:
     def _cleanup(self) -> None:
         self._process.cleanup()
         self._stopped = True
+        if self.model_repository is not None and not self.docker_image:
+            remove_new_pycache(self.model_repository, self._pycache_before)
         if not (self.keep_log or self._failed) and self.log_file is not None:
             self.log_file.unlink(missing_ok=True)
 
