@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .common import ForeignLoad, Measurement, time_loop
+from .common import ForeignLoad, ResultRow, time_loop
 
 CEILING_BATCHES = (1, 4, 8, 16)
 
@@ -59,7 +59,7 @@ def hf_embedder(pipeline: str) -> Callable[[Any], np.ndarray]:
     return embed
 
 
-def hf_baseline(pipeline: str, items: Sequence[Any], warmup: int = 3) -> Measurement:
+def hf_baseline(pipeline: str, items: Sequence[Any], warmup: int = 3) -> ResultRow:
     """items/s and per-item latency of the HF-style batch-1 loop."""
     import torch
 
@@ -68,7 +68,7 @@ def hf_baseline(pipeline: str, items: Sequence[Any], warmup: int = 3) -> Measure
         embed(item)
     load = ForeignLoad()
     seconds, latencies = time_loop(embed, items)
-    return Measurement("HF-style (torch eager, batch 1)", pipeline, len(items), seconds,
+    return ResultRow("HF-style (torch eager, batch 1)", pipeline, len(items), seconds,
                        latencies, settings={"torch_threads": torch.get_num_threads()},
                        foreign_cores=load.cores())
 
@@ -101,7 +101,7 @@ def ort_session(model_file: str, threads: int = 2):
 def onnx_ceiling(pipeline: str, pipe, model_file: str, items: Sequence[Any],
                  batch_sizes: Sequence[int] = CEILING_BATCHES, threads: int = 2,
                  min_seconds: float = 1.5, system: str = "ceiling: ONNX Runtime alone"
-                 ) -> Tuple[Measurement, List[Measurement]]:
+                 ) -> Tuple[ResultRow, List[ResultRow]]:
     """The best batch size of ONNX Runtime alone on preprocessed inputs, and every size tried."""
     session = ort_session(model_file, threads)
     names = [i.name for i in session.get_inputs()]
@@ -119,7 +119,7 @@ def onnx_ceiling(pipeline: str, pipe, model_file: str, items: Sequence[Any],
                 session.run(None, feed)
                 latencies.append(time.perf_counter() - t0)
                 count += len(next(iter(feed.values())))
-        tried.append(Measurement(system, pipeline, count,
+        tried.append(ResultRow(system, pipeline, count,
                                  time.perf_counter() - start, latencies, items_per_request=size,
                                  settings={"batch_size": size, "intra_op_threads": threads},
                                  foreign_cores=load.cores()))

@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence,
 import numpy as np
 
 from towhee_rt.backends.cpu import usable_cores
-from towhee_rt.tune.machine import CLOCK_TICKS, busy_cpu_ticks, cpu_model, package_version
+from towhee_rt.triton import procs
+from towhee_rt.tune.machine import cpu_model, package_version
 
 if TYPE_CHECKING:
     from towhee_rt.client import RequestRecord
@@ -149,7 +150,7 @@ def onnx_model_file(pipe, fmt: str = "onnx") -> str:
 
 # ---------------------------------------------------------------------------------- timing
 @dataclasses.dataclass
-class Measurement:
+class ResultRow:
     """One measured point: how many items in how long, and per-request latencies (seconds)."""
 
     system: str
@@ -237,55 +238,22 @@ def timed_client(url: str, model_name: str = "pipeline") -> Tuple[Any, RequestTi
 
 
 # ------------------------------------------------------------------ other work on the machine
-def _process_table() -> Dict[int, tuple]:
-    """pid -> (parent pid, utime+stime+cutime+cstime in jiffies) of every process."""
-    table: Dict[int, tuple] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            text = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = text[text.rindex(")") + 2:].split()
-        table[int(entry)] = (int(fields[1]), sum(int(v) for v in fields[11:15]))
-    return table
-
-
-def _tree(table: Dict[int, tuple], root: int) -> List[int]:
-    children: Dict[int, List[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        if pid in table and pid not in out:
-            out.append(pid)
-            stack.extend(children.get(pid, []))
-    return out
-
-
-def _process_tree_jiffies(root: int) -> int:
-    """CPU jiffies of ``root`` and every live descendant (with their waited-for children)."""
-    table = _process_table()
-    return sum(table[pid][1] for pid in _tree(table, root))
+def _process_tree_ticks(root: int) -> int:
+    """CPU ticks of ``root`` and every live descendant (with their waited-for children)."""
+    return sum(stat.cpu_ticks for stat in procs.process_tree(root))
 
 
 def process_label(pid: int) -> str:
     """A short name for one of the benchmark's processes (Triton stubs by model instance)."""
     if pid == os.getpid():
         return "bench process (client)"
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    except OSError:
-        return f"pid {pid}"
-    argv = [a.decode(errors="replace") for a in argv]
-    name = os.path.basename(argv[0]) if argv else f"pid {pid}"
-    if name == "triton_python_backend_stub" and len(argv) >= 3:
-        return f"stub {argv[-2]}"
+    argv = procs.cmdline(pid)
+    stub = procs.parse_stub(pid, argv)
+    if stub is not None:
+        return f"stub {stub.instance}"
     if "bench.peer_pytriton" in argv:
         return "pytriton user process"
-    return name
+    return os.path.basename(argv[0]) if argv else f"pid {pid}"
 
 
 class CpuSplit:
@@ -293,18 +261,16 @@ class CpuSplit:
 
     def __init__(self):
         self._t = time.perf_counter()
-        table = _process_table()
-        self._start = {pid: table[pid][1] for pid in _tree(table, os.getpid())}
+        self._start = {stat.pid: stat.cpu_ticks for stat in procs.process_tree(os.getpid())}
 
     def cores(self) -> Dict[str, float]:
         elapsed = time.perf_counter() - self._t
-        table = _process_table()
         out: Dict[str, float] = {}
-        for pid in _tree(table, os.getpid()):
-            used = table[pid][1] - self._start.get(pid, 0)
+        for stat in procs.process_tree(os.getpid()):
+            used = stat.cpu_ticks - self._start.get(stat.pid, 0)
             if used > 0:
-                label = process_label(pid)
-                out[label] = round(out.get(label, 0.0) + used / CLOCK_TICKS / elapsed, 2)
+                label = process_label(stat.pid)
+                out[label] = round(out.get(label, 0.0) + used / procs.CLOCK_TICKS / elapsed, 2)
         return dict(sorted(out.items(), key=lambda kv: -kv[1]))
 
 
@@ -320,17 +286,17 @@ class ForeignLoad:
 
     def start(self) -> None:
         self._t = time.perf_counter()
-        self._busy = busy_cpu_ticks()
-        self._own = _process_tree_jiffies(os.getpid())
+        self._busy = procs.busy_cpu_ticks()
+        self._own = _process_tree_ticks(os.getpid())
 
     def cores(self) -> float:
         """Average foreign CPU (cores) since :meth:`start`."""
         elapsed = time.perf_counter() - self._t
         if elapsed <= 0:
             return 0.0
-        busy = busy_cpu_ticks() - self._busy
-        own = _process_tree_jiffies(os.getpid()) - self._own
-        return max(0.0, (busy - own) / CLOCK_TICKS / elapsed)
+        busy = procs.busy_cpu_ticks() - self._busy
+        own = _process_tree_ticks(os.getpid()) - self._own
+        return max(0.0, (busy - own) / procs.CLOCK_TICKS / elapsed)
 
 
 def wait_for_quiet(threshold: float = 0.25, sample_s: float = 1.0, max_wait_s: float = 20.0

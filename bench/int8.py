@@ -20,7 +20,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from .served import ServedConfig
+from .served_config import ServedConfig
 
 #: JPEGs at least twice this on their shorter side are decoded at 1/2, 1/4 or 1/8 scale; both
 #: models resize the shorter side to at most 236 px, so they never upscale what was saved.

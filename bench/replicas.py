@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .common import (RESULTS_DIR, CpuSplit, ForeignLoad, Measurement, RequestTimer,
+from .common import (RESULTS_DIR, CpuSplit, ForeignLoad, ResultRow, RequestTimer,
                      image_bytes, machine_info, machine_line, wait_for_quiet)
 
 REPLICAS = (1, 2, 3)
@@ -49,7 +49,7 @@ def _point(urls: List[str], items: List[bytes], concurrency: int) -> Dict[str, A
         cpu, foreign = split.cores(), load.cores()
     records = timer.records
     served = collections.Counter(r.url for r in records if r.error is None)
-    measured = Measurement(f"{len(urls)} replica(s)", "decode", len(items), seconds,
+    measured = ResultRow(f"{len(urls)} replica(s)", "decode", len(items), seconds,
                            [r.seconds for r in records])
     return {"replicas": str(len(urls)), "items": len(items), "seconds": round(seconds, 3),
             "items_per_s": round(measured.items_per_s, 1),

@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from . import baselines, report
-from .common import (PIPELINES, RESULTS_DIR, Measurement, base_items, build_pipeline,
+from .common import (PIPELINES, RESULTS_DIR, ResultRow, base_items, build_pipeline,
                      items_for, machine_info, machine_line, onnx_model_file, timed_client,
                      wait_for_quiet)
 from .int8 import int8_configs, is_int8, served_accuracy
-from .served import (CONCURRENCY, RECOMMENDED, ServedConfig, local, measure_client,
-                     served, served_configs, served_pipeline)
+from .served import (CONCURRENCY, RECOMMENDED, local, measure_client, served, served_configs,
+                     served_pipeline)
+from .served_config import ServedConfig
 
 #: The int8 model's ceiling rows (not a prefix of ``report.CEILING``: ratios use fp32's).
 INT8_CEILING = "int8 ceiling: ONNX Runtime alone on the int8 model"
@@ -66,7 +67,7 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def measured(fn, budget: Budget, what: str) -> Measurement:
+def measured(fn, budget: Budget, what: str) -> ResultRow:
     """``fn()`` after waiting for a quiet machine; once more if others loaded the CPU meanwhile."""
     budget.quiet()
     first = fn()
@@ -87,10 +88,10 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
         n = max(12, n // 2)
     items = items_for(pipeline, n)
     concurrencies = (1, 8) if args.quick else CONCURRENCY
-    rows: List[Measurement] = []
+    rows: List[ResultRow] = []
     extra: Dict[str, Any] = {"requests_per_point": n}
 
-    def add(m: Measurement) -> Measurement:
+    def add(m: ResultRow) -> ResultRow:
         rows.append(m)
         p50 = m.percentile_ms(50)
         log(f"  {m.system:58s} {m.items_per_s:7.1f} items/s  p50 "
@@ -206,7 +207,7 @@ def tuned(pipeline: str, args, budget: Budget, items, concurrencies, add,
 
 
 def local_int8(pipeline: str, args, budget: Budget, items, latency_items,
-               extra: Dict[str, Any]) -> List[Measurement]:
+               extra: Dict[str, Any]) -> List[ResultRow]:
     """The local int8 row (the recommended int8 server's settings) and the int8 ceiling."""
     config = int8_configs(pipeline, args.quick)[0]
     pipe = served_pipeline(pipeline, config)  # fails if int8 did not pass the gate
@@ -224,7 +225,7 @@ def local_int8(pipeline: str, args, budget: Budget, items, latency_items,
 
 
 def ceiling(pipeline: str, pipe, model_file: str, items, budget: Budget,
-            system: str = "ceiling: ONNX Runtime alone") -> List[Measurement]:
+            system: str = "ceiling: ONNX Runtime alone") -> List[ResultRow]:
     """The ceiling points (every batch size), measured again once if others loaded the CPU."""
     budget.quiet()
     best, tried = baselines.onnx_ceiling(pipeline, pipe, model_file, items, system=system)
@@ -236,7 +237,7 @@ def ceiling(pipeline: str, pipe, model_file: str, items, budget: Budget,
     return tried
 
 
-def profile_recommended(pipeline: str, server, client, rows: List[Measurement], out_dir: Path,
+def profile_recommended(pipeline: str, server, client, rows: List[ResultRow], out_dir: Path,
                         config: ServedConfig, prefix: str) -> Dict[str, Any]:
     """py-spy every stub of a server under load (8 in flight); SVGs named ``prefix_*``."""
     from .profiling import profile_server

@@ -13,17 +13,19 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from .common import (CpuSplit, ForeignLoad, Measurement, RequestTimer, build_pipeline,
+from .common import (CpuSplit, ForeignLoad, RequestTimer, ResultRow, build_pipeline,
                      onnx_model_file, time_loop, timed_client)
+from .int8 import int8_configs, int8_image
+from .served_config import ServedConfig
 
 CONCURRENCY = (1, 4, 8, 16)
 
 
 # ---------------------------------------------------------------------------------- local
 def local(pipeline: str, fmt: str, items: Sequence[Any], latency_items: Sequence[Any],
-          pipe=None, label: Optional[str] = None) -> Measurement:
+          pipe=None, label: Optional[str] = None) -> ResultRow:
     """``pipe(items)`` (one call, chunks of 8) for items/s; ``pipe(item)`` one by one for latency."""
     pipe = pipe or build_pipeline(pipeline, fmt)
     pipe(list(items[:8]))  # warm-up (sets up the operators)
@@ -33,49 +35,12 @@ def local(pipeline: str, fmt: str, items: Sequence[Any], latency_items: Sequence
     seconds = time.perf_counter() - start
     _, latencies = time_loop(pipe, latency_items)
     label = label or f"towhee_rt local, {fmt}"
-    return Measurement(label, pipeline, len(items), seconds, latencies,
+    return ResultRow(label, pipeline, len(items), seconds, latencies,
                        settings={"format": pipe.formats(), "chunksize": 8},
                        foreign_cores=load.cores())
 
 
 # --------------------------------------------------------------------------------- served
-@dataclasses.dataclass(frozen=True)
-class ServedConfig:
-    """Settings of one served towhee_rt pipeline (what ``op_config`` and params can say)."""
-
-    label: str
-    #: Triton instances of the model operator; None: the builder's default (2 on CPU since
-    #: 5bb4265, each with num_threads = cores // 2).
-    model_instances: Optional[int] = None
-    decode_instances: int = 1
-    #: ONNX Runtime intra-op threads per model instance; None: the builder's default
-    #: (cores // model instances).
-    num_threads: Optional[int] = None
-    #: None (off), True (towhee_rt defaults) or a dict of dynamic_batching keys.
-    dynamic_batching: Any = None
-    #: Environment variables for tritonserver and its stubs (``serve(..., env=...)``).
-    server_env: Tuple[Tuple[str, str], ...] = ()
-    #: The model operator's format: ``onnx`` or ``onnx_int8`` (calibrated on the bench inputs).
-    format: str = "onnx"
-    #: Params of the decode operator, e.g. ``(("min_side", 256),)``.
-    decode_params: Tuple[Tuple[str, Any], ...] = ()
-    #: Params of the model operator, e.g. ``(("preprocess", "cv2"),)``.
-    model_params: Tuple[Tuple[str, Any], ...] = ()
-
-    def describe(self) -> Dict[str, Any]:
-        out = {"model_instances": self.model_instances or "default",
-               "decode_instances": self.decode_instances,
-               "num_threads": self.num_threads if self.num_threads else "default",
-               "dynamic_batching": self.dynamic_batching or "off", "format": self.format}
-        if self.decode_params:
-            out["decode_params"] = dict(self.decode_params)
-        if self.model_params:
-            out["model_params"] = dict(self.model_params)
-        if self.server_env:
-            out["server_env"] = dict(self.server_env)
-        return out
-
-
 def served_pipeline(pipeline: str, config: ServedConfig):
     """The towhee_rt pipeline for ``config``, ready for ``build_model_repo``."""
     model_config: Dict[str, Any] = {}
@@ -133,7 +98,7 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
 
 def measure_client(system: str, pipeline: str, client, timer: RequestTimer,
                    items: Sequence[Any], concurrency: int, warmup: Optional[int] = None,
-                   settings: Optional[dict] = None) -> Measurement:
+                   settings: Optional[dict] = None) -> ResultRow:
     """Send ``items`` one per request, ``concurrency`` in flight (``mode='async_infer'``).
 
     ``timer`` is the :class:`RequestTimer` given to ``client`` as ``on_request``: the
@@ -146,7 +111,7 @@ def measure_client(system: str, pipeline: str, client, timer: RequestTimer,
     start = time.perf_counter()
     client.infer(list(items), mode="async_infer", concurrency=concurrency)
     seconds = time.perf_counter() - start
-    return Measurement(system, pipeline, len(items), seconds, list(timer.latencies),
+    return ResultRow(system, pipeline, len(items), seconds, list(timer.latencies),
                        settings={"concurrency": concurrency, **(settings or {})},
                        foreign_cores=load.cores(), cpu_split=split.cores())
 
@@ -154,7 +119,7 @@ def measure_client(system: str, pipeline: str, client, timer: RequestTimer,
 def sweep(pipeline: str, config: ServedConfig, items: Sequence[Any],
           concurrencies: Sequence[int] = CONCURRENCY, system: Optional[str] = None,
           workdir: Optional[Path] = None, on_server=None, patch_repo=None
-          ) -> List[Measurement]:
+          ) -> List[ResultRow]:
     """One served configuration at each client concurrency (one server start)."""
     system = system or f"towhee_rt served, {config.label}"
     out = []
@@ -192,8 +157,6 @@ LOW_LATENCY = ServedConfig("1 model instance x 2 threads + dynamic batching", mo
 
 def served_configs(pipeline: str, quick: bool = False) -> List[ServedConfig]:
     """The server settings measured for ``pipeline``: fp32, then int8."""
-    from .int8 import int8_configs, int8_image
-
     if quick:
         return [RECOMMENDED, ONE_INSTANCE] + int8_configs(pipeline, quick)
     fast_prep = []

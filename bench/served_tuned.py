@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Sequence, Tuple
 
-from .common import IMAGES_DIR, SENTENCES, Measurement, timed_client
-from .served import ServedConfig, measure_client, served_pipeline
+from .common import IMAGES_DIR, SENTENCES, ResultRow, timed_client
+from .served import measure_client, served_pipeline
+from .served_config import ServedConfig
 
 TUNED = "towhee_rt served, tuned for "
 #: (objective, row label suffix, client concurrencies measured).
@@ -33,8 +34,8 @@ def _tuner_inputs(pipeline: str, workdir: Path) -> List[str]:
 
 def tuned_rows(pipeline: str, config: ServedConfig, items: Sequence[Any],
                concurrencies: Sequence[int], budget_s: float,
-               measured: Callable[[Callable[[], Measurement], str], Measurement],
-               log: Callable[[str], None]) -> Tuple[List[Measurement], Dict[str, Any]]:
+               measured: Callable[[Callable[[], ResultRow], str], ResultRow],
+               log: Callable[[str], None]) -> Tuple[List[ResultRow], Dict[str, Any]]:
     """The tuned rows of ``pipeline`` and what the tuner did (``{objective: {...}}``).
 
     ``measured(fn, what)`` runs one measurement (the caller's quiet-machine policy);
@@ -43,7 +44,7 @@ def tuned_rows(pipeline: str, config: ServedConfig, items: Sequence[Any],
     import towhee_rt as towhee
     from towhee_rt.tune import tune
 
-    rows: List[Measurement] = []
+    rows: List[ResultRow] = []
     info: Dict[str, Any] = {}
     tmp = Path(tempfile.mkdtemp(prefix=f"bench-tuned-{pipeline}-"))
     try:

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from .common import RESULTS_DIR, items_for, machine_info, machine_line, wait_for_quiet
-from .served import OMP_PER_CORE, RECOMMENDED, ServedConfig, sweep
+from .served import OMP_PER_CORE, RECOMMENDED, sweep
+from .served_config import ServedConfig
 
 NOISY_CORES = 0.15
 OLD = " (OMP_NUM_THREADS=2: the stubs before 5577898)"

@@ -85,8 +85,8 @@ def load_pipeline(spec: str) -> Any:
             raise UsageError(f"{spec}: calling it without arguments failed ({exc}); name a "
                              "pipeline or a function without arguments returning one") from None
     if not isinstance(value, Pipeline):
-        raise UsageError(f"{spec} is a {type(value).__name__}, not a pipeline; build one with "
-                         "towhee_rt.dummy_input()....as_function()")
+        raise UsageError(f"{spec} is not a pipeline (its type: {type(value).__name__}); name "
+                         "one made by towhee_rt.dummy_input()....as_function()")
     return value
 
 

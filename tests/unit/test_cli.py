@@ -180,3 +180,91 @@ def test_serve_logs_towhee_rt_messages_to_stderr_once(capsys):
         logger.setLevel(saved[1])
     assert "towhee_rt WARNING: model echo: stub echo_0_0 (pid 1) killed by SIGKILL" in err
     assert "not shown" not in err
+
+
+# ------------------------------------------------------------------------- usage errors
+@pytest.mark.parametrize("args, message", [
+    (["--grpc-port", "99999"], "argument --grpc-port: 99999 is not a port number (0-65535"),
+    (["--http-port", "-1"], "argument --http-port: -1 is not a port number"),
+    (["--metrics-port", "http"], "argument --metrics-port: 'http' is not a port number"),
+    (["--ready-timeout", "0"], "argument --ready-timeout: 0 must be > 0"),
+    (["--log-verbose", "-2"], "argument --log-verbose: -2 must be >= 0"),
+], ids=["port-too-high", "negative-port", "port-not-a-number", "timeout", "log-verbose"])
+def test_bad_numbers_are_one_line_usage_errors(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["serve", str(tmp_path), *args])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("towhee-rt serve: error: "), err
+    assert message in err and err.rstrip().endswith("(see towhee-rt serve --help)")
+
+
+def test_version():
+    result = _python(["-m", "towhee_rt", "--version"])
+    import towhee_rt
+
+    assert result.returncode == 0 and result.stdout == f"towhee_rt {towhee_rt.__version__}\n"
+
+
+# ------------------------------------------------------------------------------- build
+_PIPELINES = textwrap.dedent("""
+    import towhee_rt as towhee
+
+    decode = towhee.dummy_input().image_decode.cv2_rgb().as_function()
+
+
+    def make_decode():
+        return towhee.dummy_input().image_decode.cv2_rgb().as_function()
+
+
+    def needs_an_argument(size):
+        return decode
+
+
+    not_a_pipeline = 3
+""")
+
+
+@pytest.fixture
+def pipelines_module(tmp_path, monkeypatch):
+    name = f"towhee_rt_test_pipes_{os.getpid()}"
+    path = tmp_path / f"{name}.py"
+    path.write_text(_PIPELINES)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    yield name, path
+    sys.modules.pop(name, None)
+
+
+def test_build_writes_the_repository_of_a_pipeline_in_a_file(pipelines_module, tmp_path, capsys):
+    _, path = pipelines_module
+    assert cli.main(["build", f"{path}:decode", str(tmp_path / "repo")]) == 0
+    assert (tmp_path / "repo" / "pipeline" / "config.pbtxt").is_file()
+    assert f"towhee-rt serve {tmp_path / 'repo'}" in capsys.readouterr().out
+
+
+def test_build_takes_a_module_name_and_a_function(pipelines_module, tmp_path):
+    name, _ = pipelines_module
+    repo = tmp_path / "repo"
+    assert cli.main(["build", f"{name}:make_decode", str(repo), "--model-name", "dec"]) == 0
+    assert (repo / "dec" / "config.pbtxt").is_file()
+    assert cli.main(["build", f"{name}:make_decode", str(repo)]) == 2  # not empty
+    assert cli.main(["build", f"{name}:make_decode", str(repo), "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("towhee_rt_no_such_module:pipe", "no module named 'towhee_rt_no_such_module'"),
+    ("{name}:missing", "module '{name}' has no attribute 'missing'"),
+    ("{name}:not_a_pipeline", "{name}:not_a_pipeline is not a pipeline (its type: int)"),
+    ("{name}:needs_an_argument", "calling it without arguments failed"),
+    ("{name}", "expected MODULE:PIPELINE"),
+    ("no/such/file.py:pipe", "no such file: no/such/file.py"),
+], ids=["module", "attribute", "not-a-pipeline", "needs-arguments", "no-colon", "file"])
+def test_build_usage_errors_are_one_line_and_exit_2(pipelines_module, tmp_path, capsys, spec,
+                                                    message):
+    name, _ = pipelines_module
+    assert cli.main(["build", spec.format(name=name), str(tmp_path / "repo")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("towhee-rt build: error: "), err
+    assert message.format(name=name) in err
+    assert not (tmp_path / "repo").exists()

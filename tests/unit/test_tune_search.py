@@ -5,11 +5,11 @@ import pytest
 
 from towhee_rt.errors import ConfigError
 from towhee_rt.tune.search import Objective, hill_climb
-from towhee_rt.tune.window import Measurement
+from towhee_rt.tune.window import PointMeasurement
 
 
 def _m(rate, p50=10.0, p99=20.0, spread=0.0, errors=0):
-    return Measurement(rate, p50, p99, 3, True, spread, errors, 1.0)
+    return PointMeasurement(rate, p50, p99, 3, True, spread, errors, 1.0)
 
 
 def _grid_moves(point):

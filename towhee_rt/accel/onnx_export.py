@@ -1,7 +1,16 @@
-"""torch -> ONNX export of a model operator, with dynamic batch (and sequence) axes, cached."""
+"""torch -> ONNX export of a model operator, with dynamic batch (and sequence) axes, cached.
+
+The exporters are loud: a cold export of CLIP prints ~320 lines (``Torch IR graph at
+exception`` ...) from torch's C++ code and then succeeds. Their output is captured
+(:func:`captured_output`): logged at DEBUG after a success, quoted in the error after a failure.
+"""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -48,10 +57,11 @@ def _export(op: ModelOperator, module, path: Path) -> None:
     names = [s.name for s in specs]
     dynamic_axes = {s.name: {0: "batch", **dict(s.dynamic_axes)} for s in specs}
     dynamic_axes["embedding"] = {0: "batch"}
-    errors = []
+    errors, output = [], []
     for dynamo in (False, True):  # the TorchScript exporter is faster; dynamo is the fallback
         try:
-            with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
+            with captured_output(output), warnings.catch_warnings(), \
+                    torch.inference_mode(False), torch.no_grad():
                 warnings.simplefilter("ignore")
                 # One self-contained file: the cache renames it and the repository copies it
                 # alone, so weights must not sit in an external-data file beside it.
@@ -61,11 +71,40 @@ def _export(op: ModelOperator, module, path: Path) -> None:
                                   output_names=["embedding"], opset_version=OPSET,
                                   dynamo=dynamo, **kwargs)
             _check(path)
+            if output[-1].strip():
+                log.debug("the ONNX exporter's output:\n%s", output[-1])
             return
         except Exception as exc:  # noqa: BLE001 - try the other exporter, then report both
             errors.append(f"{'dynamo' if dynamo else 'torchscript'} exporter: "
                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-    raise FormatError("onnx export failed: " + "; ".join(errors))
+    printed = "\n".join(text for text in output if text.strip())
+    raise FormatError("onnx export failed: " + "; ".join(errors)
+                      + ("\nthe exporters printed (last 40 lines):\n"
+                         + "\n".join(printed.splitlines()[-40:]) if printed else ""))
+
+
+@contextlib.contextmanager
+def captured_output(into: list):
+    """Send what this process writes to stdout and stderr (C++ code included: file
+    descriptors 1 and 2) to a temporary file while the block runs; append its text to
+    ``into``. Other threads' output in the meantime is captured too, so keep blocks short."""
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            into.append(sink.read().decode(errors="replace"))
 
 
 def _dims(spec):

@@ -1,7 +1,7 @@
 """The tritonserver command-line flags: one function for every way towhee_rt starts Triton.
 
-:func:`server_flags` is used by the host launcher (:func:`towhee_rt.triton.server.build_command`),
-by ``docker run`` (:func:`towhee_rt.triton.server.docker_command`) and, through
+:func:`server_flags` is used by the host launcher (:func:`towhee_rt.triton.commands.build_command`),
+by ``docker run`` (:func:`towhee_rt.triton.commands.docker_command`) and, through
 :func:`container_command`, by the generated Dockerfile's ``CMD``; Kubernetes manifests can take
 :func:`container_command` as a container's ``command``. So a repository runs with the same
 settings wherever it is served. Nothing here starts a process. Example::

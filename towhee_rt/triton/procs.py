@@ -9,6 +9,10 @@ stub's command line names its ``model.py``, its shared-memory region and its ins
 (:func:`remove_stale_regions`). A server runs in its own session and process group, which
 :func:`kill_group` empties.
 
+This is also the one reader of ``/proc`` for the tuner and the benchmarks: processes and their
+CPU time (:class:`ProcStat`, :func:`all_processes`, :func:`process_tree`), the machine's busy
+time (:func:`busy_cpu_ticks`, in :data:`CLOCK_TICKS`).
+
 Standard library only: copied into images with the supervisor (:mod:`.supervisor_main`).
 """
 from __future__ import annotations
@@ -28,6 +32,9 @@ SHM_PREFIX_FLAG = "--backend-config=python,shm-region-prefix-name="
 #: What a watchdog waits for the processes it killed to be gone before removing their regions.
 KILL_WAIT_SECS = 5.0
 
+#: Clock ticks per second, the unit of /proc's CPU times.
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
 _PREFIX_RE = re.compile(r"^towhee_rt_(\d+)_(\d+)_")
 _prefix_counter = iter(range(1 << 30))
 _prefix_lock = threading.Lock()
@@ -44,6 +51,8 @@ class ProcStat:
     pgrp: int
     session: int
     exit_code: Optional[int]  # waitpid-style status; set for zombies (Linux >= 3.5)
+    #: CPU time so far in :data:`CLOCK_TICKS`: user + system, plus its waited-for children's.
+    cpu_ticks: int = 0
 
 
 def proc_stat(pid: int) -> Optional[ProcStat]:
@@ -57,8 +66,9 @@ def proc_stat(pid: int) -> Optional[ProcStat]:
     fields = tail.split()
     try:
         exit_code = int(fields[49]) if len(fields) > 49 else None
+        cpu_ticks = sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
         return ProcStat(pid, head.partition("(")[2], fields[0], int(fields[1]), int(fields[2]),
-                        int(fields[3]), exit_code)
+                        int(fields[3]), exit_code, cpu_ticks)
     except (IndexError, ValueError):
         return None
 
@@ -72,6 +82,34 @@ def all_processes() -> List[ProcStat]:
             if stat is not None:
                 found.append(stat)
     return found
+
+
+def process_tree(root: int, processes: Optional[Sequence[ProcStat]] = None
+                 ) -> List[ProcStat]:
+    """``root`` and its descendants (from ``processes``, default: :func:`all_processes`)."""
+    table = {stat.pid: stat for stat in (all_processes() if processes is None else processes)}
+    children: Dict[int, List[int]] = {}
+    for stat in table.values():
+        children.setdefault(stat.ppid, []).append(stat.pid)
+    found, stack, seen = [], [root], set()
+    while stack:
+        pid = stack.pop()
+        if pid in table and pid not in seen:
+            seen.add(pid)
+            found.append(table[pid])
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def busy_cpu_ticks() -> Optional[int]:
+    """CPU ticks the whole machine spent busy since boot (all but idle and iowait), or None
+    where ``/proc/stat`` cannot tell."""
+    try:
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    return sum(values) - values[3] - values[4]
 
 
 def cmdline(pid: int) -> List[str]:

@@ -31,7 +31,7 @@ def default_inputs(input_kind: str, first_operator: str, params: dict) -> Tuple[
     if input_kind == "image":
         return generated_photos(), (f"{len(PHOTO_SIZES)} generated JPEG photos ("
                                     + ", ".join(f"{w}x{h}" for w, h in PHOTO_SIZES) + ")")
-    from ..operator import operator_class
+    from ..registry import operator_class
 
     try:
         operator = operator_class(first_operator)(**params)

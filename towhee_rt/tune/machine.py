@@ -12,9 +12,6 @@ from typing import Dict, Optional
 from ..backends.cpu import usable_cores
 from ..triton import procs
 
-#: Clock ticks per second, the unit of /proc's CPU times.
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
 
 def package_version(dist: str) -> str:
     """The installed version of distribution ``dist``, ``'-'`` when it is not installed."""
@@ -43,28 +40,9 @@ def describe() -> Dict[str, object]:
                 "towhee_rt", "nvidia-pytriton", "onnxruntime", "torch", "tritonclient")}}
 
 
-def busy_cpu_ticks() -> Optional[int]:
-    """CPU ticks the whole machine spent busy since boot (all but idle and iowait), or None
-    where ``/proc/stat`` cannot tell."""
-    try:
-        with open("/proc/stat") as f:
-            values = [int(v) for v in f.readline().split()[1:9]]
-    except (OSError, ValueError):
-        return None
-    return sum(values) - values[3] - values[4]
-
-
 def _group_ticks(pgid: Optional[int]) -> int:
     """CPU ticks of a process group (tritonserver and its stubs, reaped stubs included)."""
-    total = 0
-    for member in procs.group_members(pgid) if pgid else []:
-        try:
-            with open(f"/proc/{member.pid}/stat") as f:
-                fields = f.read().rpartition(")")[2].split()
-            total += sum(int(v) for v in fields[11:15])  # utime stime cutime cstime
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
+    return sum(member.cpu_ticks for member in procs.group_members(pgid)) if pgid else 0
 
 
 class OtherLoad:
@@ -77,14 +55,14 @@ class OtherLoad:
 
     def _own(self) -> float:
         times = os.times()
-        return times.user + times.system + _group_ticks(self.server_pgid) / CLOCK_TICKS
+        return times.user + times.system + _group_ticks(self.server_pgid) / procs.CLOCK_TICKS
 
     def start(self) -> None:
-        self._t, self._busy, self._own0 = time.monotonic(), busy_cpu_ticks(), self._own()
+        self._t, self._busy, self._own0 = time.monotonic(), procs.busy_cpu_ticks(), self._own()
 
     def cores(self) -> Optional[float]:
-        busy, elapsed = busy_cpu_ticks(), time.monotonic() - self._t
+        busy, elapsed = procs.busy_cpu_ticks(), time.monotonic() - self._t
         if busy is None or self._busy is None or elapsed <= 0:
             return None
-        other = (busy - self._busy) / CLOCK_TICKS - (self._own() - self._own0)
+        other = (busy - self._busy) / procs.CLOCK_TICKS - (self._own() - self._own0)
         return max(0.0, other / elapsed)

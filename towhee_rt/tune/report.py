@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .search import Objective, SearchResult, Trial
-from .space import Pipeline
+from .space import ServedPipeline
 
 REPORT_NAME = "tune_report"
 PLOT_HINT = "pip install 'towhee_rt[tune]'"
@@ -23,7 +23,7 @@ def _figure(value: Optional[float], digits: int = 1) -> str:
     return "-" if value is None or math.isnan(value) else f"{value:.{digits}f}"
 
 
-def trial_row(trial: Trial, pipeline: Pipeline, extras: Dict[Any, dict]) -> Dict[str, Any]:
+def trial_row(trial: Trial, pipeline: ServedPipeline, extras: Dict[Any, dict]) -> Dict[str, Any]:
     """One point of the table as JSON-ready values; ``extras[point]`` adds per-point notes
     (``reload_s``, ``other_load_cores``)."""
     m = trial.measurement
@@ -33,7 +33,7 @@ def trial_row(trial: Trial, pipeline: Pipeline, extras: Dict[Any, dict]) -> Dict
             "other_load_cores": None, "reload_s": None, **extras.get(trial.point, {})}
 
 
-def build(result: SearchResult, pipeline: Pipeline, objective: Objective,
+def build(result: SearchResult, pipeline: ServedPipeline, objective: Objective,
           extras: Dict[Any, dict], context: Dict[str, Any]) -> Dict[str, Any]:
     """The whole report as a dict: ``context`` carries the command, machine, inputs, paths,
     timings and the search's limits."""

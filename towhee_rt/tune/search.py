@@ -13,7 +13,7 @@ import dataclasses
 from typing import Callable, Dict, Hashable, List, Optional, Sequence, Tuple, TypeVar
 
 from ..errors import ConfigError
-from .window import Measurement
+from .window import PointMeasurement
 
 P = TypeVar("P", bound=Hashable)
 OBJECTIVES = ("throughput", "latency")
@@ -40,15 +40,15 @@ class Objective:
             raise ConfigError(f"p99 budget must be a number of milliseconds > 0, got "
                               f"{self.p99_budget_ms!r}")
 
-    def feasible(self, m: Measurement) -> bool:
+    def feasible(self, m: PointMeasurement) -> bool:
         """Every request answered, and the p99 within the budget."""
         return m.ok and (self.p99_budget_ms is None or m.p99_ms <= self.p99_budget_ms)
 
-    def noise(self, a: Measurement, b: Measurement) -> float:
+    def noise(self, a: PointMeasurement, b: PointMeasurement) -> float:
         """The relative difference below which ``a`` and ``b`` count as equal."""
         return max(self.min_gain, (a.spread + b.spread) / 2)
 
-    def improves(self, new: Measurement, old: Measurement) -> bool:
+    def improves(self, new: PointMeasurement, old: PointMeasurement) -> bool:
         """Whether ``new`` beats ``old`` by more than the noise. A feasible point beats an
         infeasible one; between two over the budget, the lower p99 wins."""
         if self.feasible(new) != self.feasible(old):
@@ -62,7 +62,7 @@ class Objective:
             return new.items_per_s > old.items_per_s * (1 + noise)
         return new.p50_ms < old.p50_ms * (1 - noise)
 
-    def value(self, m: Measurement) -> str:
+    def value(self, m: PointMeasurement) -> str:
         """The objective's figure of ``m``, for the report."""
         if self.name == "throughput":
             return f"{m.items_per_s:.1f} items/s"
@@ -76,7 +76,7 @@ class Trial:
     index: int
     point: object
     move: str
-    measurement: Optional[Measurement]
+    measurement: Optional[PointMeasurement]
     #: Set when the point could not be served (its config failed to load, ...).
     failure: str = ""
     accepted: bool = False
@@ -97,7 +97,7 @@ class SearchResult:
 
 
 def hill_climb(start: P, moves: Callable[[P], Sequence[Tuple[str, P]]],
-               evaluate: Callable[[P], Measurement], objective: Objective,
+               evaluate: Callable[[P], PointMeasurement], objective: Objective,
                time_left: Callable[[], bool] = lambda: True,
                on_trial: Optional[Callable[[Trial], None]] = None,
                confirm: bool = True) -> SearchResult:

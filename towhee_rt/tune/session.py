@@ -23,7 +23,7 @@ from ..triton.admin import RELOAD_PARAMETER
 from ..triton.config import write_config
 from ..triton.server import TritonServer
 from .load import SteadyLoad
-from .space import Pipeline, Point, apply_point
+from .space import ServedPipeline, Point, apply_point
 
 #: Seconds a model gets to load after its config changed.
 LOAD_TIMEOUT_S = 120.0
@@ -50,7 +50,8 @@ class ServedSession:
     """A scratch copy of a repository, served on 127.0.0.1 until :meth:`close`; ``items``
     are what :meth:`load` sends to the ensemble of ``pipeline``."""
 
-    def __init__(self, source: Path, configs: Mapping[str, pb.ModelConfig], pipeline: Pipeline,
+    def __init__(self, source: Path, configs: Mapping[str, pb.ModelConfig],
+                 pipeline: ServedPipeline,
                  items: Sequence[Any], workdir: Path, ready_timeout: float = 180.0):
         self.pipeline = pipeline
         self.items = list(items)
@@ -68,12 +69,7 @@ class ServedSession:
     def start(self) -> "ServedSession":
         """Start the server and wait until every model is ready (timed: :attr:`startup_s`)."""
         started = time.perf_counter()
-        try:
-            self.server.start()
-            self.server.wait_ready()
-        except BaseException:
-            self.server.stop()
-            raise
+        self.server.start_ready()
         self.startup_s = time.perf_counter() - started
         return self
 

@@ -78,7 +78,7 @@ class Point:
 
 
 @dataclasses.dataclass(frozen=True)
-class Pipeline:
+class ServedPipeline:
     """The served pipeline being tuned: its ensemble and its steps, in order."""
 
     ensemble: str
@@ -99,7 +99,8 @@ class Pipeline:
         return "; ".join(parts) + f"; {point.concurrency} in flight"
 
 
-def find_pipeline(configs: Mapping[str, pb.ModelConfig], model: Optional[str] = None) -> Pipeline:
+def find_pipeline(configs: Mapping[str, pb.ModelConfig],
+                  model: Optional[str] = None) -> ServedPipeline:
     """The ensemble ``model`` (default: the repository's only ensemble) and its steps. Raises
     :class:`ConfigError` when there is none, several and no choice, or a step is missing."""
     ensembles = sorted(n for n, c in configs.items() if c.platform == "ensemble")
@@ -117,12 +118,13 @@ def find_pipeline(configs: Mapping[str, pb.ModelConfig], model: Optional[str] = 
     if missing:
         raise ConfigError(f"pipeline {model!r} names steps that the repository lacks: "
                           f"{', '.join(missing)}; rebuild it with towhee_rt.build_model_repo")
-    return Pipeline(model, steps, tuple(s for s in steps if _declares_threads(configs[s])))
+    return ServedPipeline(model, steps,
+                          tuple(s for s in steps if _declares_threads(configs[s])))
 
 
 def _declares_threads(config: pb.ModelConfig) -> bool:
     """Whether the step's operator takes ``num_threads`` (built-in or registered here)."""
-    from ..operator import operator_class
+    from ..registry import operator_class
 
     try:
         name = json.loads(config.parameters[PARAM_OPERATOR].string_value)["name"]
@@ -131,7 +133,7 @@ def _declares_threads(config: pb.ModelConfig) -> bool:
         return False
 
 
-def read_point(configs: Mapping[str, pb.ModelConfig], pipeline: Pipeline,
+def read_point(configs: Mapping[str, pb.ModelConfig], pipeline: ServedPipeline,
                concurrency: int) -> Point:
     """The settings the repository's configs hold now, at ``concurrency`` requests in flight."""
     steps = []
@@ -147,7 +149,7 @@ def read_point(configs: Mapping[str, pb.ModelConfig], pipeline: Pipeline,
     return Point(tuple(steps), concurrency)
 
 
-def apply_point(configs: Mapping[str, pb.ModelConfig], pipeline: Pipeline,
+def apply_point(configs: Mapping[str, pb.ModelConfig], pipeline: ServedPipeline,
                 point: Point) -> Dict[str, pb.ModelConfig]:
     """New configs of every step and of the ensemble with ``point``'s settings written in
     (``configs`` are left unchanged). The ensemble's ``max_batch_size`` becomes the smallest
@@ -192,7 +194,7 @@ class Space:
     (the latency objective measures at a fixed load) instead of searching it.
     """
 
-    pipeline: Pipeline
+    pipeline: ServedPipeline
     cores: int
     max_instances: int
     concurrency: Optional[int] = None

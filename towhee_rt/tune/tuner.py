@@ -9,7 +9,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from ..backends.cpu import usable_cores
 from ..backends.wire import PARAM_INPUT_KIND, PARAM_OPERATOR, PARAM_PARAMS
@@ -17,10 +17,11 @@ from ..errors import ConfigError
 from ..triton.config import read_parameters, read_repository, write_config
 from . import inputs as sample_inputs
 from . import machine, report
-from .search import CONFIRM, Objective, SearchResult, Trial, hill_climb
+from .evaluator import PointEvaluator, progress_line
+from .search import Objective, SearchResult, hill_climb
 from .session import ServedSession, session_dir
-from .space import CONCURRENCIES, Point, Space, apply_point, find_pipeline, read_point
-from .window import measure
+from .space import (CONCURRENCIES, Point, ServedPipeline, Space, apply_point, find_pipeline,
+                    read_point)
 
 #: The whole run's default wall-time limit (server start and report included).
 DEFAULT_TIME_BUDGET_S = 300.0
@@ -71,101 +72,118 @@ def tune(repository, *, out=None, model: Optional[str] = None, objective: str = 
     """
     started = time.monotonic()
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
+    _check_numbers(time_budget_s=time_budget_s, window_s=window_s, max_windows=max_windows,
+                   max_point_s=max_point_s, concurrency=concurrency, max_instances=max_instances)
     source = Path(repository)
+    target = _target(source, out)
     configs = read_repository(source)
     pipeline = find_pipeline(configs, model)
     goal = Objective(objective, p99_budget_ms)
-    _check_numbers(time_budget_s=time_budget_s, window_s=window_s, max_windows=max_windows,
-                   max_point_s=max_point_s, concurrency=concurrency, max_instances=max_instances)
-    target = Path(out) if out is not None else source
-    if out is not None and target.exists():
-        raise ConfigError(f"--out {target} exists already; give a new directory (the tuned "
-                          "copy is written there) or leave --out out to tune in place")
-    kind = read_parameters(configs[pipeline.ensemble]).get(PARAM_INPUT_KIND, "")
-    first = configs[pipeline.steps[0]]
-    items, items_text = (sample_inputs.read_inputs(inputs, kind) if inputs else
-                         sample_inputs.default_inputs(kind, *_operator_of(first)))
-    current = read_point(configs, pipeline, 1)
-    cores = usable_cores()
+    items, items_text = _sample_items(configs, pipeline, inputs)
     if objective == "latency" and concurrency is None:
         concurrency = 1
-    start_load = concurrency or _snap(2 * current.total_instances)
-    start = dataclasses.replace(current, concurrency=start_load)
-    space = Space(pipeline, cores, max_instances or max(2 * cores, current.total_instances),
-                  concurrency)
-    if not space.allowed(start):
-        raise ConfigError(f"the repository's own settings use {start.total_instances} "
-                          f"instances, more than max_instances={space.max_instances}; raise it")
+    space, start = _search_space(configs, pipeline, concurrency, max_instances)
     if out is not None:
         shutil.copytree(source, target, symlinks=True)  # copy first, then write only there
-    deadline = started + time_budget_s - RESERVE_S
-    extras: Dict[Point, dict] = {}
+    progress(f"tune: serving a scratch copy of {source} ({pipeline.ensemble}: "
+             f"{len(pipeline.steps)} steps); sending {items_text}")
     work = session_dir(None)
     session = ServedSession(source, configs, pipeline, items, work)
     try:
-        progress(f"tune: serving a scratch copy of {source} ({pipeline.ensemble}: "
-                 f"{len(pipeline.steps)} steps); sending {items_text}")
         session.start()
         progress(f"tune: server ready in {session.startup_s:.1f} s; objective {objective}, "
                  f"time budget {time_budget_s:g} s")
-        durations: List[float] = []
-
-        def evaluate(point: Point) -> Any:
-            began = time.monotonic()
-            try:
-                reload_s = session.apply(point)
-                with session.load(point.concurrency) as load:
-                    load.window(window_s / 2)  # warm-up: the load settles, not counted
-                    other = machine.OtherLoad(session.server.pid)
-                    result = measure(lambda: load.window(window_s), window_s, max_windows,
-                                     min(deadline, time.monotonic() + max_point_s))
-                    other_cores = other.cores()
-            finally:
-                durations.append(time.monotonic() - began)
-            extras[point] = {"reload_s": round(reload_s, 2),
-                             "other_load_cores": _round(other_cores)}
-            return result
-
-        def time_left() -> bool:
-            """Whether a point as long as the longest of the last three still fits, with the
-            two points of the final confirmation after it."""
-            needed = 3 * max(durations[-3:], default=window_s * 4)
-            return time.monotonic() + needed < deadline
-
-        def on_trial(trial: Trial) -> None:
-            progress(_progress_line(trial, pipeline, goal, started, extras))
-
-        result = hill_climb(start, space.moves, evaluate, goal, time_left, on_trial)
-        startup_s, reloads = session.startup_s, list(session.reloads)
+        evaluator = PointEvaluator(session, window_s=window_s, max_windows=max_windows,
+                                   max_point_s=max_point_s,
+                                   deadline=started + time_budget_s - RESERVE_S)
+        result = hill_climb(start, space.moves, evaluator.evaluate, goal, evaluator.time_left,
+                            lambda trial: progress(progress_line(trial, pipeline, started,
+                                                                 evaluator.extras)))
     finally:
         session.close()
         shutil.rmtree(work, ignore_errors=True)
     best = result.best
-    written = apply_point(configs, pipeline, best.point)
-    for name, config in written.items():
-        if config != configs[name]:
-            write_config(target, name, config)
-    read_repository(target)  # the written configs parse
-    context = {
-        "pipeline": pipeline.ensemble, "repository": str(source), "written_to": str(target),
-        "command": command or f"towhee_rt.tune.tune({str(source)!r}, ...)",
-        "machine": machine.describe(), "inputs": items_text,
-        "time_budget_s": time_budget_s, "seconds": round(time.monotonic() - started, 1),
-        "startup_s": round(startup_s, 2),
-        "reload_median_s": round(statistics.median(reloads), 2) if reloads else "-",
-        "limits": (f"max {space.max_instances} instances in all, threads 1-{cores}, "
-                   + (f"{concurrency} in flight (fixed)" if concurrency else
-                      f"{min(CONCURRENCIES)}-{max(CONCURRENCIES)} in flight")
-                   + f", windows of ~{window_s:g} s, at most {max_windows} windows and "
-                     f"{max_point_s:g} s per point"),
-        "why": _why(result, goal),
-    }
-    data = report.build(result, pipeline, goal, extras, context)
+    _write_point(configs, pipeline, best.point, target)
+    context = _report_context(
+        source, target, pipeline, items_text, command, time_budget_s, started, session,
+        limits=_limits_text(space, concurrency, window_s, max_windows, max_point_s),
+        why=_why(result, goal))
+    data = report.build(result, pipeline, goal, evaluator.extras, context)
     files = report.write(data, Path(report_dir) if report_dir else target.resolve().parent)
     progress(f"tune: chose {pipeline.label(best.point)}; wrote {target}; report "
              f"{files['markdown']} ({data['plot']})")
     return TuneResult(target, best.point, pipeline.label(best.point), best.measurement,
                       result, files)
+
+
+def _target(source: Path, out) -> Path:
+    """Where the tuned settings go: ``out`` (which must not exist yet) or ``source``."""
+    if out is None:
+        return source
+    target = Path(out)
+    if target.exists():
+        raise ConfigError(f"--out {target} exists already; give a new directory (the tuned "
+                          "copy is written there) or leave --out out to tune in place")
+    return target
+
+
+def _sample_items(configs, pipeline: ServedPipeline, inputs: Optional[Sequence[str]]):
+    """(items to send, a description of them): from ``inputs`` or generated for the kind of
+    input the pipeline takes."""
+    kind = read_parameters(configs[pipeline.ensemble]).get(PARAM_INPUT_KIND, "")
+    if inputs:
+        return sample_inputs.read_inputs(inputs, kind)
+    return sample_inputs.default_inputs(kind, *_operator_of(configs[pipeline.steps[0]]))
+
+
+def _search_space(configs, pipeline: ServedPipeline, concurrency: Optional[int],
+                  max_instances: Optional[int]) -> Tuple[Space, Point]:
+    """The points allowed and the first one: the repository's own settings, at
+    ``concurrency`` requests in flight (default: enough for its instances)."""
+    current = read_point(configs, pipeline, 1)
+    cores = usable_cores()
+    start = dataclasses.replace(current, concurrency=concurrency
+                                or _snap(2 * current.total_instances))
+    space = Space(pipeline, cores, max_instances or max(2 * cores, current.total_instances),
+                  concurrency)
+    if not space.allowed(start):
+        raise ConfigError(f"the repository's own settings use {start.total_instances} "
+                          f"instances, more than max_instances={space.max_instances}; raise it")
+    return space, start
+
+
+def _write_point(configs, pipeline: ServedPipeline, point: Point, target: Path) -> None:
+    """Write the configs that ``point`` changes into the repository at ``target``."""
+    written = apply_point(configs, pipeline, point)
+    for name, config in written.items():
+        if config != configs[name]:
+            write_config(target, name, config)
+    read_repository(target)  # the written configs parse
+
+
+def _limits_text(space: Space, concurrency: Optional[int], window_s: float, max_windows: int,
+                 max_point_s: float) -> str:
+    load = (f"{concurrency} in flight (fixed)" if concurrency else
+            f"{min(CONCURRENCIES)}-{max(CONCURRENCIES)} in flight")
+    return (f"max {space.max_instances} instances in all, threads 1-{space.cores}, {load}, "
+            f"windows of ~{window_s:g} s, at most {max_windows} windows and {max_point_s:g} s "
+            "per point")
+
+
+def _report_context(source: Path, target: Path, pipeline: ServedPipeline, items_text: str,
+                    command: str, time_budget_s: float, started: float,
+                    session: ServedSession, limits: str, why: str) -> Dict[str, Any]:
+    """The report's header: what was tuned, where, on what machine, how long it took."""
+    reloads = session.reloads
+    return {
+        "pipeline": pipeline.ensemble, "repository": str(source), "written_to": str(target),
+        "command": command or f"towhee_rt.tune.tune({str(source)!r}, ...)",
+        "machine": machine.describe(), "inputs": items_text,
+        "time_budget_s": time_budget_s, "seconds": round(time.monotonic() - started, 1),
+        "startup_s": round(session.startup_s, 2),
+        "reload_median_s": round(statistics.median(reloads), 2) if reloads else "-",
+        "limits": limits, "why": why,
+    }
 
 
 def _operator_of(config) -> tuple:
@@ -180,10 +198,6 @@ def _snap(value: int) -> int:
     return next((c for c in CONCURRENCIES if c >= max(4, value)), CONCURRENCIES[-1])
 
 
-def _round(value: Optional[float]) -> Optional[float]:
-    return None if value is None else round(value, 2)
-
-
 def _why(result: SearchResult, goal: Objective) -> str:
     best = result.best
     moves = result.accepted_moves
@@ -196,22 +210,6 @@ def _why(result: SearchResult, goal: Objective) -> str:
     return (f"best {goal.name} ({goal.value(best.measurement)}){budget}: {path} "
             f"(a move is kept when it gains more than max({goal.min_gain:.0%}, the points' "
             f"mean window spread)); stopped because {result.stopped}.")
-
-
-def _progress_line(trial: Trial, pipeline, goal: Objective, started: float,
-                   extras: Dict[Point, dict]) -> str:
-    elapsed = time.monotonic() - started
-    again = " (measured again)" if trial.move.startswith(CONFIRM) else ""
-    head = f"tune [{trial.index:2d}] {elapsed:5.0f} s  {pipeline.label(trial.point)}{again}"
-    m = trial.measurement
-    if m is None:
-        return f"{head}: failed ({trial.failure[:200]})"
-    load = extras.get(trial.point, {}).get("other_load_cores")
-    return (f"{head}: {m.items_per_s:.1f} items/s, p50 {m.p50_ms:.0f} ms, p99 "
-            f"{m.p99_ms:.0f} ms, {m.windows} windows{'' if m.stable else ' (NOT stable)'}"
-            f"{'' if load is None else f', other load {load:.2f} cores'}"
-            f"{', ' + str(m.errors) + ' failed requests' if m.errors else ''}"
-            f"{'  <- kept' if trial.accepted else ''}")
 
 
 def _check_numbers(**values) -> None:

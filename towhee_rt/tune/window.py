@@ -1,4 +1,4 @@
-"""Measurement windows: one point is measured in windows of requests, repeated until the last
+"""Measuring one point in windows of requests, repeated until the last
 :data:`AGREEING_WINDOWS` agree on throughput within :data:`TOLERANCE`, or a cap on windows or
 time is reached (the point is then reported as not stable).
 
@@ -56,7 +56,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class Measurement:
+class PointMeasurement:
     """A point's figures, from its last :data:`AGREEING_WINDOWS` windows (or fewer)."""
 
     items_per_s: float
@@ -83,12 +83,12 @@ class Measurement:
 
 
 def summarise(windows: Sequence[Window], seconds: float,
-              count: int = AGREEING_WINDOWS, tolerance: float = TOLERANCE) -> Measurement:
-    """The :class:`Measurement` of a point measured in ``windows`` (in ``seconds`` overall)."""
+              count: int = AGREEING_WINDOWS, tolerance: float = TOLERANCE) -> PointMeasurement:
+    """The :class:`PointMeasurement` of a point measured in ``windows`` (in ``seconds`` overall)."""
     rates = [w.items_per_s for w in windows]
     last = list(windows[-count:])
     latencies = [s for w in last for s in w.latencies]
-    return Measurement(
+    return PointMeasurement(
         items_per_s=statistics.median(w.items_per_s for w in last) if last else 0.0,
         p50_ms=percentile(latencies, 50) * 1000, p99_ms=percentile(latencies, 99) * 1000,
         windows=len(windows), stable=is_stable(rates, count, tolerance),
@@ -97,7 +97,7 @@ def summarise(windows: Sequence[Window], seconds: float,
 
 
 def measure(run_window: Callable[[], Window], window_s: float, max_windows: int,
-            deadline: float, clock: Callable[[], float] = time.monotonic) -> Measurement:
+            deadline: float, clock: Callable[[], float] = time.monotonic) -> PointMeasurement:
     """Run windows (``run_window()``, about ``window_s`` seconds each) until the last
     :data:`AGREEING_WINDOWS` agree, ``max_windows`` ran, or ``clock()`` passes ``deadline``;
     at least one window always runs. A window with failed requests ends the point (its
