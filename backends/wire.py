@@ -33,6 +33,8 @@ PARAM_MAX_REQUEST_BYTES = "towhee_max_request_bytes"
 PARAM_MAX_ITEM_BYTES = "towhee_max_item_bytes"
 #: The ensemble's input kind for clients: the first operator's input name ("image", "text").
 PARAM_INPUT_KIND = "towhee_input_kind"
+#: The default of ``max_item_bytes`` (pipeline_config): what one item may weigh on the wire.
+DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
 
 #: Why an item failed: its input was bad, it was over a limit, or the operator broke.
 ERROR_KINDS = ("bad_input", "limit", "internal")

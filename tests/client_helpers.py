@@ -1,16 +1,16 @@
 """What the client's tests share: a web site on 127.0.0.1 to download items from, and a Client
-with no server behind it."""
+with no server behind it (its transport answers from a script)."""
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import http.server
 import threading
-from typing import Iterator, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from towhee_rt.client import Client
-from towhee_rt.client_inputs import ServedInput, request_headers
-from towhee_rt.client_retry import RetryPolicy
+from towhee_rt.client.inputs import ServedInput
+from towhee_rt.client.transport import ConnectionPool
 
 from .local_http import serving
 
@@ -53,32 +53,103 @@ def serve_files(files: Mapping[str, bytes]) -> Iterator[Site]:
 
 
 # ---------------------------------------------------------------- a client, no server behind it
-class Recorder:
-    """Stands in for Client._send: records each request's payloads, answers their sizes."""
+#: Loopback ports nothing listens on: an offline client never reaches the network (its
+#: transport answers from a script), and would be refused at once if it did.
+OFFLINE_URLS = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
 
-    def __init__(self):
-        self.requests: List[List[bytes]] = []
+
+def model_of(served: ServedInput, max_batch_size: Optional[int] = None) -> Tuple[dict, dict]:
+    """The metadata and config (JSON, as tritonclient returns them) of a one-input (BYTES)
+    pipeline whose ensemble says ``served``."""
+    meta = {"name": "pipeline", "inputs": [{"name": "image", "datatype": "BYTES",
+                                            "shape": ["-1", "1"]}],
+            "outputs": [{"name": "out", "datatype": "FP32", "shape": ["-1", "1"]}]}
+    parameters = {name: {"string_value": str(value)} for name, value in (
+        ("towhee_input_kind", served.kind), ("towhee_max_request_bytes",
+                                             served.max_request_bytes),
+        ("towhee_max_item_bytes", served.max_item_bytes)) if value is not None}
+    return meta, {"name": "pipeline", "max_batch_size": max_batch_size or 0,
+                  "parameters": parameters}
+
+
+class Connection:
+    """What the scripted transport's pool holds for one thread and url."""
+
+    def __init__(self, url: str):
+        self.url, self.closed = url, False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def answer_sizes(url: str, payloads: List[Any], remaining: float) -> List[int]:
+    """The default script: each payload's length."""
+    return [len(p) for p in payloads]
+
+
+class ScriptedTransport:
+    """Stands in for the client's :class:`~towhee_rt.client.transport.Transport`: a request is
+    answered by ``answer(url, payloads, remaining_seconds)`` (which may raise tritonclient's
+    errors), a model read by ``reads(url)`` (``(meta, config)``, or an exception to raise).
+    Records every request as ``(url, payloads)``, its remaining time, and the connections
+    opened (a real :class:`ConnectionPool` of :class:`Connection`)."""
+
+    def __init__(self, reads: Callable[[str], Any],
+                 answer: Callable[[str, List[Any], float], List[Any]] = answer_sizes):
+        self.reads, self.answer = reads, answer
+        self.requests: List[Tuple[str, List[Any]]] = []
         self.timeouts: List[float] = []
+        self.opened: List[Connection] = []
+        self.connections = ConnectionPool(self._open)
+        self._lock = threading.Lock()
 
-    def __call__(self, payloads, timeout=None):
-        self.requests.append(list(payloads))
-        self.timeouts.append(timeout)
-        return [len(p) for p in payloads]
+    def _open(self, url: str) -> Connection:
+        connection = Connection(url)
+        self.opened.append(connection)
+        return connection
+
+    def read_model(self, url: str, remaining: float):
+        self.connections.get(url)
+        model = self.reads(url)
+        if isinstance(model, BaseException):
+            raise model
+        return model
+
+    def infer(self, url: str, model, values: List[Any], remaining: float) -> List[Any]:
+        self.connections.get(url)
+        with self._lock:
+            self.requests.append((url, list(values)))
+            self.timeouts.append(remaining)
+        return self.answer(url, list(values), remaining)
+
+    def ready(self, url: str) -> bool:
+        model = self.reads(url)
+        if isinstance(model, BaseException):
+            raise model
+        return True
+
+    @property
+    def payloads(self) -> List[List[Any]]:
+        """Every request's payloads, in the order sent."""
+        return [values for _, values in self.requests]
+
+    def count(self, url: str) -> int:
+        """Requests sent to ``url``."""
+        return sum(1 for u, _ in self.requests if u == url)
 
 
-def offline_client(served: ServedInput, protocol: str = "grpc", api_key: Optional[str] = None,
-                   max_batch_size: Optional[int] = None, retry: RetryPolicy = RetryPolicy(),
-                   timeout: float = 5.0) -> Client:
-    """A :class:`Client` of a one-input (BYTES) pipeline that reads nothing from a server; its
-    ``_send`` is a :class:`Recorder`."""
-    client = object.__new__(Client)  # no server: only what stream and _call use
-    client.url, client.model_name, client.protocol = "127.0.0.1:1", "pipeline", protocol
-    client.timeout, client.on_request, client._api_key = timeout, None, api_key
-    client.retry = retry
-    client.headers = request_headers(protocol, api_key)
-    client._inputs = [{"name": "image", "datatype": "BYTES", "shape": [-1, 1]}]
-    client._outputs = ["out"]
-    client.served, client.max_batch_size = served, max_batch_size
-    client._clients, client._lock = {}, threading.Lock()
-    client._send = Recorder()
+def offline_client(served: ServedInput = ServedInput("image"), protocol: str = "grpc",
+                   api_key: Optional[str] = None, max_batch_size: Optional[int] = None,
+                   timeout: float = 5.0,
+                   urls: Sequence[str] = OFFLINE_URLS[:1],
+                   answer: Callable[[str, List[Any], float], List[Any]] = answer_sizes,
+                   models: Optional[Dict[str, Any]] = None, **kwargs: Any) -> Client:
+    """A real :class:`Client` of ``urls`` whose transport is a :class:`ScriptedTransport`
+    (``client._transport``): requests answered by ``answer``, every url serving the pipeline
+    :func:`model_of` describes unless ``models`` (url -> ``(meta, config)`` or an exception)
+    says otherwise; ``kwargs``: more of Client's arguments (``retries``, ``backoff``, ...)."""
+    client = Client(list(urls), protocol=protocol, timeout=timeout, api_key=api_key, **kwargs)
+    same = model_of(served, max_batch_size)
+    client._transport = ScriptedTransport(
+        lambda url: (models or {}).get(url, same), answer)
     return client

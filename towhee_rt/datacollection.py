@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
-from .client_retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
+from .client import Client
+from .client.client import DEFAULT_CONCURRENCY
+from .client.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .errors import ConfigError
 from .pipeline import Pipeline, PipelineBuilder
 
@@ -52,18 +54,19 @@ class DataCollection:
 
     def remote(self, url: Union[str, Sequence[str]] = "127.0.0.1:8001", mode: str = "infer",
                protocol: str = "grpc", model_name: str = "pipeline", batch_size: int = 1,
-               concurrency: int = 4,
+               concurrency: int = DEFAULT_CONCURRENCY,
                errors: str = "raise", timeout: float = 60.0, api_key: Optional[str] = None,
                headers: Optional[Mapping[str, str]] = None, retries: int = DEFAULT_RETRIES,
                backoff: float = DEFAULT_BACKOFF):
         """Send the items to a pipeline served by tritonserver and return results in order.
 
-        ``mode``: ``'infer'`` (one request at a time), ``'async_infer'`` (``concurrency``
-        requests in flight) or ``'stream'`` (an iterator of ``(index, result)`` as results
-        arrive). A text pipeline gets strings as they are; an image pipeline gets bytes (local
-        files read, URLs downloaded here within ``timeout``), items over the server's byte
-        limits failing here. ``errors='return'`` puts an
-        :class:`~towhee_rt.errors.ItemError` in place of each failed item. ``api_key``: the
+        ``mode``: ``'infer'`` or ``'async_infer'`` (the same: results in input order, with
+        ``concurrency`` requests in flight, 4 by default; ``concurrency=1`` sends one at a
+        time), or ``'stream'`` (an iterator of ``(index, result)`` as results arrive). A text
+        pipeline gets strings as they are; an image pipeline gets bytes (local files read,
+        URLs downloaded here within ``timeout``), items over the server's byte limits failing
+        here. ``errors='return'`` puts an :class:`~towhee_rt.errors.ItemError` in place of
+        each failed item. ``api_key``: the
         key the server was started with; ``headers``: more headers for every call (see
         :class:`~towhee_rt.client.Client`).
 
@@ -79,13 +82,11 @@ class DataCollection:
         ``url``: several replicas of the pipeline (a list or tuple of ``"host:port"``, or one
         string with commas) share the requests, least busy first; an unreachable replica is
         taken out and its requests sent to the others (see
-        :mod:`towhee_rt.client_failover`).
+        :class:`~towhee_rt.client.Client`).
         """
         if self._builder.steps:
             raise ConfigError("remote() sends items to the pipeline already served by "
                               "tritonserver; drop the operator chain before .remote(...)")
-        from .client import Client
-
         client = Client(url, model_name=model_name, protocol=protocol, timeout=timeout,
                         api_key=api_key, headers=headers, retries=retries, backoff=backoff)
         if mode == "stream":

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from towhee_rt.backends.operator_base import OperatorInputError, OperatorLimitError
-from towhee_rt.client_inputs import ServedInput, encode_item, request_headers, split_by_bytes
-from towhee_rt.client_retry import refusal_error
+from towhee_rt.client.failures import refusal_error
+from towhee_rt.client.inputs import ServedInput, encode_item, request_headers, split_by_bytes
 from towhee_rt.errors import BadInputError, ClientError, ConfigError, LimitExceededError
 
 from ..client_helpers import offline_client, serve_files
@@ -121,10 +121,11 @@ def test_batches_are_split_under_the_request_limit_and_results_keep_their_order(
     items = [b"a" * 300, b"b" * 300, b"c" * 300, b"d" * 300, b"e" * 50]
     results = client.infer(items, batch_size=5)
     assert results == [300, 300, 300, 300, 50]
-    assert [sum(map(len, r)) for r in client._send.requests] == [900, 350]
-    assert all(sum(map(len, r)) <= IMAGE.max_request_bytes for r in client._send.requests)
+    sent = client._transport.payloads
+    assert [sum(map(len, r)) for r in sent] == [900, 350]
+    assert all(sum(map(len, r)) <= IMAGE.max_request_bytes for r in sent)
     # Each request is sent with what is left of the client's timeout (5 s), for the server too.
-    assert all(4.0 < t <= 5.0 for t in client._send.timeouts)
+    assert all(4.0 < t <= 5.0 for t in client._transport.timeouts)
 
 
 def test_over_limit_and_unreadable_items_fail_alone_without_being_sent(tmp_path):
@@ -134,7 +135,7 @@ def test_over_limit_and_unreadable_items_fail_alone_without_being_sent(tmp_path)
     items = [b"ok1", str(big), "missing.jpg", b"ok2"]
     results = client.infer(items, batch_size=4, errors="return")
     assert results[0] == 3 and results[3] == 3
-    assert client._send.requests == [[b"ok1", b"ok2"]]
+    assert client._transport.payloads == [[b"ok1", b"ok2"]]
     assert isinstance(results[1], LimitExceededError) and results[1].kind == "limit"
     assert results[1].index == 1 and results[1].operator is None
     assert results[1].source == str(big)
@@ -182,18 +183,19 @@ def test_a_refused_key_is_one_client_error_that_says_what_to_do(protocol, text):
     assert refusal("item 0: bad input") is None
 
 
-def test_a_refusal_at_inference_stops_the_whole_call():
+@pytest.mark.parametrize("concurrency", [1, 3])
+def test_a_refusal_at_inference_stops_the_whole_call(concurrency):
     from tritonclient.utils import InferenceServerException
 
-    client = offline_client(IMAGE, "http")
     sent = []
 
-    def refuse(payloads, timeout=None):
+    def refuse(url, payloads, timeout=None):
         sent.append(payloads)
         raise InferenceServerException("This API is restricted, expecting header "
                                        "'towhee-api-key'", status="403")
 
-    client._send = refuse
+    client = offline_client(IMAGE, "http", answer=refuse)
     with pytest.raises(ClientError, match="requires an API key"):
-        client.infer([b"a", b"b", b"c"], errors="return")
-    assert len(sent) == 1  # one error for the call, not one per item
+        client.infer([b"a", b"b", b"c"], errors="return", concurrency=concurrency)
+    # one error for the call, not one per item; one at a time, the rest is not sent
+    assert len(sent) == 1 if concurrency == 1 else len(sent) <= 3

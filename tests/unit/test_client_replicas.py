@@ -1,11 +1,11 @@
-"""The multi-replica client without a server: how urls are read, which replica gets a request
-(least in flight, ties in turn), taking a replica out and back, failover of requests to an
-unreachable replica, busy replicas passed over, one error when all are down, and a replica that
-serves another model refused.
+"""Several replicas behind one client, without a server: how urls are read, which replica gets a
+request (least in flight, ties in turn), taking a replica out and back, failover of requests to
+an unreachable replica, busy replicas passed over, one error when all are down, a replica that
+serves another model refused, and connections kept per thread and replica.
 
-The client is :func:`tests.client_helpers.offline_client` turned into a ReplicaClient; its
-``_send`` (and, where the model is read, ``_get_metadata``/``_get_config``) answers per replica
-with the error texts tritonclient gives (see test_client_retry.py).
+The client is a real :class:`~towhee_rt.Client` whose transport answers from a script
+(:func:`tests.client_helpers.offline_client`), per url, with the error texts tritonclient gives
+(see test_client_retry.py).
 """
 from __future__ import annotations
 
@@ -16,21 +16,20 @@ from typing import Dict, List, Optional, Tuple
 import pytest
 
 from towhee_rt.client import Client
-from towhee_rt.client_failover import ReplicaClient
-from towhee_rt.client_inputs import ServedInput
-from towhee_rt.client_replicas import (ReplicaSet, model_signature, parse_urls,
-                                       signature_changes)
-from towhee_rt.client_retry import BUSY, OTHER, UNAVAILABLE, RetryPolicy
+from towhee_rt.client.endpoints import EndpointSet, parse_urls
+from towhee_rt.client.failures import BUSY, OTHER, UNAVAILABLE
+from towhee_rt.client.inputs import ServedInput
+from towhee_rt.client.model import ModelReference, model_signature, signature_changes
+from towhee_rt.client.retry import RetryPolicy
+from towhee_rt.client.transport import ConnectionPool
 from towhee_rt.errors import ClientError, ConfigError, ServerBusyError, ServerUnavailableError
 
-from ..client_helpers import offline_client
+from ..client_helpers import OFFLINE_URLS, offline_client
 from .test_client_retry import QUEUE_FULL, REFUSED_GRPC, _grpc
 
 IMAGE = ServedInput("image")
-FAST = RetryPolicy(retries=3, backoff=0.01)
-#: Loopback ports nothing listens on: the tests' reads and requests never reach the network
-#: (they are answered by the stand-ins below), and would be refused at once if they did.
-URLS = ("127.0.0.1:1", "127.0.0.1:2", "127.0.0.1:3")
+FAST = {"retries": 3, "backoff": 0.01}
+URLS = OFFLINE_URLS
 A, B, C = URLS
 
 
@@ -61,11 +60,14 @@ def test_bad_urls_are_config_errors(url, message):
         parse_urls(url)
 
 
-def test_one_url_is_the_one_server_client_and_several_a_replica_client():
+def test_one_url_is_a_set_of_one_and_several_are_replicas_of_the_same_client():
     for one in ("a:1", ["a:1"], "grpc://a:1"):
-        assert type(Client.__new__(Client, one)) is Client
-    for several in ("a:1,b:2", ["a:1", "b:2"], ("a:1", "b:2", "c:3")):
-        assert type(Client.__new__(Client, several)) is ReplicaClient
+        client = Client(one)
+        assert client.urls == ("a:1",) and client.url == "a:1" and len(client.replicas) == 1
+    for several in ("a:1,b:2", ["a:1", "b:2"], ("a:1", "b:2")):
+        client = Client(several)
+        assert type(client) is Client and client.urls == ("a:1", "b:2")
+        assert client.url == "a:1,b:2" and [s.url for s in client.replicas] == ["a:1", "b:2"]
 
 
 # ------------------------------------------------------------------------- choice policy
@@ -77,10 +79,11 @@ class Clock:
         return self.now
 
 
-def _set(retry: RetryPolicy = RetryPolicy(backoff=1.0, max_backoff=4.0)) -> Tuple[ReplicaSet,
+def _set(retry: RetryPolicy = RetryPolicy(backoff=1.0, max_backoff=4.0)) -> Tuple[EndpointSet,
                                                                                    Clock]:
+    """Three endpoints whose backoffs are 1, 2, 4 s (the top of the jitter)."""
     clock = Clock()
-    return ReplicaSet(URLS, retry, clock=clock, draw=lambda: 0.999999), clock
+    return EndpointSet(URLS, lambda k: retry.delay(k, draw=lambda: 0.999999), clock=clock), clock
 
 
 def _urls(replicas) -> List[str]:
@@ -173,6 +176,9 @@ def test_wait_is_until_the_first_replica_may_be_tried_again():
         clock.now += 0.25
     assert pool.acquire() is None
     assert pool.wait_s() == pytest.approx(1.0 - 0.75, abs=1e-3)  # A went first
+    # forced (a request's first send, or after its wait): the one back soonest
+    assert pool.acquire(force=True).url == A
+
 
 
 # ------------------------------------------------------------------------- model signature
@@ -208,20 +214,13 @@ def test_the_signature_is_inputs_outputs_batch_size_and_input_kind():
 
 # --------------------------------------------------------------------- the client, offline
 class Replicas:
-    """``_send`` of an offline ReplicaClient: what each url does with a request (``None``:
-    answers each payload's length; an exception: raised; a callable: called, then answered),
-    and every request as ``(url, payloads)``."""
+    """The offline client's answers: what each url does with a request (``None``: answers
+    each payload's length; an exception: raised; a callable: called, then answered)."""
 
     def __init__(self, behaviour: Optional[Dict[str, object]] = None):
         self.behaviour = dict(behaviour or {})
-        self.sent: List[Tuple[str, List[bytes]]] = []
-        self.lock = threading.Lock()
-        self.client: Optional[ReplicaClient] = None
 
-    def __call__(self, payloads, timeout=None):
-        url = self.client._serving_url()
-        with self.lock:
-            self.sent.append((url, list(payloads)))
+    def __call__(self, url, payloads, timeout=None):
         action = self.behaviour.get(url)
         if isinstance(action, BaseException):
             raise action
@@ -229,26 +228,14 @@ class Replicas:
             action()
         return [len(p) for p in payloads]
 
-    def count(self, url: str) -> int:
-        return sum(1 for u, _ in self.sent if u == url)
 
-
-def offline_replicas(send: Replicas, urls=URLS, retry: RetryPolicy = FAST,
-                     checked: bool = True) -> ReplicaClient:
+def offline_replicas(send: Replicas, urls=URLS, models: Optional[Dict[str, object]] = None,
+                     **retry) -> Client:
     """An offline client of ``urls`` whose requests go to ``send`` and whose model reads
-    answer ``META``, ``CONFIG`` (see :func:`_reads`); ``checked``: every replica's model
-    already read (the reference: the first url)."""
-    client = object.__new__(ReplicaClient)
-    client.__dict__.update(vars(offline_client(IMAGE, retry=retry)))
-    client.urls, client.url = tuple(urls), ",".join(urls)
-    client._start_replicas()
-    _reads(client, {url: (META, CONFIG) for url in urls})
-    if checked:
-        client._reference = (urls[0], model_signature(META, CONFIG))
-        for replica in client._pool:
-            replica.checked = True
-    client._send, send.client = send, client
-    return client
+    answer ``META``, ``CONFIG`` unless ``models`` (url -> ``(meta, config)`` or an exception)
+    says otherwise."""
+    models = {**{url: (META, CONFIG) for url in urls}, **(models or {})}
+    return offline_client(IMAGE, urls=urls, answer=send, models=models, **{**FAST, **retry})
 
 
 def _items(n: int) -> List[bytes]:
@@ -256,8 +243,7 @@ def _items(n: int) -> List[bytes]:
 
 
 def test_a_dead_replicas_requests_go_to_the_others_and_every_item_comes_back_once():
-    send = Replicas({B: _grpc("UNAVAILABLE", REFUSED_GRPC)})
-    client = offline_replicas(send)
+    client = offline_replicas(Replicas({B: _grpc("UNAVAILABLE", REFUSED_GRPC)}))
     items = _items(40)
     arrived = list(client.stream(items, concurrency=4))
     assert sorted(i for i, _ in arrived) == list(range(40))  # each index once
@@ -266,17 +252,17 @@ def test_a_dead_replicas_requests_go_to_the_others_and_every_item_comes_back_onc
     stats = {s.url: s for s in client.replicas}
     assert not stats[B].up and stats[B].downs >= 1 and "Connection refused" in stats[
         B].last_error
-    answered = {url: send.count(url) for url in URLS}
+    sent = client._transport
+    answered = {url: sent.count(url) for url in URLS}
     assert answered[A] + answered[C] == 80 and min(answered[A], answered[C]) >= 20
     # tried, taken out, tried again (one trial at a time) only after each backoff
     assert 1 <= answered[B] <= stats[B].downs + 1 and answered[B] < 16
 
 
 def test_requests_are_spread_over_replicas_under_concurrency():
-    send = Replicas({url: (lambda: time.sleep(0.005)) for url in URLS})
-    client = offline_replicas(send)
-    assert client.infer(_items(60), mode="async_infer", concurrency=3) == list(range(1, 61))
-    shares = [send.count(url) / 60 for url in URLS]
+    client = offline_replicas(Replicas({url: (lambda: time.sleep(0.005)) for url in URLS}))
+    assert client.infer(_items(60), concurrency=3) == list(range(1, 61))
+    shares = [client._transport.count(url) / 60 for url in URLS]
     assert min(shares) >= 0.2, shares
 
 
@@ -287,51 +273,30 @@ def test_a_replica_back_after_its_backoff_is_used_again():
         if down["on"]:
             raise ConnectionRefusedError(111, "refused")
 
-    send = Replicas({B: flaky})
-    client = offline_replicas(send)
+    client = offline_replicas(Replicas({B: flaky}))
     assert client.infer(_items(6)) == list(range(1, 7))
     assert not {s.url: s for s in client.replicas}[B].up
     down["on"] = False
     time.sleep(0.05)  # past FAST's first backoff (<= 10 ms)
-    before = send.count(B)
-    assert client.infer(_items(6)) == list(range(1, 7))
-    assert send.count(B) - before >= 2 and all(s.up for s in client.replicas)
+    before = client._transport.count(B)
+    assert client.infer(_items(6), concurrency=1) == list(range(1, 7))
+    assert client._transport.count(B) - before >= 2 and all(s.up for s in client.replicas)
 
 
 def test_records_name_the_replica_that_served_each_request():
     records = []
-    send = Replicas({A: ConnectionResetError(104, "reset")})
-    client = offline_replicas(send)
-    client.on_request = records.append
-    client._send = Client._send.__get__(client)  # the real _send, down to tritonclient
-
-    class Answer:
-        def as_numpy(self, name):
-            import numpy as np
-            return np.ones((1, 2), np.float32)
-
-    class Connection:
-        def __init__(self, url):
-            self.url = url
-
-        def infer(self, *args, **kwargs):
-            if self.url == A:
-                raise ConnectionResetError(104, "reset")
-            return Answer()
-
-        def close(self):
-            pass
-
-    client._client = lambda: Connection(client._serving_url())
-    assert len(client.infer(_items(3))) == 3
-    assert [(r.url, r.error is None) for r in records] == [(A, False), (B, True), (C, True),
+    client = offline_replicas(Replicas({A: ConnectionResetError(104, "reset")}),
+                              on_request=records.append)
+    assert len(client.infer(_items(3), concurrency=1)) == 3
+    # The model read took A's turn (and answered); the request A failed went on to B at once.
+    assert [(r.url, r.error is None) for r in records] == [(B, True), (C, True), (A, False),
                                                           (B, True)]
+    assert isinstance(records[2].error, ConnectionResetError)
 
 
 def test_every_replica_down_is_one_error_naming_every_url():
     refused = _grpc("UNAVAILABLE", REFUSED_GRPC)
-    send = Replicas({url: refused for url in URLS})
-    client = offline_replicas(send)
+    client = offline_replicas(Replicas({url: refused for url in URLS}))
     start = time.monotonic()
     with pytest.raises(ServerUnavailableError) as caught:
         client.infer(_items(5), mode="async_infer", concurrency=2)
@@ -341,92 +306,96 @@ def test_every_replica_down_is_one_error_naming_every_url():
     assert "each url is a grpc endpoint" in str(error) and "Connection refused" in str(error)
     assert time.monotonic() - start < 2
     # every url tried; each request at most (retries + 1) x 3 sends, waits included
-    assert all(send.count(url) >= 1 for url in URLS)
-    assert 1 <= error.attempts <= (FAST.retries + 1) * 3
-    assert len(send.sent) <= 5 * (FAST.retries + 1) * 3  # 5 requests of one item
+    sent = client._transport
+    assert all(sent.count(url) >= 1 for url in URLS)
+    assert 1 <= error.attempts <= (FAST["retries"] + 1) * 3
+    assert len(sent.requests) <= 5 * (FAST["retries"] + 1) * 3  # 5 requests of one item
     assert all(not s.up for s in client.replicas)
 
 
 def test_a_busy_replica_is_passed_over_at_once_for_its_one_retry():
-    send = Replicas({A: _grpc("UNAVAILABLE", QUEUE_FULL)})
-    client = offline_replicas(send, urls=(A, B), retry=RetryPolicy(retries=3, backoff=5.0))
+    client = offline_replicas(Replicas({A: _grpc("UNAVAILABLE", QUEUE_FULL)}), urls=(A, B),
+                              retries=3, backoff=5.0)
     start = time.monotonic()
     assert client.infer(_items(4)) == [1, 2, 3, 4]
     assert time.monotonic() - start < 1  # no 2.5-5 s pause: another replica was up
     assert all(s.up for s in client.replicas)
     # alone, a busy replica gets the one retry and then fails its items as busy
     lone = offline_replicas(Replicas({A: _grpc("UNAVAILABLE", QUEUE_FULL),
-                                      B: ConnectionRefusedError(111, "refused")}),
-                            urls=(A, B), retry=FAST)
+                                      B: ConnectionRefusedError(111, "refused")}), urls=(A, B))
     results = lone.infer(_items(2), errors="return")
     assert all(isinstance(r, ServerBusyError) for r in results)
 
 
 # ------------------------------------------------------------------- one model everywhere
-def _reads(client: ReplicaClient, models: Dict[str, object]) -> None:
-    """Each url's model read: ``(meta, config)``, or an exception to raise."""
-    def answer(index: int):
-        def read(remaining):
-            model = models[client._serving_url()]
-            if isinstance(model, BaseException):
-                raise model
-            return model[index]
-        return read
-
-    client._get_metadata, client._get_config = answer(0), answer(1)
-
-
 def test_the_model_is_read_from_the_first_replica_that_answers_and_others_checked():
-    client = offline_replicas(Replicas(), checked=False)
-    _reads(client, {A: ConnectionRefusedError(111, "refused"), B: (META, CONFIG),
-                    C: (META, {**CONFIG, "max_batch_size": 4})})
+    client = offline_replicas(Replicas(), models={
+        A: ConnectionRefusedError(111, "refused"), C: (META, {**CONFIG, "max_batch_size": 4})})
+    assert client.max_batch_size == 8  # B's: A did not answer
+    model = client._reference.model
+    assert model.inputs == tuple(META["inputs"]) and model.outputs == ("image_output",)
     with pytest.raises(ClientError, match=r"the Triton server at 127.0.0.1:3 serves another "
                                           r"model 'pipeline' than 127.0.0.1:2 "
                                           r"\(max_batch_size: 8 != 4"):
-        client._load_model()
-    assert client._reference[0] == B and client.max_batch_size == 8
-    assert client._inputs == META["inputs"] and client._outputs == ["image_output"]
+        client.infer(_items(4))
 
 
 def test_a_replica_down_at_start_is_checked_before_its_first_request():
-    client = offline_replicas(Replicas(), checked=False)
-    models = {A: ConnectionRefusedError(111, "refused"), B: (META, CONFIG), C: (META, CONFIG)}
-    _reads(client, models)
-    client._load_model()
-    assert [r.checked for r in client._pool] == [False, True, True]
-    models[A] = (_meta(datatype="FP32"), CONFIG)  # back, with another version
+    models = {A: ConnectionRefusedError(111, "refused")}
+    client = offline_replicas(Replicas(), models=models)
+    assert client.served.kind == "image"  # read from B
+    assert [e.checked for e in client._endpoints] == [False, True, False]
+    client._transport.reads = {A: (_meta(datatype="FP32"), CONFIG), B: (META, CONFIG),
+                               C: (META, CONFIG)}.get  # A back, with another version
     time.sleep(0.05)
     with pytest.raises(ClientError, match="127.0.0.1:1 serves another model.*outputs"):
         client.infer(_items(6), mode="async_infer", concurrency=3)
 
 
 def test_a_replica_without_the_model_is_a_clear_client_error():
-    client = offline_replicas(Replicas(), checked=False)
-    _reads(client, {A: (META, CONFIG), B: _grpc("NOT_FOUND", "Request for unknown model: "
-                                                "'pipeline' is not found"), C: (META, CONFIG)})
+    client = offline_replicas(Replicas(), models={
+        B: _grpc("NOT_FOUND", "Request for unknown model: 'pipeline' is not found")})
     with pytest.raises(ClientError, match=r"cannot read model 'pipeline' from the Triton server "
-                                          r"at 127.0.0.1:2 \(grpc\): Request for unknown"):
-        client._load_model()
+                                          r"at 127.0.0.1:2 \(grpc\): Request for unknown.*"
+                                          r"every url of one client must serve this model"):
+        client.infer(_items(3))
 
 
+def test_the_reference_model_is_the_first_accepted_and_others_must_match():
+    reference = ModelReference("pipeline")
+    assert reference.model is None
+    first = reference.accept(B, META, CONFIG)
+    assert reference.accept(A, {**META, "versions": ["2"]}, CONFIG) is first
+    with pytest.raises(ClientError, match=r"127.0.0.1:3 serves another model 'pipeline' than "
+                                          r"127.0.0.1:2 \(input kind: 'image' != 'text'"):
+        reference.accept(C, META, {**CONFIG, "parameters": {
+            "towhee_input_kind": {"string_value": "text"}}})
+    assert reference.model is first and first.max_batch_size == 8
+
+
+# ------------------------------------------------------------------------------ connections
 def test_threads_keep_their_own_connection_to_each_replica():
-    client = offline_replicas(Replicas())
     opened: List[Tuple[str, str]] = []
 
-    class Module:
-        class InferenceServerClient:
-            def __init__(self, url, **options):
-                opened.append((threading.current_thread().name, url))
+    class Connection:
+        def __init__(self, url):
+            self.closed = False
+            opened.append((threading.current_thread().name, url))
 
-            def close(self):
-                pass
+        def close(self):
+            self.closed = True
 
-    client._module = lambda: Module
-    for replica in client._pool:
-        client._local.replica = replica
-        first = client._client()
-        assert client._client() is first
-    client._local.replica = None
-    assert opened == [("MainThread", url) for url in URLS] and len(client._clients) == 3
-    client.close()
-    assert client._clients == {}
+    pool = ConnectionPool(Connection)
+    firsts = [pool.get(url) for url in URLS]
+    assert [pool.get(url) for url in URLS] == firsts  # the same ones again
+    worker = threading.Thread(target=lambda: pool.get(A), name="worker")
+    worker.start()
+    worker.join()
+    assert opened == [("MainThread", url) for url in URLS] + [("worker", A)]
+    assert len(pool) == 4
+    pool.close_finished_threads()  # the worker ended: its connection is closed
+    assert len(pool) == 3
+    pool.drop(B)
+    assert firsts[1].closed and len(pool) == 2 and pool.get(B) is not firsts[1]
+    pool.close()
+    assert len(pool) == 0 and all(c.closed for c in firsts)

@@ -1,12 +1,17 @@
 """How the client reads failures and retries them (no Triton server here): the backoff schedule,
 which errors are transient, one ServerUnavailableError per call, busy and timed-out requests
-failing per item, every retry inside the request's timeout.
+failing per item, every retry inside the request's timeout, nothing sent before first use, and
+requests sent concurrently by default.
+
+The client is a real :class:`~towhee_rt.Client` whose transport answers from a script
+(:func:`tests.client_helpers.offline_client`) with the error texts below.
 
 Error texts are the ones Triton 2.51 and tritonclient 2.73 produce (measured on the embedded
 server: refused port, killed server, full queue, queue timeout, client deadline).
 """
 from __future__ import annotations
 
+import inspect
 import pickle
 import threading
 import time
@@ -16,9 +21,10 @@ from geventhttpclient.response import HTTPConnectionClosed
 from tritonclient.utils import InferenceServerException
 
 from towhee_rt.backends.wire import ItemFailure, encode_failures
-from towhee_rt.client_inputs import ServedInput, max_batch_size
-from towhee_rt.client_retry import (BUSY, OTHER, REFUSED, TIMEOUT, UNAVAILABLE, RetryPolicy,
-                                    classify_error)
+from towhee_rt.client import Client
+from towhee_rt.client.failures import BUSY, OTHER, REFUSED, TIMEOUT, UNAVAILABLE, classify_error
+from towhee_rt.client.inputs import ServedInput, max_batch_size
+from towhee_rt.client.retry import RetryPolicy
 from towhee_rt.errors import (ClientError, ConfigError, DeadlineExceededError, ItemError,
                               PipelineError, ServerBusyError, ServerUnavailableError)
 
@@ -28,7 +34,7 @@ IMAGE = ServedInput("image")
 REFUSED_GRPC = ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:40921: "
                 "Failed to connect to remote host: Connection refused")
 QUEUE_FULL = "[request id: <id_unknown>] Exceeds maximum queue size"
-FAST = RetryPolicy(retries=3, backoff=0.01)
+FAST = {"retries": 3, "backoff": 0.01}
 
 
 def _grpc(status: str, text: str) -> InferenceServerException:
@@ -121,13 +127,14 @@ def test_max_batch_size_comes_from_the_model_config():
 
 # ----------------------------------------------------------------- retries through a client
 class _Script:
-    """Stands in for Client._send: raises the scripted errors in turn, then answers."""
+    """Answers the offline client's requests: raises the scripted errors in turn, then
+    answers each payload's length."""
 
     def __init__(self, *errors, forever=None):
         self.errors, self.forever = list(errors), forever
         self.timeouts, self.lock = [], threading.Lock()
 
-    def __call__(self, payloads, timeout=None):
+    def __call__(self, url, payloads, timeout=None):
         with self.lock:
             self.timeouts.append(timeout)
             error = self.errors.pop(0) if self.errors else self.forever
@@ -141,24 +148,18 @@ class _Script:
 
 
 def _client(script, **kwargs):
-    client = offline_client(IMAGE, **{"retry": FAST, **kwargs})
-    client._send = script
-    return client
+    return offline_client(IMAGE, answer=script, **{**FAST, **kwargs})
 
 
 def test_a_server_back_within_the_retries_is_used_with_a_fresh_connection():
     script = _Script(_grpc("UNAVAILABLE", REFUSED_GRPC), ConnectionRefusedError(111, "refused"))
     client = _client(script)
-
-    class Connection:
-        closed = False
-
-        def close(self):
-            self.closed = True
-
-    broken = client._clients[(threading.current_thread(), client.url)] = Connection()
     assert client.infer([b"abc"]) == [3]
-    assert script.calls == 3 and broken.closed and client._clients == {}
+    assert script.calls == 3
+    # the model read's connection, then one per retry: each unreachable one closed
+    assert [c.closed for c in client._transport.opened] == [True, True, False]
+    client.close()
+    assert client._transport.opened[-1].closed and len(client._transport.connections) == 0
 
 
 def test_an_unreachable_server_is_one_error_for_the_whole_call():
@@ -176,7 +177,7 @@ def test_an_unreachable_server_is_one_error_for_the_whole_call():
     assert str(pickle.loads(pickle.dumps(error))) == text  # crosses process pools intact
     # The other requests stopped too: beside the failed one, at most the retries of the one
     # under way and a request started before the call stopped, not all eight.
-    assert script.calls <= 3 * (FAST.retries + 1) < 8 * (FAST.retries + 1)
+    assert script.calls <= 3 * (FAST["retries"] + 1) < 8 * (FAST["retries"] + 1)
 
 
 def test_with_one_request_at_a_time_the_rest_is_not_sent():
@@ -184,8 +185,8 @@ def test_with_one_request_at_a_time_the_rest_is_not_sent():
     client = _client(script, protocol="http")
     with pytest.raises(ServerUnavailableError, match=r"\(http\) is unavailable.*--http-port, "
                                                      r"8000 by default"):
-        client.infer([b"a"] * 10)
-    assert script.calls == FAST.retries + 1
+        client.infer([b"a"] * 10, concurrency=1)
+    assert script.calls == FAST["retries"] + 1
 
 
 def test_a_busy_server_is_retried_once_then_its_items_fail_as_busy():
@@ -220,9 +221,9 @@ def test_a_request_out_of_time_fails_its_items_without_a_retry():
 
 def test_a_queue_timeout_at_the_clients_own_deadline_is_a_deadline():
     class Late(_Script):
-        def __call__(self, payloads, timeout=None):
+        def __call__(self, url, payloads, timeout=None):
             time.sleep(timeout)  # the server answers when the deadline it was sent passes
-            return super().__call__(payloads, timeout)
+            return super().__call__(url, payloads, timeout)
 
     script = Late(forever=_grpc("UNAVAILABLE", "in ensemble 'p', Request timeout expired"))
     (result,) = _client(script, timeout=0.2).infer([b"a"], errors="return")
@@ -231,8 +232,7 @@ def test_a_queue_timeout_at_the_clients_own_deadline_is_a_deadline():
 
 def test_retries_stay_inside_the_timeout_and_each_attempt_gets_what_is_left():
     script = _Script(forever=_grpc("UNAVAILABLE", REFUSED_GRPC))
-    client = _client(script, retry=RetryPolicy(retries=50, backoff=0.1, max_backoff=0.2),
-                     timeout=0.6)
+    client = _client(script, retries=50, backoff=0.1, timeout=0.6)
     start = time.monotonic()
     with pytest.raises(ServerUnavailableError):
         client.infer([b"a"])
@@ -250,7 +250,7 @@ def test_item_failures_and_refusals_are_not_retried():
     script = _Script(forever=_grpc("UNAVAILABLE", "This protocol is restricted, expecting "
                                                   "header 'triton-grpc-protocol-towhee-api-key'"))
     with pytest.raises(ClientError, match="requires an API key"):
-        _client(script).infer([b"a", b"b"])
+        _client(script).infer([b"a", b"b"], concurrency=1)
     assert script.calls == 1
 
 
@@ -258,32 +258,69 @@ def test_requests_hold_at_most_the_models_max_batch_size():
     script = _Script()
     sizes = []
 
-    def send(payloads, timeout=None):
+    def send(url, payloads, timeout=None):
         sizes.append(len(payloads))
-        return script(payloads, timeout)
+        return script(url, payloads, timeout)
 
-    client = _client(script, max_batch_size=4)
-    client._send = send
+    client = offline_client(IMAGE, answer=send, max_batch_size=4, **FAST)
+    assert client.max_batch_size == 4
     assert client.infer([b"x" * k for k in range(1, 11)], batch_size=16) == list(range(1, 11))
-    assert sizes == [4, 4, 2]
+    assert sorted(sizes) == [2, 4, 4]
     sizes.clear()
-    client.infer([b"a"] * 5, batch_size=2)
+    client.infer([b"a"] * 5, batch_size=2, concurrency=1)
     assert sizes == [2, 2, 1]
 
 
 def test_a_model_read_without_an_answer_is_unavailable_and_an_unknown_model_is_not():
-    client = offline_client(IMAGE, timeout=0.5)
-
-    def failing(error):
-        def read(remaining):
-            raise error
-        return read
-
+    late = offline_client(IMAGE, timeout=0.5, models={"127.0.0.1:1": _grpc(
+        "DEADLINE_EXCEEDED", "Deadline Exceeded")})
     with pytest.raises(ServerUnavailableError, match=r"cannot read model 'pipeline': .*"
                                                      r"no answer within timeout=0.5s"):
-        client._read(failing(_grpc("DEADLINE_EXCEEDED", "Deadline Exceeded")),
-                     "read model 'pipeline'")
-    unknown = _grpc("NOT_FOUND", "Request for unknown model: 'pipeline' is not found")
+        late.served
+    unknown = offline_client(IMAGE, models={"127.0.0.1:1": _grpc(
+        "NOT_FOUND", "Request for unknown model: 'pipeline' is not found")})
     with pytest.raises(ClientError, match="unknown model.*Check the model name") as info:
-        client._read(failing(unknown), "read model 'pipeline'")
+        unknown.infer([b"a"])
     assert not isinstance(info.value, ServerUnavailableError)
+
+
+# ------------------------------------------------------------ construction, default concurrency
+def test_constructing_a_client_checks_its_arguments_and_sends_nothing():
+    client = Client("127.0.0.1:1,127.0.0.1:2", model_name="m", protocol="http", timeout=3)
+    assert client.urls == ("127.0.0.1:1", "127.0.0.1:2") and client.url == "127.0.0.1:1,127.0.0.1:2"
+    assert len(client._transport.connections) == 0  # nothing opened, nothing read
+    assert all(s.requests == 0 for s in client.replicas)
+    assert not client.ready()  # nothing listens on port 1 or 2: not ready, no exception
+    with pytest.raises(ConfigError, match="protocol must be one of"):
+        Client("127.0.0.1:1", protocol="tcp")
+    with pytest.raises(ConfigError, match="timeout must be a number of seconds > 0"):
+        Client("127.0.0.1:1", timeout=0)
+    with pytest.raises(ConfigError, match="retries must be an integer >= 0"):
+        Client("127.0.0.1:1", retries=-1)
+    parameters = inspect.signature(Client).parameters
+    assert list(parameters)[:3] == ["url", "model_name", "protocol"]
+    assert not any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters.values())
+
+
+@pytest.mark.parametrize("mode", ["infer", "async_infer"])
+def test_requests_are_sent_concurrently_by_default_in_every_mode(mode):
+    in_flight, most = [0], [0]
+    lock = threading.Lock()
+
+    def slow(url, payloads, timeout=None):
+        with lock:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.05)
+        with lock:
+            in_flight[0] -= 1
+        return [len(p) for p in payloads]
+
+    client = offline_client(IMAGE, answer=slow)
+    start = time.monotonic()
+    assert client.infer([b"x" * k for k in range(1, 9)], mode=mode) == list(range(1, 9))
+    assert most[0] == 4  # the default concurrency
+    assert time.monotonic() - start < 8 * 0.05
+    most[0] = 0
+    client.infer([b"a"] * 4, mode=mode, concurrency=1)
+    assert most[0] == 1

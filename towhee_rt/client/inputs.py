@@ -1,4 +1,4 @@
-"""What :class:`~towhee_rt.client.Client` sends for each item, and in how many requests.
+"""What the client sends for each item, and in how many requests.
 
 What is sent for an item follows the served pipeline's input kind (``towhee_input_kind`` in the
 ensemble's config): a *text* pipeline gets strings as they are (``'note.txt'`` is the text
@@ -20,12 +20,15 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
-from .backends.fetch import fetch_url
-from .backends.operator_base import OperatorInputError, OperatorLimitError
-from .errors import ConfigError
-from .op_config import DEFAULT_MAX_ITEM_BYTES
-from .backends.wire import PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES, PARAM_MAX_REQUEST_BYTES
-from .triton.flags import key_headers
+from ..backends.fetch import fetch_url
+from ..backends.operator_base import OperatorInputError, OperatorLimitError
+from ..backends.wire import (DEFAULT_MAX_ITEM_BYTES, PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES,
+                             PARAM_MAX_REQUEST_BYTES)
+from ..errors import ConfigError
+from ..triton.flags import key_headers
+
+__all__ = ["ServedInput", "check_item_size", "encode_item", "item_source", "max_batch_size",
+           "payload_bytes", "request_headers", "served_input", "split_by_bytes", "to_array"]
 
 TEXT_KIND = "text"
 _URL_PREFIXES = ("http://", "https://")
