@@ -47,7 +47,9 @@ def test_graceful_stop_lets_the_request_in_flight_finish(tmp_path):
 
 
 def test_crash_of_tritonserver_is_cleaned_up_at_once(tmp_path):
-    server = TritonServer(write_tiny_repo(tmp_path / "repo", ["echo2"])).start().wait_ready()
+    # A crash keeps the log: give one in tmp_path, not a temporary file.
+    server = TritonServer(write_tiny_repo(tmp_path / "repo", ["echo2"]),
+                          log_file=tmp_path / "server.log").start().wait_ready()
     try:
         assert len(processes_using(server.shm_prefix)) == 2
         os.kill(server.pid, signal.SIGKILL)
@@ -66,7 +68,8 @@ def test_crash_of_tritonserver_is_cleaned_up_at_once(tmp_path):
     (["echo", "slow"], 3, r"not ready after 3 s \(still loading: slow\)"),
 ], ids=["model-fails-to-load", "model-hangs-in-initialize"])
 def test_failed_start_leaves_nothing(tmp_path, models, timeout, message):
-    server = TritonServer(write_tiny_repo(tmp_path / "repo", models), ready_timeout=timeout)
+    server = TritonServer(write_tiny_repo(tmp_path / "repo", models), ready_timeout=timeout,
+                          log_file=tmp_path / "server.log")
     with pytest.raises(ServerStartError, match=message):
         with server:
             pass

@@ -177,7 +177,8 @@ def test_hung_stub_is_killed_and_reloaded(tmp_path):
 
 
 def test_model_that_keeps_dying_is_left_unloaded(tmp_path):
-    server = TritonServer(write_tiny_repo(tmp_path / "repo", ["echo", "dies"]))
+    server = TritonServer(write_tiny_repo(tmp_path / "repo", ["echo", "dies"]),
+                          log_file=tmp_path / "server.log")  # kept: a model was given up
     deadline = time.monotonic() + 45
     with server:
         while not server.given_up_models and time.monotonic() < deadline:

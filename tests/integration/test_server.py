@@ -145,7 +145,7 @@ def test_model_py_imports_siblings_and_relative(server):
 # ----------------------------------------------------------------------------- failures
 def test_broken_model_fails_start_with_log_and_name(tmp_path):
     repo = write_tiny_repo(tmp_path / "repo", ["echo", "broken"])
-    srv = TritonServer(repo, ready_timeout=60)
+    srv = TritonServer(repo, ready_timeout=60, log_file=tmp_path / "server.log")
     try:
         with pytest.raises(ServerStartError) as info:
             srv.start().wait_ready()
@@ -163,7 +163,8 @@ def test_broken_model_fails_start_with_log_and_name(tmp_path):
 
 
 def test_ready_timeout_names_the_loading_model_and_stops(tmp_path):
-    srv = TritonServer(write_tiny_repo(tmp_path / "repo", ["slow"]), ready_timeout=2)
+    srv = TritonServer(write_tiny_repo(tmp_path / "repo", ["slow"]), ready_timeout=2,
+                       log_file=tmp_path / "server.log")
     with pytest.raises(ServerStartError, match=r"not ready after 2 s \(still loading: slow\)"):
         with srv:
             pass
@@ -320,8 +321,8 @@ def test_cli_serves_and_exits_0_on_signal(tmp_path, stop_signal, command):
 
 def test_cli_start_failure_exits_1_with_reason(tmp_path):
     repo = write_tiny_repo(tmp_path / "repo", ["broken"])
-    process = _cli([str(repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
-                   SERVE_COMMAND)
+    process = _cli([str(repo), "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0",
+                    "--log-file", str(tmp_path / "server.log")], SERVE_COMMAND)
     try:
         _, err = process.communicate(timeout=60)
     finally:

@@ -171,8 +171,13 @@ class TritonServer:
                          "processes that are gone", count, nbytes / 2**20)
         self.command = plan.argv
         self._stopped = self._failed = False
-        self._process = ServerProcess(plan.argv, plan.env, self.log_file, plan.shm_prefix,
-                                      plan.container)
+        try:
+            self._process = ServerProcess(plan.argv, plan.env, self.log_file, plan.shm_prefix,
+                                          plan.container)
+        except BaseException:
+            if not self.keep_log:  # nothing was logged: no file to point to
+                self.log_file.unlink(missing_ok=True)
+            raise
         if self.supervise and self.shm_prefix:
             self._supervisor = Supervisor(
                 self._process.pid, self._admin, shm_prefix=self.shm_prefix,
