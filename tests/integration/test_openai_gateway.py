@@ -253,3 +253,33 @@ def test_metrics_count_requests_items_and_errors(text_gw):
     assert "towhee_rt_gateway_items_total" in text
     assert "towhee_rt_gateway_request_seconds_bucket" in text
     assert httpx.get(gateway.url + "/health", timeout=10).status_code == 200
+
+
+def test_start_fails_clearly_for_a_wrong_key_or_an_unknown_model(served):
+    server, _, _ = served
+    with pytest.raises(towhee.ClientError):
+        start_gateway(server.grpc_url, model_name="minilm", api_key="not-the-key", timeout=5)
+    with pytest.raises(towhee.ClientError):
+        start_gateway(server.grpc_url, model_name="no_such_model", api_key=KEY, timeout=5)
+
+
+def test_triton_gone_is_503_and_the_gateway_stays_up(tmp_path, good_dir):
+    decode = towhee.dummy_input().image_decode.cv2_rgb().as_function()  # no weights: quick
+    repo = towhee.build_model_repo(decode, tmp_path / "repo")
+    server = towhee.serve(repo.path, grpc_port=0, http_port=0, metrics_port=0)
+    try:
+        gateway = start_gateway(server.grpc_url, timeout=3)
+    except BaseException:
+        server.stop()
+        raise
+    with gateway:
+        ok = _post(gateway, {"model": "pipeline", "input": [_b64(good_dir / "chelsea.jpg")]},
+                   key=None)
+        assert ok.status_code == 200 and ok.json()["usage"]["prompt_tokens"] == 1
+        server.stop()
+        gone = _post(gateway, {"model": "pipeline", "input": [_b64(good_dir / "chelsea.jpg")]},
+                     key=None)
+        assert "unavailable" in _assert_openai_error(gone, 503, "server_unavailable")
+        assert "127.0.0.1:" not in gone.text  # Triton's address stays in the log
+        assert httpx.get(gateway.url + "/health", timeout=30).status_code == 503
+    assert not gateway.running
