@@ -85,20 +85,22 @@ def _export(op: ModelOperator, module, path: Path) -> None:
 
 @contextlib.contextmanager
 def captured_output(into: list):
-    """Send what this process writes to stdout and stderr (C++ code included: file
-    descriptors 1 and 2) to a temporary file while the block runs; append its text to
-    ``into``. Other threads' output in the meantime is captured too, so keep blocks short."""
+    """Send what this process writes to stdout and stderr (``sys.stdout``/``sys.stderr`` and
+    C++ code's file descriptors 1 and 2) to a temporary file while the block runs; append its
+    text to ``into``. Other threads' output in the meantime is captured too: keep blocks
+    short."""
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
+    with tempfile.TemporaryFile() as sink, \
+            open(os.dup(sink.fileno()), "w", buffering=1, errors="replace") as text, \
+            contextlib.redirect_stdout(text), contextlib.redirect_stderr(text):
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
             yield
         finally:
-            for stream in (sys.stdout, sys.stderr):
-                stream.flush()
+            text.flush()
             os.dup2(saved[0], 1)
             os.dup2(saved[1], 2)
             for fd in saved:

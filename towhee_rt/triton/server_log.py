@@ -5,11 +5,12 @@ A failed start is explained cause first: each model Triton could not load (or wh
 it could not read) with its reason, then what happened to the server, then where the log is.
 The log's own lines are quoted only when no cause was found. tritonserver's CUDA complaints on
 a machine without a GPU (``CUDA driver version is insufficient``, ``CudaDriverHelper has not
-been initialized``...) are harmless for CPU models and never presented as a cause: they are
-left out of the quoted lines and counted instead.
+been initialized``...) are harmless for CPU models and never presented as a cause: on such a
+machine they are left out of the quoted lines and counted instead.
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -72,12 +73,18 @@ def is_cuda_noise(line: str) -> bool:
     return bool(_CUDA_NOISE.search(line))
 
 
-def log_tail(text: str, lines: int = LOG_TAIL_LINES) -> List[str]:
+def gpu_present() -> bool:
+    """Whether this machine has an NVIDIA driver (then CUDA messages may matter)."""
+    return os.path.exists("/dev/nvidiactl")
+
+
+def log_tail(text: str, lines: int = LOG_TAIL_LINES, drop_cuda: bool = True) -> List[str]:
     """The last ``lines`` lines of a server log, without Triton's tables (server options,
-    backends, models; their content is in the lines before) and without CUDA noise."""
+    backends, models; their content is in the lines before) and, with ``drop_cuda``, without
+    CUDA noise."""
     kept: List[str] = []
     for line in text.splitlines():
-        if line.startswith(("|", "+")) or not line.strip() or is_cuda_noise(line):
+        if line.startswith(("|", "+")) or not line.strip() or (drop_cuda and is_cuda_noise(line)):
             continue
         kept.append(line)
     return kept[-lines:]
@@ -97,16 +104,17 @@ def start_error(headline: str, log_file: Optional[Path], log_text: str,
     (first: they are the cause), ``headline``, ``command`` (when given), the log's last lines
     when no cause was found, and the log's path."""
     failed = parse_failed_models(log_text)
-    tail = "\n".join(log_tail(log_text))
+    drop_cuda = not gpu_present()
+    tail = "\n".join(log_tail(log_text, drop_cuda=drop_cuda))
     parts = [_causes(failed), headline] if failed else [headline]
     if command:
         parts.append("command: " + " ".join(command))
     if not failed and tail:
         parts.append(f"last lines of the log:\n{tail}")
-    noise = sum(1 for line in log_text.splitlines() if is_cuda_noise(line))
+    noise = sum(1 for line in log_text.splitlines() if is_cuda_noise(line)) if drop_cuda else 0
     if noise and not failed:
-        parts.append(f"({noise} CUDA line(s) left out: tritonserver says so on every machine "
-                     "without a GPU; they are not the cause)")
+        parts.append(f"({noise} CUDA line(s) left out: tritonserver writes them on every "
+                     "machine without a GPU; they are not the cause)")
     parts.append(f"log: {log_file}")
     return ServerStartError("\n".join(parts), failed_models=failed, log_file=log_file,
                             log_tail=tail)
