@@ -6,7 +6,9 @@
 * the client's deadline travels with each request: requests the client gave up on are dropped
   from the server's queues (counted with Triton's statistics), and fail as
   DeadlineExceededError; without it (the control) the server computes every one;
-* a full queue answers at once, as ServerBusyError.
+* a full queue answers at once, as ServerBusyError;
+* requests overlap by default (``concurrency=4`` in every mode): the client's own records and
+  the server's queue statistics show more than one in flight.
 
 The repository is hand-written (like ``_tiny_repo``) so that the timings are the model's own: an
 ensemble ``pipeline`` chains ``double`` (2x, fast) into ``slow`` (2x, sleeps ``delay_s`` per
@@ -118,14 +120,16 @@ def _expected(items):
 
 def _stats(server: TritonServer, model: str) -> Dict[str, int]:
     """Triton's counters for ``model``: requests that ran (``success``), requests that failed
-    or were dropped (``fail``) and model executions."""
+    or were dropped (``fail``), model executions and the time requests waited in its queue
+    (``queue_ns``)."""
     request = urllib.request.Request(f"http://{server.http_url}/v2/models/{model}/stats",
                                      headers=key_headers("http", admin_key=server.admin_key))
     with urllib.request.urlopen(request, timeout=10) as response:
         stats = json.load(response)["model_stats"][0]
     return {"success": stats["inference_stats"]["success"]["count"],
             "fail": stats["inference_stats"]["fail"]["count"],
-            "executions": stats["execution_count"]}
+            "executions": stats["execution_count"],
+            "queue_ns": stats["inference_stats"]["queue"]["ns"]}
 
 
 def _settled(server: TritonServer, before: Dict[str, int], target: Optional[int] = None,
@@ -257,7 +261,8 @@ def test_batch_size_over_max_batch_size_gives_requests_of_max_batch_size(server,
         assert client.max_batch_size == 4  # the ensemble's, below its steps' 8
         results = client.infer(items, batch_size=16)
     assert all(np.array_equal(a, b) for a, b in zip(results, _expected(items)))
-    assert [(r.items, r.error) for r in records] == [(4, None), (4, None), (2, None)]
+    # (sent concurrently: in any order)
+    assert sorted((r.items, r.error) for r in records) == [(2, None), (4, None), (4, None)]
 
 
 @pytest.mark.timeout(90)
@@ -269,7 +274,7 @@ def test_a_long_lived_client_does_not_gather_connections(server):
             results = client.infer(items, mode="async_infer", concurrency=4)
             assert all(np.array_equal(a, b) for a, b in zip(results, _expected(items)))
         # the caller's own thread keeps the one it read the model with
-        assert len(client._clients) == 1
+        assert len(client._transport.connections) == 1
 
 
 # -------------------------------------------------------------------------------- deadline
@@ -345,3 +350,43 @@ def test_a_full_queue_is_a_prompt_busy_error(server, protocol):
     error = next(r for r, _ in arrived.values() if isinstance(r, ServerBusyError))
     assert error.kind == "busy" and "the server is busy" in str(error)
     assert "Exceeds maximum queue size" in str(error) or "Request timeout" in str(error)
+
+
+# ------------------------------------------------------------------------ default concurrency
+def _most_in_flight(spans) -> int:
+    """The most of ``spans`` (start, end) open at one moment."""
+    return max(sum(1 for a, b in spans if a <= start < b) for start, _ in spans)
+
+
+@pytest.mark.timeout(90)
+def test_requests_overlap_by_default_in_every_mode(server):
+    """``slow`` computes one request at a time (0.1 s each): requests sent together wait in its
+    queue, requests sent one after another do not."""
+    items = _items(8)
+    spans = []
+
+    def record(request):
+        now = time.monotonic()
+        spans.append((now - request.seconds, now))
+
+    with towhee.Client(server.grpc_url, on_request=record) as client:
+        for mode in ("infer", "async_infer"):
+            spans.clear()
+            results = client.infer(items, mode=mode)
+            assert all(np.array_equal(a, b) for a, b in zip(results, _expected(items)))
+            assert len(spans) == len(items) and _most_in_flight(spans) == 4, (mode, spans)
+        spans.clear()
+        client.infer(items, concurrency=1)
+        assert _most_in_flight(spans) == 1
+
+    def queued_s(**kwargs) -> float:
+        """Seconds the requests of one remote() call waited in slow's queue, in all."""
+        before = _stats(server, "slow")
+        results = towhee.dc(items).remote(url=server.grpc_url, **kwargs)
+        assert all(np.array_equal(a, b) for a, b in zip(results, _expected(items)))
+        return _settled(server, before, target=len(items))["queue_ns"] / 1e9
+
+    default, one_at_a_time = queued_s(), queued_s(concurrency=1)
+    print(f"\nremote() of 8 requests of {SLOW_S} s: queued {default:.2f} s in all by default, "
+          f"{one_at_a_time:.2f} s with concurrency=1")
+    assert default > 4 * SLOW_S > 4 * one_at_a_time
