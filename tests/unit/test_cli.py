@@ -268,3 +268,10 @@ def test_build_usage_errors_are_one_line_and_exit_2(pipelines_module, tmp_path, 
     assert err.count("\n") == 1 and err.startswith("towhee-rt build: error: "), err
     assert message.format(name=name) in err
     assert not (tmp_path / "repo").exists()
+
+
+def test_tune_numbers_are_checked_as_usage_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.main(["tune", str(tmp_path), "--concurrency", "0"])
+    assert info.value.code == 2
+    assert "argument --concurrency: 0 must be >= 1" in capsys.readouterr().err

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from ..cli_args import Parser, positive_float, positive_int
 from ..errors import ConfigError, TowheeRTError
 from .search import OBJECTIVES
 from .tuner import DEFAULT_TIME_BUDGET_S, tune
@@ -31,15 +32,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of into REPO")
     parser.add_argument("--objective", choices=OBJECTIVES, default="throughput",
                         help="most items/s, or lowest p50 latency (default %(default)s)")
-    parser.add_argument("--p99-budget-ms", type=float, metavar="MS",
+    parser.add_argument("--p99-budget-ms", type=positive_float, metavar="MS",
                         help="never choose a point whose p99 latency is above MS")
-    parser.add_argument("--max-instances", type=int, metavar="N",
+    parser.add_argument("--max-instances", type=positive_int, metavar="N",
                         help="most model instances of all steps together (default: twice the "
                              "cores, or the repository's own count if higher)")
-    parser.add_argument("--concurrency", type=int, metavar="N",
+    parser.add_argument("--concurrency", type=positive_int, metavar="N",
                         help="requests in flight, fixed (default: searched for throughput, 1 "
                              "for latency)")
-    parser.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET_S,
+    parser.add_argument("--time-budget", type=positive_float, default=DEFAULT_TIME_BUDGET_S,
                         metavar="S", help="seconds for the whole run, server start and report "
                                           "included (default %(default)g)")
     parser.add_argument("--inputs", nargs="+", metavar="DIR_OR_FILES",
@@ -50,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "repository)")
     parser.add_argument("--model", metavar="NAME",
                         help="the pipeline (ensemble) to tune when REPO holds several")
-    parser.add_argument("--window", type=float, default=2.0, metavar="S",
+    parser.add_argument("--window", type=positive_float, default=2.0, metavar="S",
                         help="seconds per measurement window (default %(default)g)")
 
 
@@ -79,6 +80,6 @@ def run(args: argparse.Namespace, prog: str = "python -m towhee_rt.tune") -> int
 
 def main(argv: Optional[List[str]] = None, prog: str = "python -m towhee_rt.tune") -> int:
     """``python -m towhee_rt.tune``: parse ``argv`` (default ``sys.argv[1:]``) and tune."""
-    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser = Parser(prog=prog, description=DESCRIPTION)
     add_arguments(parser)
     return run(parser.parse_args(argv), prog)
