@@ -16,7 +16,8 @@ from typing import Any, Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .common import ForeignLoad, ResultRow, time_loop
+from .common import ResultRow, time_loop
+from .cpu_load import ForeignLoad
 
 CEILING_BATCHES = (1, 4, 8, 16)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from .common import process_label
+from .cpu_load import process_label
 
 #: (category, substring of a frame) checked from the innermost frame outwards.
 CATEGORIES = [

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from .common import (RESULTS_DIR, CpuSplit, ForeignLoad, ResultRow, RequestTimer,
-                     image_bytes, machine_info, machine_line, wait_for_quiet)
+from .common import (RESULTS_DIR, RequestTimer, ResultRow, image_bytes, machine_info,
+                     machine_line)
+from .cpu_load import CpuSplit, ForeignLoad, wait_for_quiet
 
 REPLICAS = (1, 2, 3)
 #: The control: one server whose decode step has 3 instances.

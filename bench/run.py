@@ -34,8 +34,8 @@ from typing import Any, Dict, List, Optional
 
 from . import baselines, report
 from .common import (PIPELINES, RESULTS_DIR, ResultRow, base_items, build_pipeline,
-                     items_for, machine_info, machine_line, onnx_model_file, timed_client,
-                     wait_for_quiet)
+                     items_for, machine_info, machine_line, onnx_model_file, timed_client)
+from .cpu_load import wait_for_quiet
 from .int8 import int8_configs, is_int8, served_accuracy
 from .served import (CONCURRENCY, RECOMMENDED, local, measure_client, served, served_configs,
                      served_pipeline)

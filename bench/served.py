@@ -15,8 +15,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from .common import (CpuSplit, ForeignLoad, RequestTimer, ResultRow, build_pipeline,
-                     onnx_model_file, time_loop, timed_client)
+from .common import (RequestTimer, ResultRow, build_pipeline, onnx_model_file, time_loop,
+                     timed_client)
+from .cpu_load import CpuSplit, ForeignLoad
 from .int8 import int8_configs, int8_image
 from .served_config import ServedConfig
 

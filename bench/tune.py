@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from .common import RESULTS_DIR, items_for, machine_info, machine_line, wait_for_quiet
+from .common import RESULTS_DIR, items_for, machine_info, machine_line
+from .cpu_load import wait_for_quiet
 from .served import OMP_PER_CORE, RECOMMENDED, sweep
 from .served_config import ServedConfig
 
