@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """``image_text_embedding.clip_image`` / ``clip_text``: CLIP embeddings with open_clip.
 
 Both operators build the same open_clip model from the same params (open_clip's pretrained

@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """The open_clip side of the CLIP operators (``clip.py``): which model a name means, and the
 export-friendly torch modules that wrap its towers.
 

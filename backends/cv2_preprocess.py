@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """Image preprocessing with OpenCV and numpy: the ``preprocess='cv2'`` path of the image models.
 
 The reference path runs the library's own evaluation transform (timm's ``create_transform``,

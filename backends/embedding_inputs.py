@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """Shared input handling for the embedding operators: image items and text items.
 
 Copied into generated Triton repositories next to the operators: relative imports and

@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """Fetch one http(s) URL safely: checked hosts and addresses, a byte cap and a total deadline.
 
 :func:`fetch_url` is what a decoder (and the client, which downloads URLs before sending their

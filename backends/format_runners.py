@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """Runners: execute a model in one format on batched numpy inputs, returning a numpy array.
 
 Copied into generated Triton repositories: relative imports and third-party packages only;

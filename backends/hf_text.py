@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """The shared shape of the Hugging Face text encoders (sentence-transformers, transformers).
 
 A text operator tokenises with the model's own tokenizer and runs one export-friendly module

@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """Image decode operators on the CPU: encoded image -> HxWx3 uint8 RGB.
 
 Every item is encoded image data unless the operator runs in the user's own process (the

@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """GPU image decode operators: nvJPEG (through torchvision) and NVIDIA DALI.
 
 Both read every item with ``image_decode.cv2_rgb``'s ``load`` (a CPU decoder built from the same

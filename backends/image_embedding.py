@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """``image_embedding.timm``: pooled image features from any timm model.
 
 Copied into generated Triton repositories: relative imports and third-party packages only;

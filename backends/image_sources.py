@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """Where a decoder reads an input item from: the source policy of the decode params.
 
 An item is encoded image data unless the policy says it is read: in the user's own process (the

@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """ModelOperator: the shared shape of every operator that runs a neural embedding model.
 
 A model operator splits its work in three: ``preprocess`` (items -> batched model-input

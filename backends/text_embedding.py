@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """``text_embedding.sentence_transformers``: sentence embeddings with sentence-transformers.
 
 Any sentence-transformers model name (``'all-MiniLM-L6-v2'``, ``'BAAI/bge-small-en-v1.5'``) or
@@ -18,7 +20,7 @@ from typing import Any, Dict, Optional, Tuple
 from .hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
 from .model_operator import ModelOperator
 from .operator_base import OperatorParamError, Param
-from .weights import download_hint, hub_source, weights_unavailable
+from .weights import download_hint, hub_source, no_progress_bars, weights_unavailable
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL)
@@ -113,7 +115,8 @@ class SentenceTransformerEmbedding(HFTextOperator):
 
             target, source = self.model_source()
             try:
-                self._st = SentenceTransformer(target, device="cpu")
+                with no_progress_bars():
+                    self._st = SentenceTransformer(target, device="cpu")
             except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
                 if source["source"] != "hf-hub":
                     raise OperatorParamError(

@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """``text_embedding.transformers``: text embeddings from a plain Hugging Face encoder model.
 
 ``AutoTokenizer`` + ``AutoModel`` (through the Hugging Face cache; ``HF_HOME``, ``HF_HUB_CACHE``
@@ -12,7 +14,7 @@ from typing import Any
 from .hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
 from .model_operator import ModelOperator
 from .operator_base import OperatorParamError, Param, positive
-from .weights import download_hint, hub_source, weights_unavailable
+from .weights import download_hint, hub_source, no_progress_bars, weights_unavailable
 
 
 def _pooling(value: Any) -> Any:
@@ -61,8 +63,9 @@ class TransformersEmbedding(HFTextOperator):
         name = self.params["model_name"]
         folder = local_dir(self, name)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(folder or name)
-            model = AutoModel.from_pretrained(folder or name)
+            with no_progress_bars():
+                tokenizer = AutoTokenizer.from_pretrained(folder or name)
+                model = AutoModel.from_pretrained(folder or name)
         except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
             if folder:
                 raise OperatorParamError(f"{self.name}: cannot load the model in {folder!r}: "

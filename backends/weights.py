@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """Where pretrained weights come from, and the one error for weights that cannot be had.
 
 The libraries (timm, open_clip, sentence-transformers, transformers) download through the
@@ -11,15 +13,35 @@ huggingface_hub is imported when first needed.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
 
 from .operator_base import OperatorParamError
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@contextlib.contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """Load weights without the libraries' progress bars (transformers' "Loading weights",
+    huggingface_hub's downloads): a build or a served model's log shows what happened, not
+    hundreds of bar updates. Warnings and errors are untouched; the bars come back after."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # no transformers: nothing of theirs to silence
+        yield
+        return
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # huggingface_hub's bars too
+    try:
+        yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()
 
 
 class WeightsUnavailableError(OperatorParamError):

@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into the models of user operators as <model>/1/towhee_rt/__init__.py.
+# The one shipped module that is towhee_rt: it maps towhee_rt's names to the shipped towhee_ops.
 """Stand-in for towhee_rt inside a served model, written by towhee_rt's repository builder.
 
 The user's operator module beside it (``towhee_ops/user_*.py``) was written against towhee_rt:
@@ -6,11 +8,12 @@ names from the operator base shipped in ``towhee_ops/``, so the model runs in a 
 whose Python has no towhee_rt; the adapter (``model.py``) makes sure this package, not an
 installed towhee_rt, is the one imported. ``register`` only records what the adapter needs:
 it finds the operator by the module and name in ``config.pbtxt``, and wraps a registered
-function the way towhee_rt does locally (``function_operator.py``, a copy of towhee_rt's).
+function the way towhee_rt does locally (``towhee_ops/function_operator.py``).
 """
 import sys
 
 import towhee_ops
+from towhee_ops import function_operator as _function_operator_module
 from towhee_ops import model_operator, operator_base
 
 # towhee_rt.backends is shipped as towhee_ops: the same module objects under both names, so a
@@ -21,13 +24,13 @@ operator = sys.modules[__name__]  # towhee_rt.operator: the same names
 sys.modules[__name__ + ".backends"] = towhee_ops
 sys.modules[__name__ + ".backends.operator_base"] = operator_base
 sys.modules[__name__ + ".backends.model_operator"] = model_operator
+sys.modules[__name__ + ".backends.function_operator"] = _function_operator_module
 sys.modules[__name__ + ".operator"] = sys.modules[__name__]
 
 from towhee_ops.model_operator import ModelInput, ModelOperator  # noqa: E402
 from towhee_ops.operator_base import (Operator, OperatorInputError,  # noqa: E402
                                       OperatorLimitError, Param, TensorSpec)
-
-from .function_operator import function_operator  # noqa: E402
+from towhee_ops.function_operator import function_operator  # noqa: E402
 
 __all__ = ["Operator", "OperatorInputError", "OperatorLimitError", "Param", "TensorSpec",
            "ModelOperator", "ModelInput", "register"]

@@ -5,7 +5,7 @@ Config flows one way::
     op params + op_config  ->  Pipeline (validated, operators constructed)
                            ->  build_pipeline(): per step the final params, the chosen model
                                format with its reasons, the model files, the local runner
-                           ->  the local runner (runner.py) and the repository writer
+                           ->  the local runner (local_run.py) and the repository writer
                                (triton/repository.py), which both only read it.
 
 Building a model step loads its weights (pretrained ones through the library's own loader and
@@ -26,9 +26,9 @@ from .accel import formats
 from .accel.formats import FormatChoice, ModelFile
 from .backends.operator_base import OperatorParamError
 from .errors import ConfigError, ItemError
+from .local_run import LocalStep, run_local
 from .op_config import OpConfig, RequestLimits
 from .operator import Operator
-from .runner import LocalStep, run_local
 
 log = logging.getLogger("towhee_rt")
 

@@ -7,7 +7,7 @@ valid choices.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .backends.cpu import usable_cores
 from .errors import ConfigError
@@ -102,7 +102,9 @@ def request_limits(pipeline_values: Mapping[str, Any]) -> RequestLimits:
     limits = RequestLimits(**given)
     if limits.max_item_bytes > limits.max_request_bytes:
         raise ConfigError(f"pipeline_config: max_item_bytes ({limits.max_item_bytes:,}) exceeds "
-                          f"max_request_bytes ({limits.max_request_bytes:,})")
+                          f"max_request_bytes ({limits.max_request_bytes:,}); lower "
+                          f"max_item_bytes or raise max_request_bytes (a request holds one "
+                          f"item or more)")
     return limits
 
 
@@ -130,7 +132,7 @@ def validate_op_config(values: Optional[Mapping[str, Any]], operator: str) -> Di
         return {}
     if not isinstance(values, Mapping):
         raise ConfigError(f"{operator}: op_config must be a dict, got {type(values).__name__}")
-    return _validate(values, OP_KEYS, f"{operator}: op_config")
+    return _validate(values, OP_KEYS, f"{operator}: op_config", operator)
 
 
 def resolve(pipeline_values: Mapping[str, Any], op_values: Mapping[str, Any],
@@ -150,11 +152,27 @@ def resolve(pipeline_values: Mapping[str, Any], op_values: Mapping[str, Any],
     return OpConfig(**merged)
 
 
-def _validate(values: Mapping[str, Any], allowed: Tuple[str, ...], where: str) -> Dict[str, Any]:
+def _elsewhere(unknown: Sequence[str], operator: Optional[str]) -> str:
+    """Where the unknown keys belong: the other scope's keys there, anything else (in an
+    op_config) as an operator param."""
+    if operator is None:  # pipeline_config
+        ops = [k for k in unknown if k in OP_KEYS]
+        return (f" ({', '.join(map(repr, ops))}: set per operator, "
+                f".<namespace>.<operator>(op_config={{{ops[0]!r}: ...}}))" if ops else "")
+    pipeline = [k for k in unknown if k in PIPELINE_KEYS]
+    if pipeline:
+        return (f" ({', '.join(map(repr, pipeline))}: set for the whole pipeline, "
+                f"pipeline_config({pipeline[0]}=...))")
+    return (f"; an operator param is a keyword argument of the operator itself, "
+            f".{operator}({unknown[0]}=...)")
+
+
+def _validate(values: Mapping[str, Any], allowed: Tuple[str, ...], where: str,
+              operator: Optional[str] = None) -> Dict[str, Any]:
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(map(repr, unknown))}; "
-                          f"valid keys are: {', '.join(allowed)}")
+                          f"valid keys are: {', '.join(allowed)}{_elsewhere(unknown, operator)}")
     out: Dict[str, Any] = {}
     for key, value in values.items():
         out[key] = KEYS[key].check(value, f"{where}[{key!r}]")
@@ -187,7 +205,8 @@ def _format_priority(value: Any, where: str) -> Tuple[str, ...]:
         raise ConfigError(f"{where}: unknown format(s) {', '.join(map(repr, bad))}; "
                           f"valid formats are: {', '.join(FORMATS)}")
     if len(set(value)) != len(value):
-        raise ConfigError(f"{where} lists a format twice: {list(value)!r}")
+        raise ConfigError(f"{where} lists a format twice: {list(value)!r}; list each format "
+                          f"once, in the order to try them")
     return tuple(value)
 
 
@@ -219,7 +238,7 @@ def _dynamic_batching(value: Any, where: str) -> Optional[DynamicBatching]:
         _positive_int(size, f"{where}['preferred_batch_size']")
         if size > max_batch:
             raise ConfigError(f"{where}: preferred_batch_size {size} exceeds max_batch_size "
-                              f"{max_batch}")
+                              f"{max_batch}; lower it or raise max_batch_size")
     delay = value.get("max_queue_delay_microseconds", DEFAULT_QUEUE_DELAY_US)
     if isinstance(delay, bool) or not isinstance(delay, int) or delay < 0:
         raise ConfigError(f"{where}['max_queue_delay_microseconds'] must be an integer >= 0, "

@@ -26,7 +26,8 @@ from .accel.formats import FormatChoice
 from .backends.operator_base import OperatorParamError
 from .build import BuiltPipeline, build_pipeline
 from .errors import ConfigError, ItemError, PipelineError, check_error_mode
-from .operator import Operator, namespaces, operator_class
+from .operator import Operator
+from .registry import how_to_declare, is_user_operator, namespaces, operator_class
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +218,10 @@ def _check_params(cls: Type[Operator], params: Mapping[str, Any]) -> None:
     try:
         cls.check_params(params)
     except OperatorParamError as exc:
+        undeclared = [k for k in params if k not in {p.name for p in cls.params_spec}]
+        if undeclared and is_user_operator(cls):  # the user can declare it: say how
+            hint = how_to_declare(cls, undeclared[0], params[undeclared[0]])
+            raise ConfigError(f"{exc}; {hint}") from None
         raise ConfigError(str(exc)) from None
 
 

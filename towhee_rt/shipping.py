@@ -2,10 +2,9 @@
 
 A served model holds its operator's source, never a pickle. For a user's operator that is
 the one module file defining it, copied to ``<model>/1/towhee_ops/user_<module>.py``, plus a
-small stand-in ``towhee_rt`` package (``<model>/1/towhee_rt/``: the template
-``model_repo_templates/towhee_rt_stand_in.py`` and :mod:`towhee_rt.function_operator`), which
-answers the module's ``from towhee_rt import Operator, TensorSpec, Param, register`` from the
-shipped operator base: the server's Python needs no towhee_rt.
+small stand-in ``towhee_rt`` package (``<model>/1/towhee_rt/``: :data:`towhee_rt.shipped.STAND_IN`),
+which answers the module's ``from towhee_rt import Operator, TensorSpec, Param, register`` from
+the shipped operator base: the server's Python needs no towhee_rt.
 
 So a module can be shipped when that one file is all it needs: it is a real ``.py`` file (not
 ``__main__``, a notebook cell or an interactive session), defines the operator at module level,
@@ -18,7 +17,6 @@ from __future__ import annotations
 import ast
 import importlib.util
 import os
-import shutil
 import site
 import sys
 import sysconfig
@@ -26,17 +24,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import FrozenSet, Iterable, Optional
 
-from . import function_operator as _function_operator
-from . import model_repo_templates as _templates_pkg
+from . import shipped
+from .backends.function_operator import FunctionOperator
 from .errors import ConfigError
-from .function_operator import FunctionOperator
+from .registry import is_user_operator
 
-#: Built-in operators live here; they are shipped as ``towhee_ops/<module>.py``.
-BUILTIN_PREFIX = "towhee_rt.backends."
 #: A user's module is shipped as ``towhee_ops/<USER_PREFIX><its last name>.py``.
 USER_PREFIX = "user_"
-STAND_IN_PACKAGE = "towhee_rt"
-STAND_IN_TEMPLATE = Path(_templates_pkg.__file__).parent / "towhee_rt_stand_in.py"
 #: What ``from towhee_rt import ...`` / ``from towhee_rt.operator import ...`` may take in a
 #: shipped module: the names the stand-in package defines.
 STAND_IN_NAMES: FrozenSet[str] = frozenset({
@@ -44,14 +38,9 @@ STAND_IN_NAMES: FrozenSet[str] = frozenset({
     "ModelOperator", "ModelInput", "register", "*"})
 #: towhee_rt modules a shipped module may import: the stand-in and what it maps
 #: (``towhee_rt.backends`` is the shipped ``towhee_ops``).
-_STAND_IN_MODULES = ("towhee_rt", "towhee_rt.operator", "towhee_rt.function_operator")
+_STAND_IN_MODULES = ("towhee_rt", "towhee_rt.operator")
 _MOVE_IT = ("move the operator to its own module file next to your script (e.g. my_ops.py), "
             "import it from there (import my_ops) and build the repository again")
-
-
-def is_user_operator(cls: type) -> bool:
-    """Whether ``cls`` is the user's (registered with ``towhee_rt.register``), not built in."""
-    return not cls.__module__.startswith(BUILTIN_PREFIX)
 
 
 def served_module(cls: type) -> str:
@@ -101,12 +90,9 @@ def check_shippable(cls: type) -> Path:
 def ship(cls: type, version_dir: Path) -> None:
     """Copy user operator ``cls``'s module and the stand-in towhee_rt into ``version_dir``
     (a model's ``1/``, which already holds ``towhee_ops/``)."""
-    source = check_shippable(cls)
-    shutil.copy2(source, version_dir / "towhee_ops" / f"{served_module(cls)}.py")
-    stand_in = version_dir / STAND_IN_PACKAGE
-    stand_in.mkdir(exist_ok=True)
-    shutil.copy2(STAND_IN_TEMPLATE, stand_in / "__init__.py")
-    shutil.copy2(_function_operator.__file__, stand_in / "function_operator.py")
+    shipped.copy_tree(shipped.user_module_tree(check_shippable(cls), served_module(cls)),
+                      version_dir)
+    shipped.copy_tree(shipped.STAND_IN, version_dir)
 
 
 def _stand_in_text() -> str:
@@ -143,9 +129,9 @@ def _towhee_rt_problem(name: str, names: Iterable[str]) -> Optional[str]:
     if name == "towhee_rt.backends" or name.startswith("towhee_rt.backends."):
         return None  # shipped as towhee_ops, which the stand-in maps to this name
     if name not in _STAND_IN_MODULES:
-        return f"imports {name}, which a served model does not have"
-    if name == "towhee_rt.function_operator":
-        return None
+        return (f"imports {name}, which a served model does not have: import only "
+                f"{_stand_in_text()} from towhee_rt (or towhee_rt.operator), and the operator "
+                f"base from towhee_rt.backends")
     missing = sorted(set(names) - STAND_IN_NAMES)
     if missing:
         return (f"imports {', '.join(missing)} from {name}, which a served model does not have "

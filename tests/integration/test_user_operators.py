@@ -94,7 +94,8 @@ def test_served_model_imports_the_stand_in_never_towhee_rt(served):
     version = root / "repo" / repos["probe"].models[0].model_name / "1"
     assert report["towhee_rt"] == str(version / "towhee_rt" / "__init__.py")
     # Only what the stand-in maps, none of the library (towhee_rt.pipeline, .triton ...).
-    assert set(report["submodules"]) <= {"towhee_rt.operator", "towhee_rt.function_operator",
-                                         "towhee_rt.backends", "towhee_rt.backends.operator_base",
-                                         "towhee_rt.backends.model_operator"}
+    assert set(report["submodules"]) <= {"towhee_rt.operator", "towhee_rt.backends",
+                                         "towhee_rt.backends.operator_base",
+                                         "towhee_rt.backends.model_operator",
+                                         "towhee_rt.backends.function_operator"}
     assert report["prefix"] == str(root / "venv")  # the stubs ran in the venv without towhee_rt

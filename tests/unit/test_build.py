@@ -5,7 +5,7 @@ import pytest
 
 import towhee_rt as towhee
 from towhee_rt import pipeline as pipeline_module
-from towhee_rt.operator import OPERATORS, operator_class
+from towhee_rt.registry import BUILTIN_OPERATORS, operator_class
 
 
 def _onnx_pipe():
@@ -89,5 +89,5 @@ def test_bad_params_fail_at_build_with_a_config_error(make, fragment):
 
 
 def test_every_registered_class_declares_its_name():
-    for name in OPERATORS:
+    for name in BUILTIN_OPERATORS:
         assert operator_class(name).name == name

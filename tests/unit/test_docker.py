@@ -13,6 +13,7 @@ import textwrap
 import pytest
 
 import towhee_rt as towhee
+from towhee_rt import shipped
 from towhee_rt.errors import ConfigError, DockerError
 from towhee_rt.triton import docker, procs
 from towhee_rt.triton.commands import build_command, docker_command
@@ -90,13 +91,11 @@ def test_build_context_holds_repository_dockerfile_entrypoint_and_pins(pipe, tmp
     assert os.access(script, os.X_OK)
     # One supervisor: its modules, copied as they are (they need the standard library only).
     supervisor = context / docker.SUPERVISOR_NAME
-    copied = {module.__name__.rsplit(".", 1)[1] for module in docker.SUPERVISOR_MODULES}
-    assert copied == {"procs", "admin", "supervisor", "supervisor_main"}
+    assert set(shipped.SUPERVISOR_MODULES) == {"procs", "admin", "supervisor", "supervisor_main"}
     assert sorted(path.name for path in supervisor.iterdir()) == sorted(
-        [f"{name}.py" for name in copied] + ["__init__.py", "__main__.py"])
-    for module in docker.SUPERVISOR_MODULES:
-        assert (supervisor / os.path.basename(module.__file__)).read_bytes() == open(
-            module.__file__, "rb").read()
+        [f"{name}.py" for name in shipped.SUPERVISOR_MODULES] + ["__init__.py", "__main__.py"])
+    for file in shipped.SUPERVISOR.files:
+        assert (supervisor / file.name).read_bytes() == file.source.read_bytes()
     assert os.path.dirname(docker.SUPERVISOR_PATH) == os.path.dirname(docker.ENTRYPOINT_PATH)
     assert (context / "models" / "image_embedding" / "config.pbtxt").is_file()
     pins = (context / "requirements.txt").read_text().split()

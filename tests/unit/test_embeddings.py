@@ -261,6 +261,16 @@ def minilm_reference():
     return SentenceTransformer(bundled_minilm_dir(), device="cpu").encode(SENTENCES)
 
 
+def test_loading_a_text_model_prints_no_progress_bar(capfd):
+    from transformers.utils import logging as transformers_logging
+
+    capfd.readouterr()
+    SentenceTransformerEmbedding().sentence_transformer()  # a fresh load
+    err = capfd.readouterr().err
+    assert "Loading weights" not in err and "it/s]" not in err, err[-500:]
+    assert transformers_logging.is_progress_bar_enabled()  # as the user had it
+
+
 def test_minilm_matches_sentence_transformers(minilm, minilm_reference):
     ours = embed(minilm, "text", SENTENCES)
     assert ours.shape == (len(SENTENCES), 384) and ours.dtype == np.float32

@@ -13,17 +13,20 @@ CHECK = textwrap.dedent("""
     root = pathlib.Path(sys.argv[1]).resolve()
     for module in (towhee_rt, towhee_rt.backends, towhee_rt.model_repo_templates):
         assert root in pathlib.Path(module.__file__).resolve().parents, module.__file__
-    from towhee_rt.operator import OPERATORS, operator_class
-    for name in OPERATORS:
+    from towhee_rt.registry import BUILTIN_OPERATORS, operator_class
+    for name in BUILTIN_OPERATORS:
         operator_class(name)
-    templates = pathlib.Path(towhee_rt.model_repo_templates.__file__).parent
-    assert {"model.py", "README.md.template", "Dockerfile.template"} <= {
-        p.name for p in templates.iterdir()}
+    from towhee_rt import shipped
+    for tree in shipped.TREES:  # everything that ships is in the wheel
+        for file in tree.files:
+            assert root in file.source.resolve().parents and file.source.is_file(), file
+    for name in shipped.TEMPLATES:
+        assert shipped.read_template(name)
     pipe = towhee_rt.dummy_input().image_decode.cv2_rgb().as_function()
     repo = towhee_rt.build_model_repo(pipe, tempfile.mkdtemp() + "/repo")
     ops = repo.path / repo.models[0].model_name / "1" / "towhee_ops"
     assert (ops / "image_decode.py").is_file() and (ops / "operator_base.py").is_file()
-    print("installed-ok", len(OPERATORS))
+    print("installed-ok", len(BUILTIN_OPERATORS))
 """)
 
 

@@ -75,3 +75,25 @@ def test_server_only_keys_are_stored_not_used_locally(good_dir):
     assert pipe.configs[0].instances == 3
     assert pipe.configs[0].dynamic_batching.max_batch_size == 4
     assert pipe(str(good_dir / "chelsea.jpg")).shape == (300, 451, 3)
+
+
+@pytest.mark.parametrize("build, message", [
+    (lambda: towhee.dummy_input().pipeline_config(instance_count=2),
+     r"'instance_count': set per operator, .<namespace>.<operator>\(op_config="),
+    (lambda: towhee.dummy_input().image_decode.cv2_rgb(op_config={"max_request_bytes": 5}),
+     r"'max_request_bytes': set for the whole pipeline, pipeline_config\(max_request_bytes="),
+    (lambda: towhee.dummy_input().image_decode.cv2_rgb(op_config={"max_pixels": 5}),
+     r"an operator param is a keyword argument of the operator itself, "
+     r".image_decode.cv2_rgb\(max_pixels=...\)"),
+    (lambda: towhee.dummy_input().pipeline_config(max_item_bytes=10, max_request_bytes=5)
+     .image_decode.cv2_rgb().as_function().build(),
+     "lower max_item_bytes or raise max_request_bytes"),
+    (lambda: towhee.dummy_input().pipeline_config(format_priority=["onnx", "onnx"]),
+     "list each format once"),
+    (lambda: towhee.dummy_input().image_decode.cv2_rgb(op_config={"dynamic_batching": {
+        "max_batch_size": 4, "preferred_batch_size": [8]}}),
+     "preferred_batch_size 8 exceeds max_batch_size 4; lower it or raise max_batch_size"),
+])
+def test_config_errors_say_what_to_do(build, message):
+    with pytest.raises(towhee.ConfigError, match=message):
+        build()

@@ -19,7 +19,7 @@ from google.protobuf import json_format
 import towhee_rt as towhee
 from towhee_rt import ConfigError, Operator, Param, TensorSpec, register
 from towhee_rt.errors import BadInputError, ItemError
-from towhee_rt.operator import namespaces, operator_class
+from towhee_rt.registry import namespaces, operator_class
 from towhee_rt.triton import config as triton_config
 
 from ..user_ops import text_ops, tiny_model
@@ -123,6 +123,54 @@ def test_namespace_that_is_a_pipeline_method_is_refused(namespace):
         register(f"{namespace}.op")
 
 
+def test_reserved_namespaces_are_the_pipeline_methods():
+    from towhee_rt.datacollection import DataCollection
+    from towhee_rt.pipeline import PipelineBuilder
+    from towhee_rt.registry import BUILDER_ATTRIBUTES
+
+    public = {a for cls in (PipelineBuilder, DataCollection) for a in dir(cls)
+              if not a.startswith("_")}
+    assert BUILDER_ATTRIBUTES == public, (
+        "towhee_rt.registry.BUILDER_ATTRIBUTES must list the public attributes of "
+        "PipelineBuilder and DataCollection (a namespace of the same name would be shadowed)")
+
+
+def test_undeclared_param_says_how_to_declare_it():
+    @register("t_reg.scaled")
+    class Scaled(Operator):
+        inputs, outputs = TEXT, TEXT
+
+        def process_batch(self, batch):
+            return {"text": [t * self.params["factor"] for t in batch["text"]]}
+
+    @register("t_reg.scaled_more")
+    class ScaledMore(Scaled):
+        params_spec = Operator.params_spec + (Param("times", (int,), 1),)
+
+    @register("t_reg.lowered", inputs=TEXT, outputs=TEXT)
+    def lowered(text, *, strip=True):
+        return text.lower()
+
+    ns = towhee.dummy_input().t_reg
+    with pytest.raises(ConfigError, match=re.escape(
+            "t_reg.scaled: unknown param(s) 'factor'; valid params are: none; to give "
+            "t_reg.scaled a param, declare it in the class "
+            "test_undeclared_param_says_how_to_declare_it.<locals>.Scaled: params_spec = "
+            "Operator.params_spec + (Param('factor', (int, float), 2.0, 'what it does'),)")):
+        ns.scaled(factor=2.0)
+    with pytest.raises(ConfigError, match=re.escape(
+            "add Param('factor', (int,), 2, 'what it does') to the params_spec tuple")):
+        ns.scaled_more(factor=2)
+    with pytest.raises(ConfigError, match=re.escape(
+            "to give t_reg.lowered a param, add it to the function lowered() as a keyword-only "
+            "argument with a default: def lowered(text, *, locale='C')")):
+        ns.lowered(locale="C")
+    with pytest.raises(ConfigError) as refused:  # a built-in operator: nothing to declare
+        towhee.dummy_input().image_decode.cv2_rgb(factor=2)
+    assert "valid params are: max_pixels" in str(refused.value)
+    assert "params_spec" not in str(refused.value)
+
+
 def _op(**attributes):
     def process_batch(self, batch):
         return batch
@@ -133,7 +181,8 @@ def _op(**attributes):
 @pytest.mark.parametrize("attributes, message", [
     ({"outputs": TEXT}, "declares no inputs; declare them on the class"),
     ({"inputs": TEXT}, "declares no outputs; declare them on the class"),
-    ({"inputs": ["text"], "outputs": TEXT}, "must be a list of towhee_rt.TensorSpec"),
+    ({"inputs": ["text"], "outputs": TEXT}, r"must be a list of towhee_rt.TensorSpec, got "
+                                            r"\['text'\]; declare them on the class"),
     ({"inputs": TEXT, "outputs": TEXT, "params_spec": Operator.params_spec + (
         Param("when", (str,), object()),)}, "the default of param 'when' .* is not JSON"),
     ({"inputs": TEXT, "outputs": TEXT, "params_spec": Operator.params_spec + (
@@ -183,8 +232,9 @@ def test_repository_ships_the_user_module_and_the_stand_in(tmp_path):
         shipped = version / "towhee_ops" / "user_text_ops.py"
         assert shipped.read_text() == Path(text_ops.__file__).read_text()
         assert (version / "towhee_rt" / "__init__.py").is_file()
-        assert (version / "towhee_rt" / "function_operator.py").read_text() == \
-            (REPO / "towhee_rt" / "function_operator.py").read_text()
+        assert sorted(p.name for p in (version / "towhee_rt").iterdir()) == ["__init__.py"]
+        assert (version / "towhee_ops" / "function_operator.py").read_text() == \
+            (REPO / "backends" / "function_operator.py").read_text()
         config = triton_config.parse_pbtxt((version.parent / "config.pbtxt").read_text())
         operator = json.loads(triton_config.read_parameters(config)["towhee_operator"])
         assert operator == {"name": model.operator, "module": "user_text_ops", "class": name}
@@ -230,7 +280,8 @@ OPS_TEMPLATE = textwrap.dedent("""\
     ("pipeline", {}, "from towhee_rt import dummy_input",
      "imports dummy_input from towhee_rt, which a served model does not have"),
     ("internal", {}, "import towhee_rt.pipeline",
-     "imports towhee_rt.pipeline, which a served model does not have"),
+     "imports towhee_rt.pipeline, which a served model does not have: import only .*Operator"
+     r".* from towhee_rt \(or towhee_rt.operator\)"),
 ])
 def test_modules_that_cannot_be_shipped_are_refused(tmp_path, monkeypatch, case, files, imports,
                                                      message):

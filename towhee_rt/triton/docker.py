@@ -14,8 +14,8 @@ the keys it reads from the environment at start (``TOWHEE_RT_API_KEY``/``TOWHEE_
 or their ``_FILE`` variants): no key is baked into the image. The script runs tritonserver
 under the supervisor (:mod:`towhee_rt.triton.supervisor_main` and the modules it imports,
 copied into the image unchanged as the package ``towhee_rt_supervisor``: they need only the
-standard library), which reloads a model whose stub dies or hangs, forwards SIGTERM, and leaves
-no stub or shared-memory region behind.
+standard library; :mod:`towhee_rt.shipped` lists what ships), which reloads a model whose stub
+dies or hangs, forwards SIGTERM, and leaves no stub or shared-memory region behind.
 """
 from __future__ import annotations
 
@@ -31,12 +31,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .. import shipped
 from ..errors import ConfigError, DockerError
-from . import admin, procs, supervisor, supervisor_main
 from .flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
                     DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, EXIT_TIMEOUT_SECS,
                     GRPC_HEADER_PREFIX, STOP_TIMEOUT_SECS, container_command)
-from .repository import TEMPLATES_DIR, build_model_repo
+from .repository import build_model_repo
 
 log = logging.getLogger("towhee_rt")
 
@@ -62,30 +62,11 @@ ENTRYPOINT_NAME = "towhee_rt_entrypoint.sh"
 ENTRYPOINT_PATH = f"/workspace/{ENTRYPOINT_NAME}"
 #: The image's ``CMD``: the entrypoint script (Kubernetes manifests repeat it as ``args``).
 IMAGE_CMD = ("/bin/bash", ENTRYPOINT_PATH)
-#: The supervisor package beside the entrypoint: these modules, copied unchanged (standard
-#: library only, they import each other relatively), and an ``__init__.py`` and a
-#: ``__main__.py`` (``python3 /workspace/towhee_rt_supervisor run -- tritonserver ...``).
-SUPERVISOR_MODULES = (procs, admin, supervisor, supervisor_main)
-SUPERVISOR_NAME = supervisor_main.PACKAGE
+#: The supervisor package beside the entrypoint (:data:`towhee_rt.shipped.SUPERVISOR`: its
+#: modules copied unchanged, with an ``__init__.py`` and a ``__main__.py``:
+#: ``python3 /workspace/towhee_rt_supervisor run -- tritonserver ...``).
+SUPERVISOR_NAME = shipped.SUPERVISOR.directory
 SUPERVISOR_PATH = f"/workspace/{SUPERVISOR_NAME}"
-_SUPERVISOR_INIT = '''"""towhee_rt's supervisor of tritonserver, copied from towhee_rt.triton."""
-'''
-_SUPERVISOR_MAIN = '''"""python3 DIR run -- tritonserver ... (or python3 -m PACKAGE run -- ...)."""
-import importlib
-import os
-import sys
-
-if __package__:
-    from .supervisor_main import main
-else:  # python3 DIR: import the package from DIR's parent, which takes DIR's place on sys.path
-    _here = os.path.dirname(os.path.abspath(__file__))
-    if sys.path and os.path.abspath(sys.path[0]) == _here:
-        del sys.path[0]
-    sys.path.insert(0, os.path.dirname(_here))
-    main = importlib.import_module(os.path.basename(_here) + ".supervisor_main").main
-
-sys.exit(main())
-'''
 #: What the rendered flags hold in place of the keys; the script substitutes its variables.
 _KEY_PLACEHOLDERS = {"@@TOWHEE_RT_API_KEY@@": '"$api_key"',
                      "@@TOWHEE_RT_ADMIN_KEY@@": '"$admin_key"'}
@@ -173,7 +154,7 @@ def render_dockerfile(tag: str, cuda: Optional[str], model_name: str) -> str:
     tritonserver with the same flags as the host launcher. The base image's own entrypoint
     stays, so ``docker run IMAGE tritonserver ...`` works as with NGC's image.
     """
-    template = string.Template((TEMPLATES_DIR / "Dockerfile.template").read_text())
+    template = string.Template(shipped.read_template("Dockerfile.template"))
     chosen = f"chosen for CUDA {cuda}" if cuda else "given as triton_tag"
     return template.substitute(tag=tag, chosen=chosen, model_name=model_name,
                                entrypoint=ENTRYPOINT_NAME, entrypoint_path=ENTRYPOINT_PATH,
@@ -190,7 +171,7 @@ def render_entrypoint(model_name: str = "pipeline") -> str:
     the keys (so every flag comes from :func:`~towhee_rt.triton.flags.server_flags`), under the
     supervisor package found beside it (:data:`SUPERVISOR_NAME`)."""
     api, admin = _KEY_PLACEHOLDERS
-    text = (TEMPLATES_DIR / "entrypoint.sh.template").read_text()
+    text = shipped.read_template("entrypoint.sh.template")
     fills = {
         "@@MODEL_NAME@@": model_name, "@@API_HEADER@@": API_KEY_HEADER,
         "@@ADMIN_HEADER@@": ADMIN_KEY_HEADER, "@@GRPC_PREFIX@@": GRPC_HEADER_PREFIX,
@@ -223,18 +204,13 @@ def docker_build_command(context: Path, image_name: str) -> List[str]:
 
 
 def write_supervisor(directory: Path) -> Path:
-    """Write the supervisor package :data:`SUPERVISOR_NAME` into ``directory``: the
-    :data:`SUPERVISOR_MODULES` copied unchanged, ``__init__.py`` and ``__main__.py``; return
-    its path (``python3 PATH run -- tritonserver ...`` runs it)."""
+    """Write the supervisor package :data:`SUPERVISOR_NAME` (:data:`towhee_rt.shipped.SUPERVISOR`)
+    into ``directory``, replacing any there; return its path (``python3 PATH run --
+    tritonserver ...`` runs it)."""
     target = Path(directory) / SUPERVISOR_NAME
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
-    for module in SUPERVISOR_MODULES:
-        shutil.copyfile(module.__file__, target / Path(module.__file__).name)
-    (target / "__init__.py").write_text(_SUPERVISOR_INIT)
-    (target / "__main__.py").write_text(_SUPERVISOR_MAIN)
-    return target
+    return shipped.copy_tree(shipped.SUPERVISOR, directory)
 
 
 def write_build_context(pipe, context: Path, cuda: Optional[str] = None,

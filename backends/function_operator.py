@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into every generated model (<model>/1/towhee_ops/). Imports only the
+# standard library, numpy, declared third-party packages and sibling modules; never towhee_rt.
 """A plain function as an operator: the class ``towhee_rt.register`` generates for it.
 
 The contract of such a function (``register('text.lower', inputs=[...], outputs=[...])(fn)``):
@@ -18,10 +20,9 @@ The contract of such a function (``register('text.lower', inputs=[...], outputs=
   operator breaking. It should be pure: when one item of a batch fails, the others are run
   again one by one.
 
-This module is shared by towhee_rt and by the stand-in ``towhee_rt`` package shipped into
-served models (as ``towhee_rt/function_operator.py`` there), so that a function runs the same
-way locally and served: the standard library, numpy and ``.backends.operator_base`` only (the
-stand-in maps ``towhee_rt.backends`` to the shipped ``towhee_ops``).
+Like every backend module it ships into each served model (``towhee_ops/function_operator.py``),
+where the stand-in ``towhee_rt`` of a user's operator wraps a registered function with it, so a
+function runs the same way locally and served.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from typing import Any, Callable, ClassVar, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from .backends.operator_base import REQUIRED, Operator, OperatorInputError, Param, TensorSpec
+from .operator_base import REQUIRED, Operator, OperatorInputError, Param, TensorSpec
 
 #: A keyword-only default's type -> the JSON types its param takes.
 _PARAM_TYPES = {bool: (bool,), int: (int,), float: (int, float), str: (str,), list: (list,),
