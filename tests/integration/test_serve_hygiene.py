@@ -4,8 +4,11 @@ failure, and a folder of repositories or a model folder is refused before anythi
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict
 
@@ -88,3 +91,27 @@ def test_cli_names_the_sub_folder_to_serve(tmp_path):
     assert result.stderr.strip().splitlines() == [
         f"error: {outer} holds model repositories, not models ({outer / 'repo_a'} have no "
         f"config.pbtxt but hold models); serve one of them, e.g. {outer / 'repo_a'}"]
+
+
+def test_cli_interrupted_while_starting_exits_130_and_leaves_no_log(tmp_path):
+    repo = write_tiny_repo(tmp_path / "repo", ["echo", "slow"])  # slow: never ready in time
+    logs = tmp_path / "tmp"
+    logs.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), TMPDIR=str(logs))
+    process = subprocess.Popen([sys.executable, "-m", "towhee_rt", "serve", str(repo),
+                                "--grpc-port", "0", "--http-port", "0", "--metrics-port", "0"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(logs.glob("towhee_rt-tritonserver-*.log")) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # tritonserver is loading the models now
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 130, err
+    assert "interrupted while starting; tritonserver is stopped" in err
+    assert not list(logs.glob("towhee_rt-tritonserver-*.log"))

@@ -214,8 +214,9 @@ class TritonServer:
             if not self.is_alive():
                 self.start()
             return self.wait_ready(timeout)
-        except BaseException:
-            self._failed = True
+        except BaseException as exc:
+            # An interrupt is the user's choice, not a failure: its temporary log goes.
+            self._failed = self._failed or not isinstance(exc, KeyboardInterrupt)
             self.stop()
             raise
 
