@@ -27,6 +27,7 @@ import logging
 import os
 import secrets
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
@@ -221,13 +222,14 @@ class TritonServer:
             raise
 
     def serve_forever(self, on_ready: Optional[Callable[["TritonServer"], None]] = None,
-                      on_stopping: Optional[Callable[[], None]] = None) -> ServeOutcome:
+                      on_stopping: Optional[Callable[[], None]] = None,
+                      stop_requested: Optional[threading.Event] = None) -> ServeOutcome:
         """Start (unless running), wait ready, call ``on_ready(self)``, then serve until
-        SIGINT/SIGTERM (main thread), tritonserver's death or a model the supervisor gave up;
-        stop (calling ``on_stopping()`` before a requested stop) and return how it ended
-        (:class:`~towhee_rt.triton.lifetime.ServeOutcome`). What ``towhee-rt serve`` does.
-        Raises like :meth:`start_ready`."""
-        return serve_until_signalled(self, on_ready, on_stopping=on_stopping)
+        SIGINT/SIGTERM (main thread), ``stop_requested`` is set, tritonserver dies or the
+        supervisor gives a model up; stop (calling ``on_stopping()`` before a requested stop)
+        and return how it ended (:class:`~towhee_rt.triton.lifetime.ServeOutcome`). What
+        ``towhee-rt serve`` does. Raises like :meth:`start_ready`."""
+        return serve_until_signalled(self, on_ready, stop_requested, on_stopping)
 
     def _start_error(self, headline: str) -> ServerStartError:
         self._failed = True
