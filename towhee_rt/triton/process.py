@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -32,6 +33,21 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1 == PR_SET_PDEATHSIG
+
+
+def temporary_log_file() -> Path:
+    """A new, empty ``towhee_rt-tritonserver-*.log`` in the temporary directory."""
+    fd, name = tempfile.mkstemp(prefix="towhee_rt-tritonserver-", suffix=".log")
+    os.close(fd)
+    return Path(name)
+
+
+def remove_regions_of_dead_processes() -> None:
+    """Unlink the shared-memory regions that towhee_rt processes now gone left behind."""
+    count, nbytes = procs.remove_stale_regions()
+    if count:
+        log.info("removed %d shared-memory region(s) (%s) left by towhee_rt processes that "
+                 "are gone", count, procs.mib(nbytes))
 
 
 class ServerProcess:

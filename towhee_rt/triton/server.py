@@ -23,17 +23,13 @@ Example::
 """
 from __future__ import annotations
 
-import logging
-import os
 import secrets
-import tempfile
 import threading
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Set
 
 from ..errors import ServerError
-from . import procs
 from .admin import TritonAdmin
 from .commands import PathLike
 from .flags import (DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
@@ -41,12 +37,10 @@ from .flags import (DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
 from .lifetime import ServeOutcome, serve_until_signalled
 from .launch_plan import LaunchPlan, docker_plan, host_plan
 from .ports import resolve_ports
-from .process import ServerProcess
+from .process import ServerProcess, remove_regions_of_dead_processes, temporary_log_file
 from .repository_check import check_repository, pycache_dirs, remove_new_pycache
 from .server_log import ServerStartError, loading_models, start_error
 from .supervisor import Supervisor
-
-log = logging.getLogger("towhee_rt")
 
 
 class TritonServer:
@@ -161,15 +155,9 @@ class TritonServer:
             "http", api_key=self.api_key, admin_key=self.admin_key))
         plan = self._plan()
         self.shm_prefix = plan.shm_prefix
-        if self.log_file is None:
-            fd, name = tempfile.mkstemp(prefix="towhee_rt-tritonserver-", suffix=".log")
-            os.close(fd)
-            self.log_file = Path(name)
+        self.log_file = self.log_file or temporary_log_file()
         if self.shm_prefix:
-            count, nbytes = procs.remove_stale_regions()
-            if count:
-                log.info("removed %d shared-memory region(s) (%.0f MiB) left by towhee_rt "
-                         "processes that are gone", count, nbytes / 2**20)
+            remove_regions_of_dead_processes()
         self.command = plan.argv
         self._stopped = self._failed = False
         try:

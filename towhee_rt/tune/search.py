@@ -4,8 +4,8 @@ From the current point, the moves are tried in order; the first that improves th
 more than the noise is kept and the moves start again from the new point (a point is never
 measured twice); the search ends when no move from the kept point improves it, or when time
 runs out. Then the chosen point and the start are measured again, back to back, and the start
-is kept unless the chosen point still wins (one lucky measurement must not win the search). This needs far fewer points than a grid: each knob is tried from wherever the others
-stand. The measurements come from a function, so the logic is tested on plain numbers.
+is kept unless the chosen point still wins (one lucky measurement must not win the search).
+This needs far fewer points than a grid: each knob is tried from wherever the others stand. The measurements come from a function, so the logic is tested on plain numbers.
 """
 from __future__ import annotations
 
