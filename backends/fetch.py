@@ -30,7 +30,7 @@ lookup itself (``socket.getaddrinfo``) is bounded by the system resolver's timeo
 deadline.
 
 This module is copied verbatim into Triton model directories: standard library and its sibling
-``_operator`` only.
+``operator_base`` only.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ are shared by the GPU decoders in ``image_decode_gpu.py`` so that every decoder 
 inputs, applies the same limits and rejects bad data with the same messages.
 
 This module is copied verbatim into Triton model directories: it imports only numpy, cv2, PIL
-and its sibling ``_operator`` and ``image_sources`` modules.
+and its sibling ``operator_base`` and ``image_sources`` modules.
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ HxWx3 uint8 RGB arrays; handing GPU tensors on to the next model without a copy 
 Triton adapter's job.
 
 This module is copied verbatim into Triton model directories together with its siblings
-``image_decode.py``, ``fetch.py`` and ``_operator.py``; torch, torchvision and DALI are
+``image_decode.py``, ``fetch.py`` and ``operator_base.py``; torch, torchvision and DALI are
 imported lazily.
 """
 from __future__ import annotations

@@ -11,7 +11,7 @@ URL is read; a served decoder (inside Triton) reads a path only under the root d
 
 :func:`read_source` is what every decoder (``image_decode.py``, ``image_decode_gpu.py``) reads
 its items with. This module is copied verbatim into Triton model directories: it imports only
-numpy and its sibling ``_operator`` and ``fetch`` modules.
+numpy and its sibling ``operator_base`` and ``fetch`` modules.
 """
 from __future__ import annotations
 

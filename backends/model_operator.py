@@ -7,7 +7,7 @@ arrays, numpy), the model itself (run by a *runner*: torch eager, torch.compile,
 TensorRT, chosen by the ``format`` param), and ``postprocess`` (model output -> items).
 Subclasses describe the torch model once; every format is derived from it.
 
-Like ``_operator.py`` this module is copied into generated Triton repositories: relative
+Like ``operator_base.py`` this module is copied into generated Triton repositories: relative
 imports and third-party packages only.
 """
 from __future__ import annotations

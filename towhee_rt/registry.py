@@ -116,10 +116,10 @@ def _check_class(name: str, cls: type) -> None:
     if declared and declared != name:
         raise ConfigError(f"{name}: class {cls.__name__} declares name = {declared!r}; drop it "
                           f"(register sets it) or register it as {declared!r}")
-    _check_specs(name, "inputs", cls.inputs, f"declare them on the class: inputs = "
-                                            f"[TensorSpec('text', 'bytes')]")
-    _check_specs(name, "outputs", cls.outputs, f"declare them on the class: outputs = "
-                                              f"[TensorSpec('embedding', 'float32', (-1,))]")
+    _check_specs(name, "inputs", cls.inputs, "declare them on the class: inputs = "
+                                            "[TensorSpec('text', 'bytes')]")
+    _check_specs(name, "outputs", cls.outputs, "declare them on the class: outputs = "
+                                              "[TensorSpec('embedding', 'float32', (-1,))]")
     if cls.process_batch is Operator.process_batch:
         raise ConfigError(f"{name}: {cls.__name__} does not implement process_batch(batch), "
                           f"which maps {{input name: items}} to {{output name: items}}")

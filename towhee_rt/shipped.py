@@ -62,7 +62,7 @@ class ShippedFile:
 class ShippedTree:
     """Files that land together in ``<destination>/<directory>/``.
 
-    ``package`` is the name the tree is imported by where it lands (``None``: model.py, which
+    ``package`` is the name the tree is imported by where it lands (empty for model.py, which
     Triton loads by path); ``ours`` is False for the user's own module, which carries no
     marker.
     """
@@ -75,6 +75,7 @@ class ShippedTree:
 
     @property
     def sources(self) -> Tuple[Path, ...]:
+        """The files it copies, where they come from."""
         return tuple(f.source for f in self.files)
 
 
