@@ -42,6 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                           ("metrics", DEFAULT_METRICS_PORT)):
         parser.add_argument(f"--{name}-port", type=cli_args.port, default=default,
                             help=f"{name} port (default %(default)s; 0: any free port)")
+    parser.add_argument("--openai-port", type=cli_args.port, default=None, metavar="PORT",
+                        help="also serve OpenAI's /v1/embeddings on PORT (0: any free port; "
+                             "needs pip install 'towhee_rt[openai]')")
+    parser.add_argument("--openai-model", metavar="PIPELINE",
+                        help="the pipeline the OpenAI endpoint serves (default: the one "
+                             "pipeline in the repository)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="address the endpoints bind (default %(default)s; 0.0.0.0: all)")
     source = parser.add_mutually_exclusive_group()
@@ -111,7 +117,9 @@ def _server(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Triton
                         tritonserver=args.tritonserver, docker_image=args.docker,
                         log_file=args.log_file, keep_log=getattr(args, "keep_log", False),
                         log_verbose=args.log_verbose, ready_timeout=args.ready_timeout,
-                        api_key=api_key, admin_key=admin_key)
+                        api_key=api_key, admin_key=admin_key,
+                        openai_port=getattr(args, "openai_port", None),
+                        openai_model=getattr(args, "openai_model", None))
 
 
 def run_serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -168,7 +176,8 @@ def _print_endpoints(server: TritonServer) -> None:
           f"  gRPC:    {server.grpc_url}\n"
           f"  HTTP:    http://{server.http_url}\n"
           f"  metrics: {server.metrics_url}\n"
-          f"  models:  {models}\n"
+          + (f"  OpenAI:  {server.openai_url}/v1/embeddings\n" if server.has_gateway else "")
+          + f"  models:  {models}\n"
           f"  inference: {inference}\n"
           f"  admin APIs ({', '.join(ADMIN_APIS)}): {admin}\n"
           f"  supervision: {supervision}\n"

@@ -10,6 +10,7 @@ import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from .backends.cpu import usable_cores
+from .backends.wire import DEFAULT_MAX_ITEM_BYTES
 from .errors import ConfigError
 
 #: Model formats ``format_priority`` may name, best first when the hardware allows.
@@ -22,7 +23,6 @@ DEFAULT_CHUNKSIZE = 8
 #: What one request (all its items) and one item may weigh on the wire, by default: a served
 #: pipeline refuses more before decoding anything, and towhee_rt's client before sending.
 DEFAULT_MAX_REQUEST_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 16
 DEFAULT_QUEUE_DELAY_US = 2000
 #: Each model's queue: at most this many requests wait, each at most this long, then Triton

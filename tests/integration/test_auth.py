@@ -120,7 +120,7 @@ def test_a_missing_or_wrong_key_is_one_client_error_saying_how_to_pass_it(keyed,
         towhee.dc(local[0]).remote(url=url, protocol=protocol)
     assert "requires an API key" in str(missing.value) and "api_key=" in str(missing.value)
     with pytest.raises(ClientError, match="refused the API key this client sent"):
-        towhee.Client(url, protocol=protocol, api_key="wrong-key")
+        towhee.Client(url, protocol=protocol, api_key="wrong-key").served
 
 
 def test_health_and_metadata_stay_open_and_the_launcher_still_sees_its_models(keyed):
@@ -268,7 +268,7 @@ def test_cli_serves_with_a_key_file(repo, local, tmp_path):
         assert API_KEY not in shown
         url = f"127.0.0.1:{ports[0]}"
         with pytest.raises(ClientError, match="requires an API key"):
-            towhee.Client(url)
+            towhee.Client(url).served
         got = towhee.dc(local[0][:1]).remote(url=url, api_key=API_KEY)
         np.testing.assert_array_equal(got[0], local[1][0])
     finally:

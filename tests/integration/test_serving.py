@@ -233,4 +233,4 @@ def test_int8_minilm_served_keeps_cosine_to_sentence_transformers(served):
 def test_unknown_model_gives_a_clear_client_error(served):
     server, _, _ = served
     with pytest.raises(towhee.ClientError, match="cannot read model 'nope'"):
-        towhee.Client(server.grpc_url, model_name="nope")
+        towhee.Client(server.grpc_url, model_name="nope").served  # read on first use

@@ -26,6 +26,9 @@ CHECK = textwrap.dedent("""
     repo = towhee_rt.build_model_repo(pipe, tempfile.mkdtemp() + "/repo")
     ops = repo.path / repo.models[0].model_name / "1" / "towhee_ops"
     assert (ops / "image_decode.py").is_file() and (ops / "operator_base.py").is_file()
+    import towhee_rt.client, towhee_rt.gateway
+    from towhee_rt import samples
+    assert samples.names() == ["chelsea.jpg", "coffee.jpg", "empty.jpg"], samples.names()
     print("installed-ok", len(BUILTIN_OPERATORS))
 """)
 

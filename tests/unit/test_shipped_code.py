@@ -25,9 +25,6 @@ from ..user_ops import text_ops  # noqa: F401 - registers test_text.*
 ROOT = Path(__file__).resolve().parents[2]
 OURS = [f.source for tree in shipped.TREES for f in tree.files]
 TEMPLATES = [shipped.TEMPLATES_DIR / name for name in shipped.TEMPLATES]
-#: The run side's supervisor modules get their marker from whoever edits them next (issue 19).
-_MARKER_PENDING = {shipped.SUPERVISOR.files[k].source
-                   for k in range(len(shipped.SUPERVISOR_MODULES))}
 #: Third-party packages a shipped module may import at module level; anything heavier (torch,
 #: DALI, tensorrt, the model libraries) is imported inside the functions that need it.
 _MODULE_LEVEL_OK = {"numpy", "towhee_ops", "triton_python_backend_utils"}
@@ -41,8 +38,6 @@ def _id(path: Path) -> str:
 
 @pytest.mark.parametrize("path", OURS + TEMPLATES, ids=_id)
 def test_every_shipped_file_carries_the_marker(path):
-    if path in _MARKER_PENDING and not path.read_text().startswith(shipped.MARKER):
-        pytest.xfail("the run side adds the marker to the supervisor modules")
     first = path.read_text().splitlines()[0]
     assert first.startswith(shipped.MARKER), (
         f"{_id(path)} ships ({shipped.__name__} lists it) but its first line is {first!r}: "

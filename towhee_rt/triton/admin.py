@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into the image's build context as towhee_rt_supervisor/admin.py
+# (towhee_rt.shipped.SUPERVISOR). Standard library and its sibling modules only; never towhee_rt.
 """The HTTP calls made to a tritonserver: repository index, load, reload, unload, readiness.
 
 :class:`TritonAdmin` is the one HTTP client of both the supervisor (:mod:`.supervisor`) and

@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import shipped
 from ..errors import ConfigError, DockerError
+from .commands import docker_engine_available
 from .flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
                     DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, EXIT_TIMEOUT_SECS,
                     GRPC_HEADER_PREFIX, STOP_TIMEOUT_SECS, container_command)
@@ -231,17 +232,6 @@ def write_build_context(pipe, context: Path, cuda: Optional[str] = None,
     shown_cuda = None if triton_tag else (cuda or DEFAULT_CUDA)
     (context / "Dockerfile").write_text(render_dockerfile(tag, shown_cuda, model_name))
     return context
-
-
-def docker_engine_available(timeout: float = 10.0) -> bool:
-    """Whether ``docker info`` reaches a Docker engine."""
-    if shutil.which("docker") is None:
-        return False
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True,
-                              timeout=timeout).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
 
 
 def build_docker_image(pipe, image_name: str, cuda: Optional[str] = None,

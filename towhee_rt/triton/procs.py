@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into the image's build context as towhee_rt_supervisor/procs.py
+# (towhee_rt.shipped.SUPERVISOR). Standard library and its sibling modules only; never towhee_rt.
 """Processes and shared memory of a tritonserver, from ``/proc`` and ``/dev/shm``.
 
 The Python backend starts one stub process per model instance, a child of tritonserver; a

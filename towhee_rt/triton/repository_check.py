@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import List, Set
+from typing import List, Optional, Set
 
 from ..errors import ServerError
 
@@ -45,6 +45,24 @@ def check_repository(repo: Path) -> None:
         names = ", ".join(str(path) for path in nested)
         raise ServerError(f"{repo} holds model repositories, not models ({names} have no "
                           f"{CONFIG} but hold models); serve one of them, e.g. {nested[0]}")
+
+
+def pipelines(repo: Path) -> List[str]:
+    """The pipelines (ensemble models) in ``repo``, sorted by name."""
+    return sorted(child.name for child in repo.iterdir()
+                  if (child / CONFIG).is_file()
+                  and 'platform: "ensemble"' in (child / CONFIG).read_text(errors="replace"))
+
+
+def single_pipeline(repo: Optional[Path]) -> str:
+    """The one pipeline in ``repo``; raises :class:`ServerError` naming the choices when
+    there are several (or none to find)."""
+    found = pipelines(repo) if repo is not None else []
+    if len(found) != 1:
+        choices = ", ".join(found) or "none found in the repository"
+        raise ServerError(f"the OpenAI gateway serves one pipeline; name it with "
+                          f"openai_model= (--openai-model), one of: {choices}")
+    return found[0]
 
 
 def pycache_dirs(repo: Path) -> Set[Path]:

@@ -38,7 +38,8 @@ from .lifetime import ServeOutcome, serve_until_signalled
 from .launch_plan import LaunchPlan, docker_plan, host_plan
 from .ports import resolve_ports
 from .process import ServerProcess, remove_regions_of_dead_processes, temporary_log_file
-from .repository_check import check_repository, pycache_dirs, remove_new_pycache
+from .repository_check import (check_repository, pycache_dirs, remove_new_pycache,
+                               single_pipeline)
 from .server_log import ServerStartError, loading_models, start_error
 from .supervisor import Supervisor
 
@@ -66,7 +67,8 @@ class TritonServer:
                  extra_args: Sequence[str] = (), env: Optional[Mapping[str, str]] = None,
                  shm_size: str = "1g", api_key: Optional[str] = None,
                  admin_key: Optional[str] = None, supervise: bool = True,
-                 on_event: Optional[Callable[[dict], None]] = None):
+                 on_event: Optional[Callable[[dict], None]] = None,
+                 openai_port: Optional[int] = None, openai_model: Optional[str] = None):
         if model_repository is None and docker_image is None:
             raise ServerError("no model repository given; build one with "
                               "towhee_rt.build_model_repo(pipe, 'repo/') and pass its path")
@@ -99,6 +101,9 @@ class TritonServer:
         self._admin: Optional[TritonAdmin] = None
         self._supervisor: Optional[Supervisor] = None
         self._pycache_before: Set[Path] = set()
+        #: The OpenAI-compatible gateway in front (``openai_port``; None: none).
+        self._openai_port, self._openai_model = openai_port, openai_model
+        self._gateway = None
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -115,6 +120,20 @@ class TritonServer:
     def metrics_url(self) -> str:
         """``'http://127.0.0.1:8002/metrics'``: Prometheus metrics."""
         return f"http://{self._endpoint('metrics')}/metrics"
+
+    @property
+    def has_gateway(self) -> bool:
+        """Whether the OpenAI-compatible gateway is running in front of this server."""
+        return self._gateway is not None
+
+    @property
+    def openai_url(self) -> str:
+        """``'http://127.0.0.1:8080'``: the OpenAI-compatible gateway (``openai_port``);
+        OpenAI clients take ``base_url=server.openai_url + '/v1'``."""
+        if self._gateway is None:
+            raise ServerError("no OpenAI gateway: pass openai_port= (0: a free port) and "
+                              "start the server with start_ready()")
+        return self._gateway.url
 
     @property
     def admin_key_random(self) -> bool:
@@ -202,7 +221,9 @@ class TritonServer:
         try:
             if not self.is_alive():
                 self.start()
-            return self.wait_ready(timeout)
+            self.wait_ready(timeout)
+            self._start_gateway()
+            return self
         except BaseException as exc:
             # An interrupt is the user's choice, not a failure: its temporary log goes.
             self._failed = self._failed or not isinstance(exc, KeyboardInterrupt)
@@ -218,6 +239,16 @@ class TritonServer:
         and return how it ended (:class:`~towhee_rt.triton.lifetime.ServeOutcome`). What
         ``towhee-rt serve`` does. Raises like :meth:`start_ready`."""
         return serve_until_signalled(self, on_ready, stop_requested, on_stopping)
+
+    def _start_gateway(self) -> None:
+        """Put the OpenAI-compatible gateway in front of the ready server, when asked."""
+        if self._openai_port is None or self._gateway is not None:
+            return
+        from ..gateway import start_gateway
+
+        model = self._openai_model or single_pipeline(self.model_repository)
+        self._gateway = start_gateway(self.grpc_url, model_name=model, host=self.host,
+                                      port=self._openai_port, api_key=self.api_key)
 
     def _start_error(self, headline: str) -> ServerStartError:
         self._failed = True
@@ -253,6 +284,9 @@ class TritonServer:
         process = self._process
         if process is None or self._stopped:
             return process.returncode if process else None
+        if self._gateway is not None:  # first: no new request reaches a stopping server
+            self._gateway.stop()
+            self._gateway = None
         pinned = 0
         if self._supervisor is not None:
             self._supervisor.stop()
@@ -266,6 +300,9 @@ class TritonServer:
     def kill(self) -> None:
         """SIGKILL tritonserver and its Python stubs (or the container) now."""
         if self._process is not None and not self._stopped:
+            if self._gateway is not None:
+                self._gateway.stop()
+                self._gateway = None
             if self._supervisor is not None:
                 self._supervisor.stop()
             self._cleanup()

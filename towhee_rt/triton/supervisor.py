@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into the image's build context as towhee_rt_supervisor/supervisor.py
+# (towhee_rt.shipped.SUPERVISOR). Standard library and its sibling modules only; never towhee_rt.
 """Keep a tritonserver's Python-backend models serving, and leave nothing behind when it stops.
 
 In Triton 2.51 a Python-backend stub (one process per model instance, a child of tritonserver)

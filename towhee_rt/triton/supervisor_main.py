@@ -1,3 +1,5 @@
+# SHIPPED: copied verbatim into the image as towhee_rt_supervisor/supervisor_main.py
+# (towhee_rt.shipped.SUPERVISOR). Standard library and its sibling modules only; never towhee_rt.
 """Keep a tritonserver's Python-backend models serving, and leave nothing behind when it stops.
 
 The supervisor's standalone runner, in two roles::
