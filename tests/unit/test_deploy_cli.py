@@ -90,9 +90,9 @@ def test_a_non_number_is_refused_by_the_parser_with_exit_2(repo):
 
 
 def test_the_readme_command_runs(repo, tmp_path):
-    """The command in README's "Deploy on Kubernetes" section, on a test repository."""
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    section = readme.split("### Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
+    """The command in docs/deploy.md's "Deploy on Kubernetes" section, on a test repository."""
+    page = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    section = page.split("## Deploy on Kubernetes", 1)[1].split("\n## ", 1)[0]
     command = section.split("python -m towhee_rt.deploy ", 1)[1]
     words = shlex.split(command.split("\nkubectl", 1)[0].replace("\\\n", " "))
     assert words[:2] == ["kubernetes", "/tmp/towhee_rt_readme/docker/models"]

@@ -422,9 +422,9 @@ def test_served_copy_of_a_user_model_operator_runs_onnx(tmp_path, no_towhee_rt_p
     assert np.allclose(np.float32(served), np.stack(local), rtol=0, atol=1e-6)
 
 
-# -- the README example ------------------------------------------------------------------------
-def test_readme_shows_examples_my_ops_as_it_is():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Your own operators", 1)[1]
-    shown = re.search(r"```py\n(.*?)```", section, re.S).group(1)
+# -- the docs example --------------------------------------------------------------------------
+def test_docs_show_examples_my_ops_as_it_is():
+    page = (REPO / "docs" / "operators.md").read_text()
+    section = page.split("## Your own operators", 1)[1]
+    shown = re.search(r"```python file=my_ops.py\n(.*?)```", section, re.S).group(1)
     assert shown == (REPO / "examples" / "my_ops.py").read_text()

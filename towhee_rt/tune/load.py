@@ -26,6 +26,7 @@ class SteadyLoad:
         self.items = list(items)
         self.concurrency = concurrency
         self._client = Client(url, model_name=model, protocol="grpc", on_request=self._record)
+        self._client.served  # an unknown model or a down server fails here, not in a worker
         self._done: List[Tuple[float, float, bool]] = []  # (answered at, seconds, failed)
         self._lock = threading.Lock()
         self._stop = threading.Event()
