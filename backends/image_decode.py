@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from .base64_hint import looks_like_base64_image
 from .cv2_preprocess import ResizeCrop
 from .operator_base import (Operator, OperatorInputError, OperatorLimitError, Param, TensorSpec,
                             positive)
@@ -90,6 +91,13 @@ def _open_header(data: bytes):
     return None
 
 
+#: Added to the error for base64 text sent where the image's bytes were expected (e.g. a JSON
+#: request built with curl): the way to send the bytes themselves.
+BASE64_HINT = ("; this looks like base64 text: send the file's raw bytes instead (over HTTP with "
+               "Triton's binary tensor extension, header Inference-Header-Content-Length; see "
+               "docs/http-json.md)")
+
+
 def read_header(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
                 min_side: Optional[int] = None) -> ImageHeader:
     """Parse the header of ``data`` and refuse it before decoding when it is not an image of a
@@ -99,8 +107,9 @@ def read_header(data: bytes, name: str, max_pixels: int = DEFAULT_MAX_PIXELS,
         raise OperatorInputError(f"empty input (0 bytes); {EXPECTED}", source=name)
     im = _open_header(data)
     if im is None:
+        hint = BASE64_HINT if looks_like_base64_image(data) else ""
         raise OperatorInputError(f"not a recognised image (unknown format or corrupted header); "
-                                 f"{EXPECTED}", source=name)
+                                 f"{EXPECTED}{hint}", source=name)
     width, height = im.size
     header = ImageHeader(im.format, width, height, im.mode)
     factor = jpeg_reduction(header, min_side)

@@ -230,9 +230,8 @@ def test_a_bad_image_is_a_400_naming_the_operator_and_the_item(served, local, ba
 
 
 def test_base64_in_json_is_taken_as_raw_bytes(served, local):
-    """The new user's finding: curl with base64 in JSON gets 'not a recognised image'. The
-    text it sent is what base64_hint recognises, so the decoder can name the binary
-    extension (see the xfail test below)."""
+    """The new user's finding: curl with base64 in JSON gets 'not a recognised image', for
+    that item of the decode operator (the hint it now carries: the next test)."""
     import base64
 
     text = base64.b64encode(local["files"][0]).decode()
@@ -246,14 +245,13 @@ def test_base64_in_json_is_taken_as_raw_bytes(served, local):
         (0, DECODE_OPERATOR)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 21: image_decode does not yet call "
-                                       "base64_hint.looks_like_base64_image")
 def test_base64_in_json_gets_a_hint_naming_the_binary_extension(served, local):
     import base64
 
     body, headers = _json_request("image", [base64.b64encode(local["files"][0]).decode()])
     message = _error(_request(served, "POST", "/v2/models/image/infer", body, headers)[2])
-    assert "base64" in message and "binary" in message.lower()
+    assert "base64" in message and "binary tensor extension" in message
+    assert "Inference-Header-Content-Length" in message and "docs/http-json.md" in message
 
 
 #: Triton 2.51 answers malformed JSON with 500 (the protocol calls for 400: the client's fault).

@@ -10,10 +10,10 @@ import pytest
 
 from towhee_rt.errors import ConfigError
 from towhee_rt.triton import bulletins
-from towhee_rt.triton.bulletins import (BULLETINS, CUDA_BY_RELEASE, EMBEDDED_TRITON_VERSION,
+from towhee_rt.triton.bulletins import (BULLETINS, EMBEDDED_TRITON_VERSION,
                                         VulnerableBaseError, check_base, newest_safe_release,
                                         ngc_release, open_bulletins, parse_release,
-                                        release_for_cuda, triton_version)
+                                        triton_version)
 
 DESIGN_IDS = ["5687", "5691", "5723", "5734", "5790", "5816", "5828", "5848", "5853", "5865",
               "5875"]
@@ -129,14 +129,6 @@ def test_check_base_explicit_returns_warnings_and_the_auth_bypass_one():
 def test_the_embedded_server_is_refused_as_an_image_base():
     with pytest.raises(VulnerableBaseError, match="Triton 2.51"):
         check_base("24.10", explicit=False)
-
-
-def test_cuda_map_is_small_and_consistent_with_the_bulletins():
-    assert set(CUDA_BY_RELEASE) <= {b.fixed_in for b in BULLETINS}
-    assert release_for_cuda("12.9") == "25.07"
-    assert release_for_cuda("13.0.2") == "25.10"
-    with pytest.raises(ConfigError, match=r"known: 12.9, 13.0.*triton_tag='26.07'"):
-        release_for_cuda("12.8")
 
 
 def test_the_module_imports_only_the_standard_library_and_towhee_rt_errors():

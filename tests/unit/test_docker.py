@@ -15,7 +15,7 @@ import pytest
 import towhee_rt as towhee
 from towhee_rt import shipped
 from towhee_rt.errors import ConfigError, DockerError
-from towhee_rt.triton import docker, procs
+from towhee_rt.triton import bulletins, docker, procs
 from towhee_rt.triton.commands import build_command, docker_command
 from towhee_rt.triton.flags import (ADMIN_APIS, CONTAINER_REPOSITORY, EXIT_TIMEOUT_SECS,
                                     INFERENCE_APIS, STOP_TIMEOUT_SECS, container_command,
@@ -23,64 +23,57 @@ from towhee_rt.triton.flags import (ADMIN_APIS, CONTAINER_REPOSITORY, EXIT_TIMEO
 from towhee_rt.triton.supervisor import only_pinned_left
 from towhee_rt.triton.supervisor_main import admin_endpoint
 
-CVES = "CVE-2025-23310/23311/23319/23320/23334"
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return towhee.dummy_input().image_decode.cv2_rgb().as_function()
 
 
 # ------------------------------------------------------------------------- the base image
-@pytest.mark.parametrize("cuda, tag", [("12.9", "25.07"), ("12.9.1", "25.07"), ("13.0", "25.10"),
-                                       ("13.0.2", "25.10")])
-def test_triton_tag_follows_the_cuda_version(cuda, tag):
-    assert docker.triton_tag_for_cuda(cuda) == tag
-    assert docker.is_fixed_release(tag)
+def test_default_base_fixes_every_published_bulletin():
+    assert docker.DEFAULT_TRITON_TAG == bulletins.newest_safe_release() == "26.07"
+    assert docker.resolve_triton_tag() == "26.07"
+    assert bulletins.open_bulletins(docker.DEFAULT_TRITON_TAG) == []
+    assert bulletins.check_base(docker.DEFAULT_TRITON_TAG, explicit=False) == []
 
 
-def test_default_is_a_release_with_the_fixes():
-    assert docker.resolve_triton_tag() == docker.DEFAULT_TRITON_TAG
-    assert docker.is_fixed_release(docker.DEFAULT_TRITON_TAG)
-    assert docker.FIXED_TRITON_TAG == "25.07" and docker.is_fixed_release("25.07")
-    assert not docker.is_fixed_release("25.06") and not docker.is_fixed_release("24.12")
-    assert docker.is_fixed_release("26.01")
-
-
-@pytest.mark.parametrize("cuda, old", [("11.4", "21.10"), ("12.6", "24.12"), ("12.8", "25.03")])
-def test_cuda_without_a_fixed_release_is_refused_with_the_way_out(cuda, old):
-    with pytest.raises(ConfigError) as info:
+@pytest.mark.parametrize("cuda, tag", [("12.9", "25.07"), ("13.0.2", "25.10"), ("11.4", "21.10")])
+def test_cuda_whose_release_has_open_bulletins_is_refused_with_the_way_out(cuda, tag):
+    with pytest.raises(bulletins.VulnerableBaseError) as info:
         docker.triton_tag_for_cuda(cuda)
     message = str(info.value)
-    assert f"newest tritonserver for CUDA {cuda} is {old}" in message
-    assert CVES in message and "25.07" in message
-    assert "cuda='12.9' or '13.0'" in message and f"triton_tag={old!r}" in message
+    key = ".".join(cuda.split(".")[:2])
+    assert f"newest tritonserver recorded for CUDA {key} is {tag}" in message
+    assert "5875" in message and "CVE-2026-24206" in message  # the open bulletins are named
+    assert f"triton_tag={tag!r}" in message and "26.07" in message
 
 
-def test_explicit_old_tag_is_allowed_with_warnings(caplog):
+def test_explicit_old_tag_is_allowed_with_warnings_naming_what_is_open(caplog):
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
         assert docker.resolve_triton_tag(triton_tag="21.10") == "21.10"
-    assert CVES in caplog.text and "predates" in caplog.text
+    assert "CVE-2025-23310" in caplog.text and "5875" in caplog.text
+    assert "can be bypassed" in caplog.text  # before 26.05 the keys are no boundary
     assert "Python 3.8" in caplog.text  # too old for the pinned packages as well
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="towhee_rt"):
-        assert docker.resolve_triton_tag(cuda="11.4", triton_tag="25.10") == "25.10"
-    assert caplog.text == ""  # triton_tag wins over cuda; a fixed release warns of nothing
+        assert docker.resolve_triton_tag(cuda="11.4", triton_tag="26.07") == "26.07"
+    assert caplog.text == ""  # triton_tag wins over cuda; a safe release warns of nothing
+    with caplog.at_level(logging.WARNING, logger="towhee_rt"):
+        assert docker.resolve_triton_tag(triton_tag="nvcr.io/nvidia/tritonserver:26.08-py3") \
+            == "26.08"
 
 
 def test_unknown_cuda_and_malformed_tags_fail():
-    with pytest.raises(ConfigError, match=r"supported versions: 12\.9, 13\.0"):
+    with pytest.raises(ConfigError, match=r"no known tritonserver image for CUDA '10.2'"):
         docker.triton_tag_for_cuda("10.2")
-    with pytest.raises(ConfigError, match="triton_tag must be an NGC release such as"):
+    with pytest.raises(ConfigError):
         docker.resolve_triton_tag(triton_tag="latest")
 
 
 def test_build_context_holds_repository_dockerfile_entrypoint_and_pins(pipe, tmp_path):
-    context = docker.write_build_context(pipe, tmp_path / "ctx", cuda="12.9",
-                                         model_name="image_embedding")
+    context = docker.write_build_context(pipe, tmp_path / "ctx", model_name="image_embedding")
     dockerfile = (context / "Dockerfile").read_text()
-    assert "FROM nvcr.io/nvidia/tritonserver:25.07-py3" in dockerfile
-    assert "(chosen for CUDA 12.9)" in dockerfile
+    assert "FROM nvcr.io/nvidia/tritonserver:26.07-py3" in dockerfile
+    assert "(the newest release fixing every published NVIDIA security bulletin)" in dockerfile
     assert "COPY models /workspace/models" in dockerfile
     assert f"COPY {docker.ENTRYPOINT_NAME} {docker.ENTRYPOINT_PATH}" in dockerfile
     assert f"COPY {docker.SUPERVISOR_NAME} {docker.SUPERVISOR_PATH}" in dockerfile
@@ -117,7 +110,7 @@ def test_without_docker_engine_the_error_names_context_and_command(pipe, tmp_pat
 
 
 def test_build_refuses_an_old_cuda_before_writing_anything(pipe, tmp_path):
-    with pytest.raises(ConfigError, match="predates"):
+    with pytest.raises(ConfigError, match="lacks the fixes"):
         towhee.build_docker_image(pipe, image_name="x:v1", cuda="11.4",
                                   context_dir=str(tmp_path / "ctx"))
     assert not (tmp_path / "ctx").exists()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..errors import ConfigError
 
@@ -84,14 +84,6 @@ BULLETINS: Tuple[Bulletin, ...] = (
     Bulletin("5865", "26.06", _SEE, cvss_max=9.8),
     Bulletin("5875", "26.07", _SEE),
 )
-
-#: NGC release -> the CUDA major.minor it is built on, from NVIDIA's release notes / frameworks
-#: support matrix, only for the releases in :data:`BULLETINS` we could check: 25.07 is the last
-#: release on CUDA 12.9 and 25.08 the first on 13.0; 25.10 is still on 13.0 (13.0.2). Releases
-#: from 25.11 on are left out: their CUDA is not recorded here (see NVIDIA's support matrix).
-CUDA_BY_RELEASE: Dict[str, str] = {
-    "25.07": "12.9", "25.08": "13.0", "25.09": "13.0", "25.10": "13.0",
-}
 
 #: Releases whose Triton version does not follow the monthly rule (before 25.07).
 _KNOWN_VERSIONS = {"24.10": "2.51"}
@@ -171,19 +163,6 @@ def newest_safe_release() -> str:
     """The newest release in :data:`BULLETINS`' ``fixed_in``: the oldest one with every fix
     recorded here (``'26.07'``)."""
     return max((b.fixed_in for b in BULLETINS), key=_months)
-
-
-def release_for_cuda(cuda: str) -> str:
-    """The newest release in :data:`CUDA_BY_RELEASE` built on CUDA ``cuda`` (``'13.0'`` or
-    ``'13.0.2'``). Raises :class:`ConfigError` naming the CUDA versions known here."""
-    key = ".".join(str(cuda).split(".")[:2])
-    releases = [r for r, c in CUDA_BY_RELEASE.items() if c == key]
-    if not releases:
-        known = ", ".join(sorted(set(CUDA_BY_RELEASE.values())))
-        raise ConfigError(f"no tritonserver release for CUDA {cuda!r} is recorded here "
-                          f"(known: {known}); pass the release itself instead, e.g. "
-                          f"triton_tag={newest_safe_release()!r}")
-    return max(releases, key=_months)
 
 
 def check_base(tag: str, explicit: bool) -> List[str]:

@@ -2,11 +2,13 @@
 
 ``build_docker_image(pipe, image_name='image_embedding:v1')`` follows Towhee's guide: the image
 is ``nvcr.io/nvidia/tritonserver:<tag>-py3`` with the pipeline's repository at
-``/workspace/models`` and pinned packages. The tag is a release with the 2025 security fixes
-(:data:`FIXED_TRITON_TAG` or later): by default :data:`DEFAULT_TRITON_TAG`, or the newest
-release for ``cuda='12.9'``/``'13.0'``. A CUDA version whose newest release predates the fixes
-is refused (the image would carry the vulnerable server); ``triton_tag='YY.MM'`` opts into any
-release explicitly, with a logged warning when it predates the fixes.
+``/workspace/models`` and pinned packages. The base is chosen from NVIDIA's security bulletins
+(:mod:`towhee_rt.triton.bulletins`, the one place they are recorded): by default
+:data:`DEFAULT_TRITON_TAG`, the newest release that fixes every published bulletin. ``cuda=``
+picks the newest release recorded for that CUDA version (:data:`CUDA_TO_TRITON_TAG`, from
+NVIDIA's support matrix) and is refused when that release has open bulletins (the image would
+carry a vulnerable server, on older releases one whose API keys can be bypassed);
+``triton_tag='YY.MM'`` opts into any release explicitly, with a warning naming what is open.
 
 The image's ``CMD`` is an entrypoint script holding
 :func:`~towhee_rt.triton.flags.container_command` rendered at build time, with placeholders for
@@ -32,6 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .. import shipped
+from . import bulletins
 from ..errors import ConfigError, DockerError
 from .commands import docker_engine_available
 from .flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
@@ -41,11 +44,9 @@ from .repository import build_model_repo
 
 log = logging.getLogger("towhee_rt")
 
-#: The first tritonserver release with the fixes for these (Triton 2.59, August 2025).
-FIXED_TRITON_TAG = "25.07"
-FIXED_CVES = "CVE-2025-23310/23311/23319/23320/23334"
 #: CUDA major.minor -> (newest tritonserver NGC tag built on it, that image's Python), from
-#: NVIDIA's release notes. Releases before FIXED_TRITON_TAG are kept to explain the refusal.
+#: NVIDIA's support matrix and release notes (releases after 25.10 are not recorded here: their
+#: CUDA could not be confirmed). Old releases stay, to explain a refusal.
 CUDA_TO_TRITON_TAG: Dict[str, Tuple[str, str]] = {
     "11.4": ("21.10", "3.8"), "11.5": ("21.12", "3.8"), "11.6": ("22.04", "3.8"),
     "11.7": ("22.08", "3.8"), "11.8": ("22.12", "3.8"), "12.0": ("23.02", "3.8"),
@@ -53,11 +54,9 @@ CUDA_TO_TRITON_TAG: Dict[str, Tuple[str, str]] = {
     "12.4": ("24.05", "3.10"), "12.5": ("24.07", "3.10"), "12.6": ("24.12", "3.12"),
     "12.8": ("25.03", "3.12"), "12.9": ("25.07", "3.12"), "13.0": ("25.10", "3.12"),
 }
-#: The release used when neither ``cuda`` nor ``triton_tag`` is given: the newest one whose
-#: CUDA (13.0.2) and Python (3.12) this table was checked against; newer releases also carry
-#: the fixes NVIDIA published after 25.07.
-DEFAULT_CUDA = "13.0"
-DEFAULT_TRITON_TAG = CUDA_TO_TRITON_TAG[DEFAULT_CUDA][0]
+#: The release used when neither ``cuda`` nor ``triton_tag`` is given: the newest release
+#: that fixes every bulletin recorded in :mod:`~towhee_rt.triton.bulletins`.
+DEFAULT_TRITON_TAG = bulletins.newest_safe_release()
 #: The image's entrypoint script, in the build context and in the image.
 ENTRYPOINT_NAME = "towhee_rt_entrypoint.sh"
 ENTRYPOINT_PATH = f"/workspace/{ENTRYPOINT_NAME}"
@@ -81,60 +80,46 @@ RUNTIME_PACKAGES = (
 MIN_PYTHON = (3, 11)
 
 
-def _tag_key(tag: str) -> Tuple[int, int]:
-    if not re.fullmatch(r"\d{2}\.\d{2}", str(tag)):
-        raise ConfigError(f"triton_tag must be an NGC release such as {DEFAULT_TRITON_TAG!r} "
-                          f"(the image is nvcr.io/nvidia/tritonserver:<tag>-py3), got {tag!r}")
-    year, month = str(tag).split(".")
-    return int(year), int(month)
-
-
-def is_fixed_release(tag: str) -> bool:
-    """Whether tritonserver ``tag`` (``'YY.MM'``) has the fixes for :data:`FIXED_CVES`."""
-    return _tag_key(tag) >= _tag_key(FIXED_TRITON_TAG)
-
-
 def triton_tag_for_cuda(cuda: str) -> str:
     """The tritonserver image tag for a CUDA version such as ``'12.9'`` or ``'13.0.2'``.
 
-    Raises :class:`ConfigError` for an unknown CUDA version, and for one whose newest release
-    predates :data:`FIXED_TRITON_TAG` (saying how to opt into it explicitly).
+    Raises :class:`ConfigError` for an unknown CUDA version, and
+    :class:`~towhee_rt.triton.bulletins.VulnerableBaseError` when the newest release recorded
+    for it has open security bulletins (saying how to opt into it explicitly, or to use the
+    default release instead).
     """
     key = ".".join(str(cuda).split(".")[:2])
-    fixed = [c for c, (tag, _) in CUDA_TO_TRITON_TAG.items() if is_fixed_release(tag)]
     if key not in CUDA_TO_TRITON_TAG:
-        raise ConfigError(f"no known tritonserver image for CUDA {cuda!r}; supported versions: "
-                          f"{', '.join(fixed)} (or pass triton_tag='YY.MM')")
+        raise ConfigError(f"no known tritonserver image for CUDA {cuda!r}; known: "
+                          f"{', '.join(CUDA_TO_TRITON_TAG)}; or leave cuda out (release "
+                          f"{DEFAULT_TRITON_TAG}) or pass triton_tag='YY.MM'")
     tag, _ = CUDA_TO_TRITON_TAG[key]
-    if not is_fixed_release(tag):
-        raise ConfigError(
-            f"the newest tritonserver for CUDA {key} is {tag}, which predates the {FIXED_CVES} "
-            f"fixes of Triton {FIXED_TRITON_TAG} (a crafted HTTP request crashes it; the Python "
-            "backend's shared-memory chain allows remote code execution). Use a fixed release: "
-            f"leave cuda out ({DEFAULT_TRITON_TAG}, CUDA {DEFAULT_CUDA}) or pass cuda="
-            f"{' or '.join(repr(c) for c in fixed)} (the host then needs an NVIDIA driver recent "
-            "enough for that CUDA, see NVIDIA's release notes). To build on "
-            f"{tag} anyway, knowing the risk, pass triton_tag={tag!r}")
+    try:
+        bulletins.check_base(tag, explicit=False)
+    except bulletins.VulnerableBaseError as exc:
+        raise bulletins.VulnerableBaseError(
+            f"the newest tritonserver recorded for CUDA {key} is {tag}: {exc}. Leaving cuda out "
+            f"builds on {DEFAULT_TRITON_TAG} (check that your driver supports its CUDA in "
+            "NVIDIA's support matrix)") from None
     return tag
 
 
 def resolve_triton_tag(cuda: Optional[str] = None, triton_tag: Optional[str] = None) -> str:
-    """The base image's tag: ``triton_tag`` as given (with a warning when it predates the
-    fixes, or when its Python is too old for the pinned packages), else
-    :func:`triton_tag_for_cuda` of ``cuda``, else :data:`DEFAULT_TRITON_TAG`."""
+    """The base image's tag: ``triton_tag`` as given (each open bulletin and a too old Python
+    logged as a warning), else :func:`triton_tag_for_cuda` of ``cuda``, else
+    :data:`DEFAULT_TRITON_TAG`."""
     if triton_tag is None:
         return DEFAULT_TRITON_TAG if cuda is None else triton_tag_for_cuda(cuda)
-    if not is_fixed_release(triton_tag):
-        log.warning("building on tritonserver %s, which predates the %s fixes of %s: do not "
-                    "expose this image to untrusted networks", triton_tag, FIXED_CVES,
-                    FIXED_TRITON_TAG)
-    pythons = {tag: python for tag, python in CUDA_TO_TRITON_TAG.values()}
-    python = pythons.get(str(triton_tag))
+    tag = bulletins.parse_release(triton_tag)
+    for warning in bulletins.check_base(tag, explicit=True):
+        log.warning("%s", warning)
+    pythons = {release: python for release, python in CUDA_TO_TRITON_TAG.values()}
+    python = pythons.get(tag)
     if python and tuple(int(p) for p in python.split(".")) < MIN_PYTHON:
         log.warning("tritonserver %s has Python %s, older than the %s.%s that the pinned "
                     "packages need; the image build is likely to fail at pip install",
-                    triton_tag, python, *MIN_PYTHON)
-    return str(triton_tag)
+                    tag, python, *MIN_PYTHON)
+    return tag
 
 
 def pinned_requirements(packages: Sequence[str] = RUNTIME_PACKAGES) -> List[str]:
@@ -148,15 +133,14 @@ def pinned_requirements(packages: Sequence[str] = RUNTIME_PACKAGES) -> List[str]
     return pins
 
 
-def render_dockerfile(tag: str, cuda: Optional[str], model_name: str) -> str:
-    """The Dockerfile text for a tritonserver ``tag``.
+def render_dockerfile(tag: str, chosen: str, model_name: str) -> str:
+    """The Dockerfile text for a tritonserver ``tag`` (``chosen``: why that release).
 
     Its ``CMD`` runs the entrypoint script (:func:`render_entrypoint`), which runs
     tritonserver with the same flags as the host launcher. The base image's own entrypoint
     stays, so ``docker run IMAGE tritonserver ...`` works as with NGC's image.
     """
     template = string.Template(shipped.read_template("Dockerfile.template"))
-    chosen = f"chosen for CUDA {cuda}" if cuda else "given as triton_tag"
     return template.substitute(tag=tag, chosen=chosen, model_name=model_name,
                                entrypoint=ENTRYPOINT_NAME, entrypoint_path=ENTRYPOINT_PATH,
                                supervisor=SUPERVISOR_NAME, supervisor_path=SUPERVISOR_PATH,
@@ -229,8 +213,9 @@ def write_build_context(pipe, context: Path, cuda: Optional[str] = None,
     entrypoint.write_text(render_entrypoint(model_name))
     entrypoint.chmod(0o755)
     write_supervisor(context)
-    shown_cuda = None if triton_tag else (cuda or DEFAULT_CUDA)
-    (context / "Dockerfile").write_text(render_dockerfile(tag, shown_cuda, model_name))
+    chosen = ("given as triton_tag" if triton_tag else f"chosen for CUDA {cuda}" if cuda
+              else "the newest release fixing every published NVIDIA security bulletin")
+    (context / "Dockerfile").write_text(render_dockerfile(tag, chosen, model_name))
     return context
 
 
@@ -239,10 +224,11 @@ def build_docker_image(pipe, image_name: str, cuda: Optional[str] = None,
                        triton_tag: Optional[str] = None) -> Path:
     """Build a tritonserver image serving ``pipe``; return the build context's path.
 
-    The base is ``nvcr.io/nvidia/tritonserver:<tag>-py3``: :data:`DEFAULT_TRITON_TAG`, or the
-    fixed release for ``cuda`` (``'12.9'``, ``'13.0'``); a CUDA version with no release fixing
-    :data:`FIXED_CVES` raises :class:`ConfigError`; ``triton_tag='YY.MM'`` chooses any release
-    (with a warning when it predates the fixes). Run the image with ``TOWHEE_RT_API_KEY`` (or
+    The base is ``nvcr.io/nvidia/tritonserver:<tag>-py3``: :data:`DEFAULT_TRITON_TAG` (the
+    newest release fixing every published security bulletin), or the release recorded for
+    ``cuda``, refused with :class:`~towhee_rt.triton.bulletins.VulnerableBaseError` when it has
+    open bulletins; ``triton_tag='YY.MM'`` chooses any release (with a warning naming the
+    bulletins it lacks). Run the image with ``TOWHEE_RT_API_KEY`` (or
     ``TOWHEE_RT_API_KEY_FILE``) to require a key for inference; the admin APIs are closed
     unless ``TOWHEE_RT_ADMIN_KEY`` (or ``_FILE``) is set.
 
