@@ -208,6 +208,12 @@ class Operator:
             self.setup(device or self.device)
             self._ready = True
 
+    def is_ready(self) -> bool:
+        """Whether this operator can serve now: set up, by default. An operator that can lose
+        what it needs while serving (a device, a runtime session) overrides it; served, it is
+        the model's readiness on Triton releases that ask for it (26.03+)."""
+        return self._ready
+
     # -- work --------------------------------------------------------------------------------
     def process_batch(self, batch: Dict[str, List[Any]]) -> Dict[str, List[Any]]:
         """Process one batch; must be overridden."""

@@ -173,6 +173,14 @@ class TritonPythonModel:
                            "internal error (%s) in the operator; the server log has the details "
                            "under reference %s" % (type(exc).__name__, reference))
 
+    def is_ready(self):
+        """Triton 26.03+ asks this for the model's readiness (older releases never call it):
+        ready while the operator says it can serve; a failing check is "not ready"."""
+        try:
+            return self.op is not None and bool(self.op.is_ready())
+        except Exception:  # noqa: BLE001 - a broken check must not take the stub down
+            return False
+
     def finalize(self):
         self.op = None
 
