@@ -17,7 +17,7 @@ What ships, and where::
                                                       -> <model>/1/towhee_rt/__init__.py
                 (only in the models of user operators, beside their module:
                  user_module_tree(), -> <model>/1/towhee_ops/user_<module>.py)
-    SUPERVISOR  towhee_rt/triton/{procs,admin,supervisor,supervisor_main}.py and
+    SUPERVISOR  towhee_rt/triton/{procs,admin,supervisor,command_merge,supervisor_main}.py and
                 model_repo_templates/supervisor_package_{init,main}.py
                                                       -> <image context>/towhee_rt_supervisor/
 
@@ -92,7 +92,7 @@ STAND_IN = ShippedTree(
     (ShippedFile(TEMPLATES_DIR / "towhee_rt_stand_in.py", "__init__.py"),),
     package=STAND_IN_PACKAGE)
 #: Standard library only; they import each other relatively.
-SUPERVISOR_MODULES = ("procs", "admin", "supervisor", "supervisor_main")
+SUPERVISOR_MODULES = ("procs", "admin", "supervisor", "command_merge", "supervisor_main")
 SUPERVISOR = ShippedTree(
     "supervisor", SUPERVISOR_PACKAGE,
     tuple(ShippedFile(_LIBRARY / "triton" / f"{m}.py", f"{m}.py") for m in SUPERVISOR_MODULES)

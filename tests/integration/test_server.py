@@ -385,9 +385,10 @@ def test_build_command_binds_host_and_uses_absolute_repository():
 def test_docker_command_follows_the_guide():
     argv = docker_command("image_embedding:v1", grpc_port=8001, http_port=8000,
                           metrics_port=8002)
-    assert argv[:7] == ["docker", "run", "--rm", "--gpus=all", "--shm-size=1g", "--net=host",
-                        "image_embedding:v1"]
-    assert argv[7:10] == ["tritonserver", "--model-repository=/workspace/models",
+    # NVIDIA's entrypoint, not towhee_rt's image's (which refuses the restriction flags given)
+    assert argv[:8] == ["docker", "run", "--rm", "--entrypoint=/opt/nvidia/nvidia_entrypoint.sh",
+                        "--gpus=all", "--shm-size=1g", "--net=host", "image_embedding:v1"]
+    assert argv[8:11] == ["tritonserver", "--model-repository=/workspace/models",
                           "--grpc-address=127.0.0.1"]
     assert {"--grpc-port=8001", "--http-port=8000", "--metrics-port=8002"} <= set(argv)
     mounted = docker_command("img", model_repository="/data/repo", gpus=None, name="t1")

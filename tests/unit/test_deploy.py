@@ -246,9 +246,10 @@ def test_container_runs_exactly_the_flags_of_container_command(cpu_repo, tmp_pat
     deployment = kubernetes_objects(cpu_repo, KubernetesOptions(
         image=IMAGE, api_key_secret="keys", admin_key_secret="admin"))[0]
     container = _container(deployment)
-    assert "command" not in container  # the image's ENTRYPOINT (NVIDIA's) still runs first
-    shell, script_path = container["args"]
-    assert (shell, script_path) == docker.IMAGE_CMD
+    # The image's ENTRYPOINT (NVIDIA's, then the script) runs with no arguments.
+    assert "command" not in container and "args" not in container
+    nvidia, shell, script_path = docker.IMAGE_ENTRYPOINT
+    assert nvidia == "/opt/nvidia/nvidia_entrypoint.sh"
     root = tmp_path / "image"
     script = root / Path(script_path).relative_to("/")
     script.parent.mkdir(parents=True)
@@ -265,7 +266,7 @@ def test_container_runs_exactly_the_flags_of_container_command(cpu_repo, tmp_pat
         local.parent.mkdir(parents=True)
         local.write_text(keys[variable["name"]] + "\n")
         env[variable["name"]] = str(local)
-    result = subprocess.run([BASH, str(script)], env=env, capture_output=True, text=True,
+    result = subprocess.run([shell, str(script)], env=env, capture_output=True, text=True,
                             timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == container_command(api_key="api-9x", admin_key="adm-7y")
@@ -289,7 +290,7 @@ def test_kserve_writes_a_triton_runtime_and_an_inference_service(cpu_repo, tmp_p
     assert "v2" in runtime["spec"]["protocolVersions"]
     (container,) = runtime["spec"]["containers"]
     assert container["name"] == "kserve-container" and container["image"] == IMAGE
-    assert container["args"] == list(docker.IMAGE_CMD)
+    assert "args" not in container and "command" not in container  # the image's entrypoint
     predictor = isvc["spec"]["predictor"]
     assert (predictor["minReplicas"], predictor["maxReplicas"]) == (2, 5)
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == \

@@ -78,13 +78,17 @@ def test_build_context_holds_repository_dockerfile_entrypoint_and_pins(pipe, tmp
     assert f"COPY {docker.ENTRYPOINT_NAME} {docker.ENTRYPOINT_PATH}" in dockerfile
     assert f"COPY {docker.SUPERVISOR_NAME} {docker.SUPERVISOR_PATH}" in dockerfile
     assert f"--stop-timeout {STOP_TIMEOUT_SECS}" in dockerfile
-    assert _dockerfile_cmd(dockerfile) == ["/bin/bash", docker.ENTRYPOINT_PATH]
+    # NVIDIA's entrypoint, then ours, and no CMD: a trailing command reaches the script.
+    assert _dockerfile_instruction(dockerfile, "ENTRYPOINT") == [
+        "/opt/nvidia/nvidia_entrypoint.sh", "/bin/bash", docker.ENTRYPOINT_PATH]
+    assert not [line for line in dockerfile.splitlines() if line.startswith("CMD")]
     script = context / docker.ENTRYPOINT_NAME
     assert script.read_text() == docker.render_entrypoint("image_embedding")
     assert os.access(script, os.X_OK)
     # One supervisor: its modules, copied as they are (they need the standard library only).
     supervisor = context / docker.SUPERVISOR_NAME
-    assert set(shipped.SUPERVISOR_MODULES) == {"procs", "admin", "supervisor", "supervisor_main"}
+    assert set(shipped.SUPERVISOR_MODULES) == {"procs", "admin", "supervisor", "command_merge",
+                                               "supervisor_main"}
     assert sorted(path.name for path in supervisor.iterdir()) == sorted(
         [f"{name}.py" for name in shipped.SUPERVISOR_MODULES] + ["__init__.py", "__main__.py"])
     for file in shipped.SUPERVISOR.files:
@@ -122,9 +126,9 @@ def test_engine_probe_answers_false_on_this_machine_or_true_with_an_engine():
 
 
 # ------------------------------------------------------------------ one set of server flags
-def _dockerfile_cmd(dockerfile: str) -> list:
-    (line,) = [line for line in dockerfile.splitlines() if line.startswith("CMD ")]
-    return json.loads(line[len("CMD "):])  # exec form: a JSON array, no shell
+def _dockerfile_instruction(dockerfile: str, name: str) -> list:
+    (line,) = [line for line in dockerfile.splitlines() if line.startswith(name + " ")]
+    return json.loads(line[len(name) + 1:])  # exec form: a JSON array, no shell
 
 
 def test_container_command_is_server_flags_on_all_interfaces():
@@ -258,11 +262,15 @@ def test_entrypoint_is_valid_bash_and_holds_the_server_flags(entrypoint):
     check = subprocess.run([BASH, "-n", str(script)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stderr
     text = script.read_text()
-    for flag in server_flags(CONTAINER_REPOSITORY, host="0.0.0.0", admin_key="x")[:-2]:
-        assert flag in text  # every flag except the key-bearing ones, verbatim
+    flags = server_flags(CONTAINER_REPOSITORY, host="0.0.0.0", admin_key="x")[:-2]
+    assert flags[0] == f"--model-repository={CONTAINER_REPOSITORY}"
+    for flag in flags[1:]:
+        assert flag in text  # every flag except the repository and the keys, verbatim
+    assert text.count('--model-repository="$model_repository"') == 2
+    assert f'model_repository="${{TOWHEE_RT_MODEL_REPOSITORY:-{CONTAINER_REPOSITORY}}}"' in text
     assert text.count('towhee-admin-key="$admin_key"') == 4  # http + grpc, in both branches
     assert text.count('towhee-api-key="$api_key"') == 2
-    assert f'exec python3 "$supervisor" run -- "$@"' in text
+    assert 'exec python3 "$supervisor" run --user-args "$user_args" -- "$@"' in text
     assert "@@" not in text
 
 
@@ -324,6 +332,142 @@ def test_entrypoint_without_the_supervisor_runs_tritonserver_and_says_so(tmp_pat
     assert "tritonserver runs unsupervised" in result.stderr
     argv = [line for line in result.stdout.splitlines() if not line.startswith("ENV:")]
     assert argv == container_command(admin_key="a")
+
+
+# ------------------------------------------- a command given to the image (Towhee's guide)
+#: Towhee's guide: docker run -td --gpus=all --shm-size=1g --net=host image_embedding:v1 ...
+GUIDE_COMMAND = ["tritonserver", "--model-repository=/workspace/models", "--grpc-port=8001"]
+
+
+@pytest.fixture(scope="module")
+def image_entrypoint(entrypoint, tmp_path_factory):
+    """The image's ENTRYPOINT as the Dockerfile has it, with a stand-in for NVIDIA's script
+    (which execs its arguments) and the script's container path mapped to the rendered one."""
+    script, path = entrypoint
+    nvidia = tmp_path_factory.mktemp("nvidia") / "nvidia_entrypoint.sh"
+    nvidia.write_text('#!/bin/bash\necho "== stand-in for NVIDIA\'s entrypoint =="\nexec "$@"\n')
+    nvidia.chmod(0o755)
+    mapping = {docker.NVIDIA_ENTRYPOINT: str(nvidia), docker.ENTRYPOINT_PATH: str(script)}
+    return [mapping.get(word, word) for word in docker.IMAGE_ENTRYPOINT], path
+
+
+def _run_image(image_entrypoint, env, *command):
+    """``docker run IMAGE COMMAND...`` without Docker: (result, tritonserver's argv or [])."""
+    prefix, path = image_entrypoint
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("TOWHEE_RT_")}
+    result = subprocess.run([*prefix, *command], env={**clean, "PATH": path, **env},
+                            capture_output=True, text=True, timeout=30)
+    lines = result.stdout.splitlines()
+    assert lines[:1] == ["== stand-in for NVIDIA's entrypoint =="], result.stdout
+    argv = [line for line in lines[1:] if not line.startswith("ENV:")]
+    if argv and argv[0] == "tritonserver":
+        assert argv[-1].startswith(procs.SHM_PREFIX_FLAG + "towhee_rt_"), argv
+        assert "tritonserver exited (code 0)" in result.stderr, result.stderr  # supervised
+        argv = argv[:-1]
+    return result, argv
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_the_guides_command_keeps_flags_keys_and_supervisor(image_entrypoint):
+    keys = {"TOWHEE_RT_API_KEY": "k1", "TOWHEE_RT_ADMIN_KEY": "adm"}
+    result, argv = _run_image(image_entrypoint, keys, *GUIDE_COMMAND)
+    assert result.returncode == 0, result.stderr
+    # The guide's values are towhee_rt's own: exactly towhee_rt's command.
+    assert argv == container_command(api_key="k1", admin_key="adm")
+    # The user's repository and port win, in place; everything else stays.
+    result, argv = _run_image(image_entrypoint, keys, "tritonserver",
+                              "--model-repository=/data/models", "--grpc-port=9001",
+                              "--log-verbose", "1", "--id=mine")
+    assert result.returncode == 0, result.stderr
+    expected = container_command(api_key="k1", admin_key="adm")
+    expected = [{"--model-repository=/workspace/models": "--model-repository=/data/models",
+                 "--grpc-port=8001": "--grpc-port=9001"}.get(arg, arg) for arg in expected]
+    at = expected.index("--log-verbose=0")
+    expected[at:at + 1] = ["--log-verbose", "1"]
+    assert argv == expected + ["--id=mine"]
+    # No arguments: towhee_rt's command; flags only: merged the same way.
+    assert _run_image(image_entrypoint, keys)[1] == container_command(api_key="k1",
+                                                                      admin_key="adm")
+    result, argv = _run_image(image_entrypoint, {"TOWHEE_RT_ADMIN_KEY": "adm"},
+                              "--http-port=9000")
+    assert "inference is open" in result.stderr
+    assert argv == [a.replace("--http-port=8000", "--http-port=9000")
+                    for a in container_command(admin_key="adm")]
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+@pytest.mark.parametrize("flag, reason", [
+    ("--http-restricted-api=inference:x=y", "the API keys are set by towhee_rt"),
+    ("--grpc-restricted-protocol=model-repository:x=y", "the API keys are set by towhee_rt"),
+    ("--http-restricted", "abbreviates --http-restricted-api"),
+    ("--allow-sagemaker=true", "SageMaker endpoint"),
+    ("--allow-vertex-ai=1", "Vertex AI endpoint"),
+    ("--model-control-mode=poll", "explicit model control"),
+    ("--allow-http=false", "over HTTP"),
+    ("--http-header-forward-pattern=towhee-.*", "hand the keys to the model code"),
+], ids=lambda value: value.split("=")[0] if value.startswith("--") else None)
+def test_a_flag_that_would_undo_a_protection_is_refused(image_entrypoint, flag, reason):
+    result, argv = _run_image(image_entrypoint, {"TOWHEE_RT_API_KEY": "k1"}, *GUIDE_COMMAND,
+                              flag)
+    assert result.returncode == 2, result.stderr
+    assert argv == [] and "tritonserver exited" not in result.stderr
+    assert "towhee_rt entrypoint: " in result.stderr and reason in result.stderr
+    assert "x=y" not in result.stderr  # a refused restriction's value is not echoed
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_any_other_command_runs_as_given(image_entrypoint):
+    result, argv = _run_image(image_entrypoint, {"TOWHEE_RT_API_KEY": ""},  # a bad key: unread
+                              "bash", "-c", "echo hi; echo $TOWHEE_RT_API_KEY-left")
+    assert result.returncode == 0, result.stderr
+    assert argv == ["hi", "-left"] and result.stderr == ""
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_paths_of_the_container_can_be_overridden(image_entrypoint):
+    result, argv = _run_image(image_entrypoint, {"TOWHEE_RT_ADMIN_KEY": "adm",
+                                                 "TOWHEE_RT_MODEL_REPOSITORY": "/r",
+                                                 "TOWHEE_RT_BACKEND_DIRECTORY": "/b"})
+    assert result.returncode == 0, result.stderr
+    assert argv == ["tritonserver", "--model-repository=/r"] + container_command(
+        admin_key="adm")[2:] + ["--backend-directory=/b"]
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_without_the_supervisor_a_given_command_is_refused(tmp_path):
+    script = tmp_path / docker.ENTRYPOINT_NAME
+    script.write_text(docker.render_entrypoint("pipeline"))
+    result = subprocess.run([BASH, str(script), *GUIDE_COMMAND], capture_output=True,
+                            text=True, timeout=30, env={"PATH": os.environ["PATH"]})
+    assert result.returncode == 64
+    assert "cannot merge the command given with towhee_rt's flags" in result.stderr
+
+
+def test_merge_reads_both_forms_abbreviations_and_backend_settings():
+    from towhee_rt.triton.command_merge import RefusedFlag, merge_command
+
+    base = container_command(admin_key="adm")
+    merged = merge_command(base, ["/opt/tritonserver/bin/tritonserver", "--model-store", "/d",
+                                  "--model-repository=/e", "--grpc-p=9",
+                                  "--backend-config=python,shm-default-byte-size=1"])
+    assert merged[:4] == ["/opt/tritonserver/bin/tritonserver", "--model-store", "/d",
+                          "--model-repository=/e"]  # both replace /workspace/models
+    assert "--grpc-port=8001" not in merged and "--grpc-p=9" in merged
+    assert "--backend-config=python,shm-default-byte-size=1" in merged
+    assert "--backend-config=python,shm-default-byte-size=16777216" not in merged
+    assert "--backend-config=python,shm-growth-byte-size=16777216" in merged
+    assert merged[-2:] == base[-2:]  # the restrictions stay
+    # Values that keep the protection are accepted.
+    kept = merge_command(base, ["--allow-sagemaker=false", "--model-control-mode", "explicit",
+                                "--http-header-forward-pattern=x-trace-.*"])
+    assert kept[-2:] == ["--allow-sagemaker=false", "--http-header-forward-pattern=x-trace-.*"]
+    at = kept.index("--model-control-mode")
+    assert kept[at + 1] == "explicit" and "--model-control-mode=explicit" not in kept
+    for words in (["--allow-sagemaker", "on"], ["--grpc-restricted-protocol", "a:b=c"],
+                  ["--allow-vert=true"]):
+        with pytest.raises(RefusedFlag):
+            merge_command(base, words)
+    assert merge_command(base, []) == base
 
 
 def test_supervisor_script_needs_only_the_standard_library(tmp_path):

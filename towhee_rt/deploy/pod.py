@@ -9,8 +9,9 @@ per start when none is given (a key fixed in a manifest would be readable by eve
 read the Deployment), and runs tritonserver under the supervisor, which reloads a model whose
 Python stub died (Triton 2.51 keeps reporting ready with a dead stub, so no probe would notice)
 and exits 1 when a model keeps dying, so that Kubernetes restarts the pod. The container sets
-``args`` (the image's ``CMD``) and no ``command``, so NVIDIA's own entrypoint still runs first
-(it sets up CUDA forward compatibility), exactly as with ``docker run``.
+neither ``command`` nor ``args``: the image's ``ENTRYPOINT``
+(:data:`towhee_rt.triton.docker.IMAGE_ENTRYPOINT`: NVIDIA's entrypoint, which sets up CUDA
+forward compatibility, then the script) runs with no arguments, exactly as ``docker run IMAGE``.
 
 Security: the pod runs as NVIDIA's ``triton-server`` user (uid/gid 1000, present in the NGC
 tritonserver images), without privilege escalation, with every capability dropped and the
@@ -25,7 +26,6 @@ from __future__ import annotations
 import math
 from typing import Dict, List
 
-from ..triton import docker
 from ..triton.flags import (DEFAULT_GRPC_PORT, DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT,
                             EXIT_TIMEOUT_SECS, STOP_TIMEOUT_SECS)
 from .options import KubernetesOptions
@@ -83,7 +83,6 @@ def container(options: KubernetesOptions, sizing: Sizing, resources: Resources) 
         "name": CONTAINER_NAME,
         "image": options.image,
         "imagePullPolicy": "IfNotPresent",
-        "args": list(docker.IMAGE_CMD),
         "ports": [{"name": name, "containerPort": port, "protocol": "TCP"}
                   for name, port in PORTS],
         # Ready means loaded and warmed up (strict readiness): until then, the startup probe.

@@ -39,6 +39,11 @@ def build_command(binary: PathLike, model_repository: PathLike, *, host: str = "
     return argv + list(extra_args)
 
 
+#: The entrypoint of NVIDIA's tritonserver images (it prints the banner, checks the driver and
+#: sets up CUDA forward compatibility, then execs its arguments).
+NVIDIA_ENTRYPOINT = "/opt/nvidia/nvidia_entrypoint.sh"
+
+
 def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
                    host: str = "127.0.0.1", grpc_port: int = DEFAULT_GRPC_PORT,
                    http_port: int = DEFAULT_HTTP_PORT, metrics_port: int = DEFAULT_METRICS_PORT,
@@ -48,9 +53,11 @@ def docker_command(image: str, *, model_repository: Optional[PathLike] = None,
                    admin_key: Optional[str] = None) -> List[str]:
     """The ``docker run`` argv serving ``image``'s ``/workspace/models`` (or
     ``model_repository`` mounted there read-only) with host networking. It runs
-    ``tritonserver`` with :func:`~towhee_rt.triton.flags.server_flags` itself (not the image's
-    entrypoint script), so any tritonserver image works. Starts nothing."""
-    argv = ["docker", "run", "--rm"]
+    ``tritonserver`` with :func:`~towhee_rt.triton.flags.server_flags` itself, through NVIDIA's
+    entrypoint (:data:`NVIDIA_ENTRYPOINT`) and not the entrypoint script of towhee_rt's images
+    (which would refuse the restriction flags it carries), so any NGC tritonserver image
+    works. Starts nothing."""
+    argv = ["docker", "run", "--rm", f"--entrypoint={NVIDIA_ENTRYPOINT}"]
     if gpus:
         argv.append(f"--gpus={gpus}")
     argv += [f"--shm-size={shm_size}", "--net=host"]

@@ -10,10 +10,14 @@ NVIDIA's support matrix) and is refused when that release has open bulletins (th
 carry a vulnerable server, on older releases one whose API keys can be bypassed);
 ``triton_tag='YY.MM'`` opts into any release explicitly, with a warning naming what is open.
 
-The image's ``CMD`` is an entrypoint script holding
-:func:`~towhee_rt.triton.flags.container_command` rendered at build time, with placeholders for
-the keys it reads from the environment at start (``TOWHEE_RT_API_KEY``/``TOWHEE_RT_ADMIN_KEY``
-or their ``_FILE`` variants): no key is baked into the image. The script runs tritonserver
+The image's ``ENTRYPOINT`` (:data:`IMAGE_ENTRYPOINT`: NVIDIA's entrypoint, then ours) is a
+script holding :func:`~towhee_rt.triton.flags.container_command` rendered at build time, with
+placeholders for the keys it reads from the environment at start (``TOWHEE_RT_API_KEY``/
+``TOWHEE_RT_ADMIN_KEY`` or their ``_FILE`` variants): no key is baked into the image. A command
+given to ``docker run IMAGE ...`` becomes its arguments: none runs that command; ``tritonserver
+FLAGS...`` (Towhee's guide) runs it merged with the user's flags
+(:mod:`towhee_rt.triton.command_merge`: the user's repository and ports win, flags that would
+undo the protections are refused); any other command (``bash``) runs as given. The script runs tritonserver
 under the supervisor (:mod:`towhee_rt.triton.supervisor_main` and the modules it imports,
 copied into the image unchanged as the package ``towhee_rt_supervisor``: they need only the
 standard library; :mod:`towhee_rt.shipped` lists what ships), which reloads a model whose stub
@@ -36,8 +40,9 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .. import shipped
 from . import bulletins
 from ..errors import ConfigError, DockerError
-from .commands import docker_engine_available
-from .flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, DEFAULT_GRPC_PORT,
+from .commands import NVIDIA_ENTRYPOINT, docker_engine_available
+from .flags import (ADMIN_APIS, ADMIN_KEY_HEADER, API_KEY_HEADER, CONTAINER_REPOSITORY,
+                    DEFAULT_GRPC_PORT,
                     DEFAULT_HTTP_PORT, DEFAULT_METRICS_PORT, EXIT_TIMEOUT_SECS,
                     GRPC_HEADER_PREFIX, STOP_TIMEOUT_SECS, container_command)
 from .repository import build_model_repo
@@ -60,8 +65,10 @@ DEFAULT_TRITON_TAG = bulletins.newest_safe_release()
 #: The image's entrypoint script, in the build context and in the image.
 ENTRYPOINT_NAME = "towhee_rt_entrypoint.sh"
 ENTRYPOINT_PATH = f"/workspace/{ENTRYPOINT_NAME}"
-#: The image's ``CMD``: the entrypoint script (Kubernetes manifests repeat it as ``args``).
-IMAGE_CMD = ("/bin/bash", ENTRYPOINT_PATH)
+#: The image's ``ENTRYPOINT``; the image has no ``CMD``, so ``docker run IMAGE`` (and a
+#: Kubernetes container without ``args``) runs towhee_rt's command, and ``docker run IMAGE
+#: tritonserver ...`` hands the trailing command to the script.
+IMAGE_ENTRYPOINT = (NVIDIA_ENTRYPOINT, "/bin/bash", ENTRYPOINT_PATH)
 #: The supervisor package beside the entrypoint (:data:`towhee_rt.shipped.SUPERVISOR`: its
 #: modules copied unchanged, with an ``__init__.py`` and a ``__main__.py``:
 #: ``python3 /workspace/towhee_rt_supervisor run -- tritonserver ...``).
@@ -69,7 +76,12 @@ SUPERVISOR_NAME = shipped.SUPERVISOR.directory
 SUPERVISOR_PATH = f"/workspace/{SUPERVISOR_NAME}"
 #: What the rendered flags hold in place of the keys; the script substitutes its variables.
 _KEY_PLACEHOLDERS = {"@@TOWHEE_RT_API_KEY@@": '"$api_key"',
-                     "@@TOWHEE_RT_ADMIN_KEY@@": '"$admin_key"'}
+                     "@@TOWHEE_RT_ADMIN_KEY@@": '"$admin_key"',
+                     "@@TOWHEE_RT_MODEL_REPOSITORY@@": '"$model_repository"'}
+#: The repository flag of ``container_command``, and what the script renders instead (the
+#: path ``TOWHEE_RT_MODEL_REPOSITORY`` overrides; the container's by default).
+_REPOSITORY_FLAG = f"--model-repository={CONTAINER_REPOSITORY}"
+_REPOSITORY_RENDERED = "--model-repository=@@TOWHEE_RT_MODEL_REPOSITORY@@"
 #: The distributions the operators import at run time, pinned in the image.
 RUNTIME_PACKAGES = (
     "numpy", "opencv-python-headless", "pillow", "torch", "torchvision", "timm", "onnx",
@@ -136,16 +148,17 @@ def pinned_requirements(packages: Sequence[str] = RUNTIME_PACKAGES) -> List[str]
 def render_dockerfile(tag: str, chosen: str, model_name: str) -> str:
     """The Dockerfile text for a tritonserver ``tag`` (``chosen``: why that release).
 
-    Its ``CMD`` runs the entrypoint script (:func:`render_entrypoint`), which runs
-    tritonserver with the same flags as the host launcher. The base image's own entrypoint
-    stays, so ``docker run IMAGE tritonserver ...`` works as with NGC's image.
+    Its ``ENTRYPOINT`` (:data:`IMAGE_ENTRYPOINT`) runs NVIDIA's entrypoint, which execs the
+    script (:func:`render_entrypoint`), which runs tritonserver with the same flags as the host
+    launcher: ``docker run IMAGE tritonserver ...`` (Towhee's guide) keeps them.
     """
     template = string.Template(shipped.read_template("Dockerfile.template"))
     return template.substitute(tag=tag, chosen=chosen, model_name=model_name,
                                entrypoint=ENTRYPOINT_NAME, entrypoint_path=ENTRYPOINT_PATH,
                                supervisor=SUPERVISOR_NAME, supervisor_path=SUPERVISOR_PATH,
                                stop_timeout=STOP_TIMEOUT_SECS,
-                               command=json.dumps(list(IMAGE_CMD)),
+                               nvidia_entrypoint=NVIDIA_ENTRYPOINT,
+                               entrypoint_command=json.dumps(list(IMAGE_ENTRYPOINT)),
                                ports=f"{DEFAULT_HTTP_PORT} {DEFAULT_GRPC_PORT} "
                                      f"{DEFAULT_METRICS_PORT}")
 
@@ -154,8 +167,10 @@ def render_entrypoint(model_name: str = "pipeline") -> str:
     """The image's entrypoint script (bash): reads the keys from the environment and execs
     :func:`~towhee_rt.triton.flags.container_command`, rendered here with placeholders for
     the keys (so every flag comes from :func:`~towhee_rt.triton.flags.server_flags`), under the
-    supervisor package found beside it (:data:`SUPERVISOR_NAME`)."""
-    api, admin = _KEY_PLACEHOLDERS
+    supervisor package found beside it (:data:`SUPERVISOR_NAME`). The arguments it is given
+    are handled as :mod:`towhee_rt.triton.docker` describes; ``TOWHEE_RT_MODEL_REPOSITORY`` and
+    ``TOWHEE_RT_BACKEND_DIRECTORY`` override the container's paths (to run it outside one)."""
+    api, admin, _ = _KEY_PLACEHOLDERS
     text = shipped.read_template("entrypoint.sh.template")
     fills = {
         "@@MODEL_NAME@@": model_name, "@@API_HEADER@@": API_KEY_HEADER,
@@ -163,6 +178,7 @@ def render_entrypoint(model_name: str = "pipeline") -> str:
         "@@ADMIN_APIS@@": ", ".join(ADMIN_APIS),
         "@@SUPERVISOR@@": SUPERVISOR_NAME, "@@EXIT_TIMEOUT@@": str(EXIT_TIMEOUT_SECS),
         "@@STOP_TIMEOUT@@": str(STOP_TIMEOUT_SECS),
+        "@@CONTAINER_REPOSITORY@@": CONTAINER_REPOSITORY,
         "@@COMMAND_WITH_API_KEY@@": _shell_lines(container_command(api_key=api,
                                                                    admin_key=admin)),
         "@@COMMAND@@": _shell_lines(container_command(admin_key=admin)),
@@ -176,7 +192,7 @@ def _shell_lines(argv: Sequence[str]) -> str:
     """``argv`` as shell words, one per continued line, key placeholders as variables."""
     pattern = "(" + "|".join(map(re.escape, _KEY_PLACEHOLDERS)) + ")"
     words = []
-    for arg in argv:
+    for arg in (_REPOSITORY_RENDERED if a == _REPOSITORY_FLAG else a for a in argv):
         parts = re.split(pattern, arg)
         words.append("".join(_KEY_PLACEHOLDERS.get(part) or shlex.quote(part)
                              for part in parts if part))

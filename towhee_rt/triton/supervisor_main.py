@@ -4,18 +4,22 @@
 
 The supervisor's standalone runner, in two roles::
 
-    python3 /workspace/towhee_rt_supervisor run -- tritonserver FLAGS...   # the image's CMD
+    python3 /workspace/towhee_rt_supervisor run -- tritonserver FLAGS...   # the image's entrypoint
+    python3 /workspace/towhee_rt_supervisor run --user-args N -- tritonserver FLAGS... USER...
     python -I -S -c ... DIR watchdog --group PGID --shm-prefix P         # started by TritonServer
 
-``run`` starts tritonserver, supervises it (:class:`~.supervisor.Supervisor`), forwards
+``run`` starts tritonserver (with ``--user-args N``: the last N words are a command the user
+gave the image, such as ``tritonserver --model-repository=... --grpc-port=8001``, merged into
+the others by :func:`~.command_merge.merge_command`; a flag that would undo a protection is
+refused with exit code 2), supervises it (:class:`~.supervisor.Supervisor`), forwards
 SIGTERM/SIGINT, reaps orphans (as PID 1 or a subreaper) and cleans up when it exits.
 ``watchdog`` waits for its standard input (a pipe whose other end only the launching process
 holds) to close; if the launcher dies without stopping its server (SIGKILL), it kills what is
 left of the server's process group and removes the server's shared-memory regions.
 
 Standard library only, like the modules it imports (:mod:`.procs`, :mod:`.admin`,
-:mod:`.supervisor`), so that it runs without towhee_rt and its packages: the image holds the
-four as the package ``towhee_rt_supervisor`` (:func:`towhee_rt.triton.docker.write_supervisor`),
+:mod:`.supervisor`, :mod:`.command_merge`), so that it runs without towhee_rt and its packages:
+the image holds them as the package ``towhee_rt_supervisor`` (:func:`towhee_rt.triton.docker.write_supervisor`),
 and the host launcher runs the watchdog in an isolated interpreter
 (:func:`standalone_command`).
 """
@@ -32,6 +36,7 @@ import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .admin import TritonAdmin
+from .command_merge import REFUSED_EXIT_CODE, RefusedFlag, merge_command
 from .procs import (SHM_PREFIX_FLAG, kill_group, mib, remove_regions, remove_stale_regions,
                     shm_prefix, shm_prefix_flag)
 from .supervisor import POLL_SECS, Supervisor, only_pinned_left
@@ -245,6 +250,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run tritonserver under supervision")
+    run.add_argument("--user-args", type=int, default=0, metavar="N",
+                     help="the last N words of the command are the user's (tritonserver FLAGS "
+                          "or FLAGS), merged into the others")
     run.add_argument("server_argv", nargs=argparse.REMAINDER,
                      help="-- then the tritonserver command")
     watch = commands.add_parser("watchdog", help="clean up after a launcher that died")
@@ -257,6 +265,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     server_argv = list(args.server_argv)
     if server_argv[:1] == ["--"]:
         server_argv = server_argv[1:]
+    if args.user_args:
+        split = len(server_argv) - args.user_args
+        if split < 1:
+            parser.error(f"--user-args {args.user_args}: the command has only "
+                         f"{len(server_argv)} words")
+        try:
+            server_argv = merge_command(server_argv[:split], server_argv[split:])
+        except RefusedFlag as exc:
+            print(f"towhee_rt entrypoint: {exc}", file=sys.stderr)
+            return REFUSED_EXIT_CODE
     return run_main(server_argv)
 
 
