@@ -15,6 +15,7 @@ import pytest
 import towhee_rt as towhee
 from towhee_rt import shipped
 from towhee_rt.errors import ConfigError, DockerError
+from towhee_rt.op_config import DEFAULT_MAX_REQUEST_BYTES
 from towhee_rt.triton import bulletins, docker, procs
 from towhee_rt.triton.commands import build_command, docker_command
 from towhee_rt.triton.flags import (ADMIN_APIS, CONTAINER_REPOSITORY, EXIT_TIMEOUT_SECS,
@@ -83,7 +84,8 @@ def test_build_context_holds_repository_dockerfile_entrypoint_and_pins(pipe, tmp
         "/opt/nvidia/nvidia_entrypoint.sh", "/bin/bash", docker.ENTRYPOINT_PATH]
     assert not [line for line in dockerfile.splitlines() if line.startswith("CMD")]
     script = context / docker.ENTRYPOINT_NAME
-    assert script.read_text() == docker.render_entrypoint("image_embedding")
+    assert script.read_text() == docker.render_entrypoint("image_embedding",
+                                                          DEFAULT_MAX_REQUEST_BYTES)
     assert os.access(script, os.X_OK)
     # One supervisor: its modules, copied as they are (they need the standard library only).
     supervisor = context / docker.SUPERVISOR_NAME
@@ -526,3 +528,45 @@ def test_only_pinned_left_reads_a_stopping_server_log():
     later = log + '"Timeout 14: Found 1 live models and 0 in-flight non-inference requests"\n'
     assert only_pinned_left(later, 1) and not only_pinned_left(later, 0)
     assert not only_pinned_left('"Timeout 3: Found 1 live models"', 1)  # still draining
+
+
+_FAKE_NEWER_TRITONSERVER = textwrap.dedent("""\
+    #!/bin/sh
+    # Stands in for a newer tritonserver: --help lists the HTTP body limit; else its argv.
+    if [ "$1" = "--help" ]; then echo "  --http-max-input-size <integer>"; exit 0; fi
+    basename "$0"
+    for arg in "$@"; do printf '%s\\n' "$arg"; done
+""")
+
+
+@pytest.mark.skipif(BASH is None, reason="no bash here")
+def test_front_door_body_limit_only_where_the_release_offers_it(tmp_path):
+    script = tmp_path / docker.ENTRYPOINT_NAME
+    script.write_text(docker.render_entrypoint("pipeline", max_request_bytes=1000))
+    docker.write_supervisor(tmp_path)
+    flag = f"--http-max-input-size={1000 + docker.HTTP_BODY_HEADROOM}"
+    for fake, offered in ((_FAKE_NEWER_TRITONSERVER, True), (_FAKE_TRITONSERVER, False)):
+        bin_dir = tmp_path / f"bin-{offered}"
+        bin_dir.mkdir()
+        (bin_dir / "tritonserver").write_text(fake)
+        (bin_dir / "tritonserver").chmod(0o755)
+        path = f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"
+        result, argv, _ = _run_entrypoint((script, path), {"TOWHEE_RT_ADMIN_KEY": "adm"})
+        assert result.returncode == 0, result.stderr
+        assert (flag in argv) is offered, argv
+        if offered:  # towhee_rt's flags, then the limit
+            assert argv == container_command(admin_key="adm") + [flag]
+        # the user's own value wins over the pipeline's
+        result, argv, _ = _run_entrypoint((script, path), {"TOWHEE_RT_ADMIN_KEY": "adm"},
+                                          "tritonserver", "--http-max-input-size=5")
+        assert result.returncode == 0, result.stderr
+        assert "--http-max-input-size=5" in argv and flag not in argv
+
+
+def test_build_context_sets_the_pipelines_limit(tmp_path):
+    pipe = (towhee.dummy_input().pipeline_config(max_request_bytes=1 << 20,
+                                                 max_item_bytes=1 << 19)
+            .image_decode.cv2_rgb().as_function())
+    context = docker.write_build_context(pipe, tmp_path / "ctx")
+    text = (context / docker.ENTRYPOINT_NAME).read_text()
+    assert f'max_input_bytes="{(1 << 20) + docker.HTTP_BODY_HEADROOM}"' in text

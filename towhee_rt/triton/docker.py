@@ -163,13 +163,22 @@ def render_dockerfile(tag: str, chosen: str, model_name: str) -> str:
                                      f"{DEFAULT_METRICS_PORT}")
 
 
-def render_entrypoint(model_name: str = "pipeline") -> str:
+#: Room for the request's JSON header and framing above the pipeline's ``max_request_bytes``
+#: when the HTTP body limit is set at the front door.
+HTTP_BODY_HEADROOM = 64 * 1024
+
+
+def render_entrypoint(model_name: str = "pipeline",
+                      max_request_bytes: Optional[int] = None) -> str:
     """The image's entrypoint script (bash): reads the keys from the environment and execs
     :func:`~towhee_rt.triton.flags.container_command`, rendered here with placeholders for
     the keys (so every flag comes from :func:`~towhee_rt.triton.flags.server_flags`), under the
     supervisor package found beside it (:data:`SUPERVISOR_NAME`). The arguments it is given
     are handled as :mod:`towhee_rt.triton.docker` describes; ``TOWHEE_RT_MODEL_REPOSITORY`` and
-    ``TOWHEE_RT_BACKEND_DIRECTORY`` override the container's paths (to run it outside one)."""
+    ``TOWHEE_RT_BACKEND_DIRECTORY`` override the container's paths (to run it outside one).
+    With ``max_request_bytes``, a tritonserver whose ``--help`` offers ``--http-max-input-size``
+    (newer releases; 2.51 has none) refuses larger HTTP bodies (plus
+    :data:`HTTP_BODY_HEADROOM`) before buffering them."""
     api, admin, _ = _KEY_PLACEHOLDERS
     text = shipped.read_template("entrypoint.sh.template")
     fills = {
@@ -182,6 +191,8 @@ def render_entrypoint(model_name: str = "pipeline") -> str:
         "@@COMMAND_WITH_API_KEY@@": _shell_lines(container_command(api_key=api,
                                                                    admin_key=admin)),
         "@@COMMAND@@": _shell_lines(container_command(admin_key=admin)),
+        "@@MAX_INPUT_BYTES@@": (str(max_request_bytes + HTTP_BODY_HEADROOM)
+                                if max_request_bytes else ""),
     }
     for token, value in fills.items():
         text = text.replace(token, value)
@@ -223,10 +234,12 @@ def write_build_context(pipe, context: Path, cuda: Optional[str] = None,
     context.mkdir(parents=True, exist_ok=True)
     if (context / "models").exists():
         shutil.rmtree(context / "models")
-    build_model_repo(pipe, context / "models", model_name=model_name)
+    repo = build_model_repo(pipe, context / "models", model_name=model_name)
+    limits = repo.models[0].limits
     (context / "requirements.txt").write_text("\n".join(pinned_requirements()) + "\n")
     entrypoint = context / ENTRYPOINT_NAME
-    entrypoint.write_text(render_entrypoint(model_name))
+    entrypoint.write_text(render_entrypoint(
+        model_name, limits.max_request_bytes if limits is not None else None))
     entrypoint.chmod(0o755)
     write_supervisor(context)
     chosen = ("given as triton_tag" if triton_tag else f"chosen for CUDA {cuda}" if cuda
