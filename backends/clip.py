@@ -25,7 +25,7 @@ from .model_operator import ModelInput, ModelOperator
 from .operator_base import OperatorParamError, Param, TensorSpec
 from .cv2_preprocess import PREPROCESS_PARAM, ImagePreprocessing
 from .embedding_inputs import random_images, to_texts
-from .weights import download_hint, hub_source, jsonable, weights_unavailable
+from .weights import download_hint, hub_or_cache, hub_source, jsonable, weights_unavailable
 
 
 def _pretrained_value(value: Any) -> Optional[str]:
@@ -113,7 +113,8 @@ class _ClipOperator(ModelOperator):
             from open_clip.pretrained import download_pretrained_from_hf
 
             try:
-                path = download_pretrained_from_hf(self._hub_repo(), filename=CONFIG_FILE)
+                with hub_or_cache():
+                    path = download_pretrained_from_hf(self._hub_repo(), filename=CONFIG_FILE)
                 with open(path, encoding="utf-8") as f:
                     config = json.load(f)
             except Exception as exc:  # noqa: BLE001 - every download/cache failure
@@ -206,10 +207,11 @@ class _ClipOperator(ModelOperator):
             arch = f"open_clip {self.arch}, " if shown != self.arch else ""
             what = f"{shown!r} ({arch}pretrained tag {self.tag!r})"
         try:
-            model = open_clip.create_model(
-                self.arch, pretrained=None if self.from_hub_repo else self.tag,
-                force_quick_gelu=bool(tag_cfg.get("quick_gelu")), require_pretrained=True,
-                **towers)
+            with hub_or_cache():
+                model = open_clip.create_model(
+                    self.arch, pretrained=None if self.from_hub_repo else self.tag,
+                    force_quick_gelu=bool(tag_cfg.get("quick_gelu")), require_pretrained=True,
+                    **towers)
         except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
             raise weights_unavailable(self.name, what, repo_id, exc, [
                 download_hint(repo_id),

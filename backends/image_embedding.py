@@ -16,7 +16,7 @@ from .model_operator import ModelInput, ModelOperator
 from .operator_base import OperatorParamError, Param, TensorSpec
 from .cv2_preprocess import PREPROCESS_PARAM, ImagePreprocessing
 from .embedding_inputs import random_images
-from .weights import (cached_file, download_hint, hub_source, jsonable,
+from .weights import (cached_file, download_hint, hub_or_cache, hub_source, jsonable,
                        weights_unavailable)
 
 #: Where a repository keeps the timm config of a model named ``hf-hub:...`` (``config.json``).
@@ -127,7 +127,8 @@ class TimmImageEmbedding(ImagePreprocessing, ModelOperator):
             return timm.create_model(self.model_name, pretrained=False, num_classes=0)
         repo_id = self.model_name.split(":", 1)[1]
         try:  # the architecture comes from the hub repo's config.json
-            return timm.create_model(self.model_name, pretrained=False, num_classes=0)
+            with hub_or_cache():
+                return timm.create_model(self.model_name, pretrained=False, num_classes=0)
         except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
             raise weights_unavailable(self.name, repr(self.model_name), repo_id, exc, [
                 download_hint(repo_id),
@@ -149,7 +150,8 @@ class TimmImageEmbedding(ImagePreprocessing, ModelOperator):
                     f"checkpoint_path='<weights file>', or a name with a pretrained tag "
                     f"(timm.list_pretrained('{self.model_name.split('.', 1)[0]}*'))")
         try:
-            module = timm.create_model(self.model_name, pretrained=True, num_classes=0)
+            with hub_or_cache():
+                module = timm.create_model(self.model_name, pretrained=True, num_classes=0)
         except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
             what = repr(self.model_name) + (f" (pretrained tag {tag!r})" if tag else "")
             ways = [download_hint(repo_id),

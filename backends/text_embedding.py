@@ -13,6 +13,7 @@ first needed.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 from importlib import metadata
 from typing import Any, Dict, Optional, Tuple
@@ -20,7 +21,8 @@ from typing import Any, Dict, Optional, Tuple
 from .hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
 from .model_operator import ModelOperator
 from .operator_base import OperatorParamError, Param
-from .weights import download_hint, hub_source, no_progress_bars, weights_unavailable
+from .weights import (download_hint, hub_or_cache, hub_source, no_progress_bars,
+                      weights_unavailable)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = (DEFAULT_MODEL, "sentence-transformers/" + DEFAULT_MODEL)
@@ -115,7 +117,8 @@ class SentenceTransformerEmbedding(HFTextOperator):
 
             target, source = self.model_source()
             try:
-                with no_progress_bars():
+                with no_progress_bars(), (hub_or_cache() if source["source"] == "hf-hub"
+                                          else contextlib.nullcontext()):
                     self._st = SentenceTransformer(target, device="cpu")
             except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once
                 if source["source"] != "hf-hub":

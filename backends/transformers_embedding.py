@@ -9,12 +9,14 @@ imports and third-party packages only; heavy packages are imported when first ne
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from .hf_text import HFTextOperator, TextModel, check_pooling, is_repo_id, local_dir
 from .model_operator import ModelOperator
 from .operator_base import OperatorParamError, Param, positive
-from .weights import download_hint, hub_source, no_progress_bars, weights_unavailable
+from .weights import (download_hint, hub_or_cache, hub_source, no_progress_bars,
+                      weights_unavailable)
 
 
 def _pooling(value: Any) -> Any:
@@ -63,7 +65,7 @@ class TransformersEmbedding(HFTextOperator):
         name = self.params["model_name"]
         folder = local_dir(self, name)
         try:
-            with no_progress_bars():
+            with no_progress_bars(), (contextlib.nullcontext() if folder else hub_or_cache()):
                 tokenizer = AutoTokenizer.from_pretrained(folder or name)
                 model = AutoModel.from_pretrained(folder or name)
         except Exception as exc:  # noqa: BLE001 - every download/cache failure, reported once

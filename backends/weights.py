@@ -18,11 +18,23 @@ import hashlib
 import json
 import os
 import re
+import socket
+import threading
+import time
 from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from urllib.parse import urlsplit
+from urllib.request import getproxies, proxy_bypass
 
 from .operator_base import OperatorParamError
 
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+#: Seconds the hub endpoint gets to accept a TCP connection before a load searches only the
+#: cache (``TOWHEE_RT_HUB_PROBE_TIMEOUT_S`` overrides). Without the probe an unreachable hub
+#: costs ~50 s of huggingface_hub's retries (5, backing off to 8 s) before the same error.
+HUB_PROBE_TIMEOUT_S = 3.0
+#: endpoint -> (monotonic time, reachable): a probe's answer, reused for HUB_PROBE_TTL_S.
+_PROBES: Dict[str, Tuple[float, bool]] = {}
+HUB_PROBE_TTL_S = 60.0
 
 
 @contextlib.contextmanager
@@ -42,6 +54,83 @@ def no_progress_bars() -> Iterator[None]:
     finally:
         if was_on:
             transformers_logging.enable_progress_bar()
+
+
+def hub_endpoint() -> str:
+    """The hub the libraries download from (``HF_ENDPOINT``, default https://huggingface.co)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.ENDPOINT)
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+
+
+def _probe_address(endpoint: str) -> Tuple[str, int]:
+    """Where a connection to ``endpoint`` goes first: its proxy when one applies, else itself."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or "huggingface.co"
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    proxy = getproxies().get(parts.scheme) or getproxies().get("all")
+    if proxy and not proxy_bypass(host):
+        proxied = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+        return proxied.hostname or host, proxied.port or 8080
+    return host, port
+
+
+def hub_reachable(timeout: Optional[float] = None) -> bool:
+    """Whether the hub endpoint (or its proxy) accepts a TCP connection within ``timeout``
+    seconds (name resolution included). The answer is reused for a minute."""
+    endpoint = hub_endpoint()
+    now = time.monotonic()
+    cached = _PROBES.get(endpoint)
+    if cached and now - cached[0] < HUB_PROBE_TTL_S:
+        return cached[1]
+    if timeout is None:
+        timeout = float(os.environ.get("TOWHEE_RT_HUB_PROBE_TIMEOUT_S") or HUB_PROBE_TIMEOUT_S)
+    host, port = _probe_address(endpoint)
+    answer = []
+
+    def connect() -> None:  # in a thread: getaddrinfo has no timeout of its own
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            answer.append(True)
+        except OSError:
+            answer.append(False)
+
+    thread = threading.Thread(target=connect, name="towhee_rt-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout + 0.5)
+    reachable = bool(answer and answer[0])
+    _PROBES[endpoint] = (now, reachable)
+    return reachable
+
+
+def hub_probe_failed() -> bool:
+    """Whether the last probe of the current endpoint found it unreachable."""
+    cached = _PROBES.get(hub_endpoint())
+    return bool(cached and not cached[1])
+
+
+@contextlib.contextmanager
+def hub_or_cache() -> Iterator[None]:
+    """Load weights from the hub when it can be reached, else from the cache alone, at once.
+
+    Unless ``HF_HUB_OFFLINE`` is set, the hub endpoint is probed first (a TCP connection, at
+    most :data:`HUB_PROBE_TIMEOUT_S`); when it does not answer, the libraries' load runs in
+    huggingface_hub's offline mode (what ``HF_HUB_OFFLINE=1`` does): weights in the cache load
+    as usual, others fail in seconds instead of after a minute of retries. Process-wide for the
+    duration of the load (huggingface_hub reads one flag)."""
+    if hub_offline() or hub_reachable():
+        yield
+        return
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = False
 
 
 class WeightsUnavailableError(OperatorParamError):
@@ -124,8 +213,15 @@ def weights_unavailable(operator: str, what: str, repo_id: Optional[str], cause:
     reason = str(cause).strip().splitlines()
     reason = f"{type(cause).__name__}: {reason[0][:400] if reason else ''}"
     where = f" from the Hugging Face repo {repo_id!r}" if repo_id else ""
-    offline = ("HF_HUB_OFFLINE is set, so nothing was downloaded" if hub_offline()
-               else "the hub could not be reached or does not have them")
+    if hub_offline():
+        offline = "HF_HUB_OFFLINE is set, so nothing was downloaded"
+    elif hub_probe_failed():
+        offline = (f"the hub {hub_endpoint()} could not be reached (no connection within "
+                   f"{HUB_PROBE_TIMEOUT_S:g} s), so only this cache was searched; set "
+                   "HF_HUB_OFFLINE=1 to load from the cache without trying the hub, or pass "
+                   "checkpoint_path= to load a weights file")
+    else:
+        offline = "the hub could not be reached or does not have them"
     options = "; ".join(f"({n}) {way}" for n, way in enumerate(ways, start=1))
     instead = " No random weights are used in their place." if "weights" in kind else ""
     return WeightsUnavailableError(

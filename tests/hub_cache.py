@@ -144,11 +144,11 @@ def offline_env(hub_cache: Path, towhee_cache: Path,
 
 
 def run_offline(argv: Sequence[str], hub_cache: Path, towhee_cache: Path,
-                timeout: float = 900) -> dict:
+                timeout: float = 900, extra: Optional[Mapping[str, str]] = None) -> dict:
     """Run ``python -m <argv>`` in a subprocess that reads only ``hub_cache``; it prints one
-    JSON line starting with ``RESULT=``, which is returned."""
+    JSON line starting with ``RESULT=``, which is returned. ``extra``: more environment."""
     out = subprocess.run([sys.executable, "-m", *argv], cwd=str(REPO_ROOT),
-                         env=offline_env(hub_cache, towhee_cache), capture_output=True,
+                         env=offline_env(hub_cache, towhee_cache, extra), capture_output=True,
                          text=True, timeout=timeout)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT=")]
     if out.returncode != 0 or not lines:

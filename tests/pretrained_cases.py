@@ -2,7 +2,8 @@
 
     python -m tests.pretrained_cases build OUT   pipelines on the cached tiny models, the
                                                  libraries' own results, two repositories
-    python -m tests.pretrained_cases errors      the same pipelines on an empty cache
+    python -m tests.pretrained_cases errors [CASE...]  the same pipelines on an empty cache (or, with
+                                                 an unreachable HF_ENDPOINT, on any cache)
 
 Each prints one ``RESULT=<json>`` line. ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE=1`` are set by the
 caller before Python starts (huggingface_hub reads them when it is imported).
@@ -139,22 +140,33 @@ def build(out_dir: str) -> dict:
     return result
 
 
-def errors() -> dict:
-    """Every case on an empty cache: the build's error, and whether any vector came out."""
+def errors(only=()) -> dict:
+    """Every case (or those named in ``only``) on an empty cache: the build's error, and
+    whether any vector came out."""
+    import time
+
     import towhee_rt as towhee
 
     result = {}
     for name, pipe in pipelines().items():
+        if only and name not in only:
+            continue
+        start = time.monotonic()
         try:
             vectors = pipe(inputs(name))
             result[name] = {"error": None, "vectors": len(vectors)}
         except towhee.ConfigError as exc:
             result[name] = {"error": str(exc), "type": type(exc).__name__}
+        result[name]["seconds"] = time.monotonic() - start
+    start = time.monotonic()
     try:  # Towhee's CLIP name: open_clip's 'openai' tag of ViT-B-32, from timm's hub repo
         towhee.dummy_input().image_text_embedding.clip_image().as_function().build()
         result["clip_default"] = {"error": None}
     except towhee.ConfigError as exc:
         result["clip_default"] = {"error": str(exc), "type": type(exc).__name__}
+    result["clip_default"]["seconds"] = time.monotonic() - start
+    if only:
+        return result
     random = pipelines(pretrained=False)["timm"]
     result["timm_random_offline"] = list(np.asarray(random(IMAGE_FILES[0])).shape)
     return result
@@ -166,5 +178,5 @@ def sha256(path: Path) -> str:
 
 if __name__ == "__main__":
     command = sys.argv[1]
-    payload = build(sys.argv[2]) if command == "build" else errors()
+    payload = build(sys.argv[2]) if command == "build" else errors(sys.argv[2:])
     print("RESULT=" + json.dumps(payload), flush=True)
