@@ -33,6 +33,9 @@ PARAM_MAX_REQUEST_BYTES = "towhee_max_request_bytes"
 PARAM_MAX_ITEM_BYTES = "towhee_max_item_bytes"
 #: The ensemble's input kind for clients: the first operator's input name ("image", "text").
 PARAM_INPUT_KIND = "towhee_input_kind"
+#: The ensemble's fingerprint for clients: 16 hex characters identifying the vectors it computes
+#: (operators, weights, preprocessing, formats; see towhee_rt/fingerprint.py).
+PARAM_FINGERPRINT = "towhee_fingerprint"
 #: The default of ``max_item_bytes`` (pipeline_config): what one item may weigh on the wire.
 DEFAULT_MAX_ITEM_BYTES = 16 * 1024 * 1024
 

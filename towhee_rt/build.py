@@ -19,6 +19,7 @@ weights (``params['lock']``: see :func:`towhee_rt.accel.formats.lock_entry`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type
 
@@ -26,6 +27,7 @@ from .accel import formats
 from .accel.formats import FormatChoice, ModelFile
 from .backends.operator_base import OperatorParamError
 from .errors import ConfigError, ItemError
+from .fingerprint import fingerprint, step_identity
 from .local_run import LocalStep, run_local
 from .op_config import OpConfig, RequestLimits
 from .operator import Operator
@@ -52,6 +54,15 @@ class BuiltStep:
     model_files: Tuple[ModelFile, ...]
     #: The in-process operator (with the runner its format checks verified) and its workers.
     local: LocalStep
+    #: sha256 of the model's weights as ``weights.safetensors`` (whatever format serves them);
+    #: ``None`` for operators without a model.
+    weights_sha256: Optional[str] = None
+
+    def identity(self) -> Dict[str, Any]:
+        """What this step contributes to the pipeline's fingerprint
+        (:func:`towhee_rt.fingerprint.step_identity`)."""
+        return step_identity(self.name, self.params,
+                             self.format.format if self.format else None, self.weights_sha256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +71,13 @@ class BuiltPipeline:
 
     steps: Tuple[BuiltStep, ...]
     limits: RequestLimits = RequestLimits()
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """16 hex characters identifying what these steps compute: operators, weights,
+        preprocessing, formats (the rule: :mod:`towhee_rt.fingerprint`). The served ensemble
+        carries the same value."""
+        return fingerprint([step.identity() for step in self.steps])
 
     def run(self, inputs: Sequence[Any]) -> List[Any]:
         """Run ``inputs`` in-process; each item's result or its :class:`ItemError`."""
@@ -98,8 +116,17 @@ def build_pipeline(names: Sequence[str], params: Sequence[Mapping[str, Any]],
         if runner is not None:
             op.use_runner(runner)
         built.append(BuiltStep(index, name, type(op), served_params, config, choice, files,
-                               local))
+                               local, _weights_sha256(op, served_params)))
     return BuiltPipeline(tuple(built), limits)
+
+
+def _weights_sha256(op: Operator, served_params: Mapping[str, Any]) -> str:
+    """sha256 of ``op``'s weights as ``weights.safetensors``: the locked file's for the torch
+    formats (that file), else hashed here (the shipped file is an export)."""
+    lock = served_params.get("lock") or {}
+    if lock.get("file") == formats.WEIGHTS_FILE and lock.get("sha256"):
+        return lock["sha256"]
+    return formats.weights_sha256(op)
 
 
 def _calibration_batches(op: Operator, config: OpConfig,

@@ -6,6 +6,11 @@ Example::
     vecs = towhee.dc(['a.jpg', 'b.jpg']).image_decode.cv2_rgb() \\
         .image_embedding.timm(model_name='test_resnet').to_list()
     vecs = towhee.dc(['a.jpg']).remote(url='127.0.0.1:8001', mode='infer', protocol='grpc')
+    vecs.to_milvus('photos.db', 'photos')        # see towhee_rt.milvus
+
+``to_list()`` (with a chain) and ``remote()`` return :class:`Results`: a list of results in
+input order that also knows its items and the pipeline's fingerprint, for
+:meth:`Results.to_milvus` and :meth:`Results.search_milvus`.
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from .client.client import DEFAULT_CONCURRENCY
 from .client.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .errors import ConfigError
 from .pipeline import Pipeline, PipelineBuilder
+from .results import Results
 
 
 class DataCollection:
@@ -42,7 +48,8 @@ class DataCollection:
         return iter(self._items)
 
     def to_list(self, errors: str = "raise") -> List[Any]:
-        """Run the chain locally over the items (the items themselves if there is no chain)."""
+        """Run the chain locally over the items (the items themselves if there is no chain):
+        :class:`Results`, which carry the pipeline's fingerprint."""
         if not self._builder.steps:
             return list(self._items)
         if self._pipe is None:
@@ -52,6 +59,27 @@ class DataCollection:
         finally:
             self._pipe.close()
 
+    def to_milvus(self, uri: Any, collection: str, ids: Optional[Sequence[Any]] = None, *,
+                  metric: Optional[str] = None, token: Optional[str] = None):
+        """Run the chain locally (failed items skipped and reported) and insert the vectors
+        into Milvus: see :meth:`Results.to_milvus`."""
+        return self._vectors("to_milvus").to_milvus(uri, collection, ids, metric=metric,
+                                                    token=token)
+
+    def search_milvus(self, uri: Any, collection: str, limit: int = 5, *,
+                      token: Optional[str] = None) -> List[Any]:
+        """Run the chain locally and search Milvus with the vectors: see
+        :meth:`Results.search_milvus`."""
+        return self._vectors("search_milvus").search_milvus(uri, collection, limit,
+                                                            token=token)
+
+    def _vectors(self, doing: str) -> Results:
+        if not self._builder.steps:
+            raise ConfigError(f"{doing}() needs vectors: add the pipeline's operators to the "
+                              f"chain (dc(items).text_embedding...().{doing}(...)), or send "
+                              f"the items to a served pipeline first (.remote(...).{doing}(...))")
+        return self.to_list(errors="return")
+
     def remote(self, url: Union[str, Sequence[str]] = "127.0.0.1:8001", mode: str = "infer",
                protocol: str = "grpc", model_name: str = "pipeline", batch_size: int = 1,
                concurrency: int = DEFAULT_CONCURRENCY,
@@ -60,9 +88,9 @@ class DataCollection:
                backoff: float = DEFAULT_BACKOFF):
         """Send the items to a pipeline served by tritonserver and return results in order.
 
-        ``mode``: ``'infer'`` or ``'async_infer'`` (the same: results in input order, with
-        ``concurrency`` requests in flight, 4 by default; ``concurrency=1`` sends one at a
-        time), or ``'stream'`` (an iterator of ``(index, result)`` as results arrive). A text
+        ``mode``: ``'infer'`` or ``'async_infer'`` (the same: :class:`Results` in input order,
+        with ``concurrency`` requests in flight, 4 by default; ``concurrency=1`` sends one at a
+        time; ``.to_milvus(...)`` indexes them), or ``'stream'`` (an iterator of ``(index, result)`` as results arrive). A text
         pipeline gets strings as they are; an image pipeline gets bytes (local files read,
         URLs downloaded here within ``timeout``), items over the server's byte limits failing
         here. ``errors='return'`` puts an :class:`~towhee_rt.errors.ItemError` in place of
@@ -93,8 +121,9 @@ class DataCollection:
             return client.stream(self._items, batch_size=batch_size, concurrency=concurrency,
                                  close=True)
         try:
-            return client.infer(self._items, mode=mode, batch_size=batch_size,
-                                concurrency=concurrency, errors=errors)
+            results = client.infer(self._items, mode=mode, batch_size=batch_size,
+                                   concurrency=concurrency, errors=errors)
+            return Results(results, self._items, client.fingerprint)
         finally:
             client.close()
 

@@ -28,6 +28,7 @@ from .build import BuiltPipeline, build_pipeline
 from .errors import ConfigError, ItemError, PipelineError, check_error_mode
 from .operator import Operator
 from .registry import how_to_declare, is_user_operator, namespaces, operator_class
+from .results import Results
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,14 +146,17 @@ class Pipeline:
             raise result
         return result
 
-    def batch(self, inputs: Sequence[Any], errors: str = "raise") -> List[Any]:
-        """Run a list of inputs; see the class docstring for ``errors``."""
+    def batch(self, inputs: Sequence[Any], errors: str = "raise") -> Results:
+        """Run a list of inputs; see the class docstring for ``errors``. The list returned
+        (:class:`~towhee_rt.results.Results`) also holds the inputs and the pipeline's
+        :attr:`fingerprint`: ``pipe(paths).to_milvus('photos.db', 'photos')`` indexes them."""
         check_error_mode(errors)
-        results = self.build().run(list(inputs))
+        inputs = list(inputs)
+        results = self.build().run(inputs)
         failed = [r for r in results if isinstance(r, ItemError)]
         if failed and errors == "raise":
             raise PipelineError(failed, results)
-        return results
+        return Results(results, inputs, self.fingerprint)
 
     def formats(self) -> Dict[str, str]:
         """The model format chosen for each model operator, keyed by ``'<index>:<name>'``.
@@ -176,6 +180,19 @@ class Pipeline:
         """
         return {f"{s.index}:{s.name}": json.loads(json.dumps(s.params["lock"]))
                 for s in self.build().steps if s.format and s.params.get("lock")}
+
+    @property
+    def fingerprint(self) -> str:
+        """16 hex characters identifying the vectors this pipeline computes: its operators,
+        their weights (sha256), preprocessing and model formats; builds the pipeline on first
+        use. The repository ``build_model_repo`` writes serves the same value
+        (:attr:`towhee_rt.Client.fingerprint`); rebuilding the same pipeline keeps it, other
+        weights or preprocessing change it (the rule: :mod:`towhee_rt.fingerprint`).
+
+        >>> pipe.fingerprint   # doctest: +SKIP
+        '5d0c2f7a91b3e4c8'
+        """
+        return self.build().fingerprint
 
     def format_choice(self, index: int) -> Optional[FormatChoice]:
         """How operator ``index``'s format was chosen (``None`` for operators without a model)."""

@@ -53,7 +53,8 @@ BUILTIN_OPERATORS: Dict[str, Tuple[str, str]] = {
 #: them by tests/unit/test_register.py (the builders import this module, so it cannot import
 #: them).
 BUILDER_ATTRIBUTES: FrozenSet[str] = frozenset({
-    "add_operator", "as_function", "pipeline_config", "remote", "steps", "to_list"})
+    "add_operator", "as_function", "pipeline_config", "remote", "search_milvus", "steps",
+    "to_list", "to_milvus"})
 
 #: The user's operators, registered name -> class.
 _USER_OPERATORS: Dict[str, Type[Operator]] = {}

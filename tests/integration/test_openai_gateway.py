@@ -153,6 +153,20 @@ def test_models_lists_the_served_pipeline(text_gw):
         client.models.retrieve("gpt-4")
 
 
+def test_responses_carry_the_served_pipelines_fingerprint(served, text_gw, image_gw, good_dir):
+    server, text, image = served
+    inputs = {"minilm": "hi", "resnet": _b64(good_dir / IMAGES[0])}
+    for (gateway, pipe), name in ((text_gw, "minilm"), (image_gw, "resnet")):
+        with towhee.Client(server.grpc_url, model_name=name, api_key=KEY) as client:
+            assert client.fingerprint == pipe.fingerprint  # served == local, read from config
+        response = _post(gateway, {"model": name, "input": [inputs[name]]})
+        assert response.status_code == 200 and response.headers["X-Model-Fingerprint"] == pipe.fingerprint
+        card = httpx.get(gateway.url + f"/v1/models/{name}",
+                         headers={"Authorization": f"Bearer {KEY}"}, timeout=10).json()
+        assert card["fingerprint"] == pipe.fingerprint
+    assert text.fingerprint != image.fingerprint
+
+
 # -- errors ---------------------------------------------------------------------------------
 def test_missing_or_wrong_key_is_401(text_gw):
     gateway, _ = text_gw

@@ -195,11 +195,11 @@ def _meta(**changes) -> dict:
     return out
 
 
-def test_the_signature_is_inputs_outputs_batch_size_and_input_kind():
+def test_the_signature_is_inputs_outputs_batch_size_input_kind_and_fingerprint():
     reference = model_signature(META, CONFIG)
     assert reference == {"inputs": [("image", "BYTES", ("-1", "1"))],
                          "outputs": [("image_output", "UINT8", ("-1", "-1", "-1", "3"))],
-                         "max_batch_size": 8, "input kind": "image"}
+                         "max_batch_size": 8, "input kind": "image", "fingerprint": None}
     other_version = {**META, "versions": ["2"]}  # versions and names alone do not matter
     assert signature_changes(reference, model_signature(other_version, CONFIG)) == []
     changed = model_signature(_meta(datatype="FP32", shape=["-1", "512"]),
@@ -371,6 +371,29 @@ def test_the_reference_model_is_the_first_accepted_and_others_must_match():
         reference.accept(C, META, {**CONFIG, "parameters": {
             "towhee_input_kind": {"string_value": "text"}}})
     assert reference.model is first and first.max_batch_size == 8
+
+
+def _fingerprinted(fingerprint: str) -> dict:
+    return {**CONFIG, "parameters": {**CONFIG["parameters"],
+                                     "towhee_fingerprint": {"string_value": fingerprint}}}
+
+
+def test_the_client_reads_the_fingerprint_and_refuses_replicas_serving_another():
+    same, other = _fingerprinted("aaaa000011112222"), _fingerprinted("bbbb000011112222")
+    client = offline_replicas(Replicas(), models={A: (META, same), B: (META, same),
+                                                  C: (META, other)})
+    assert client.fingerprint == "aaaa000011112222"  # read with the model, from A
+    with pytest.raises(ClientError, match=r"127.0.0.1:3 serves another model 'pipeline' than "
+                                          r"127.0.0.1:1 \(fingerprint: 'aaaa000011112222' != "
+                                          r"'bbbb000011112222'"):
+        client.infer(_items(6), concurrency=1)
+    # a repository built before fingerprints says nothing: None, and differs from one that says
+    old = offline_replicas(Replicas(), urls=(A,))
+    assert old.fingerprint is None
+    reference = ModelReference("pipeline")
+    reference.accept(A, META, CONFIG)
+    with pytest.raises(ClientError, match=r"fingerprint: None != 'aaaa000011112222'"):
+        reference.accept(B, META, _fingerprinted("aaaa000011112222"))
 
 
 # ------------------------------------------------------------------------------ connections

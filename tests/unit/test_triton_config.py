@@ -34,7 +34,8 @@ EMBED = dataclasses.replace(
 @pytest.mark.parametrize("name, config", [
     ("decode.pbtxt", lambda: tc.operator_model_config(DECODE)),
     ("embed.pbtxt", lambda: tc.operator_model_config(EMBED)),
-    ("ensemble.pbtxt", lambda: tc.ensemble_config("pipeline", [DECODE, EMBED])),
+    ("ensemble.pbtxt", lambda: tc.ensemble_config("pipeline", [DECODE, EMBED],
+                                                  fingerprint="0123456789abcdef")),
 ])
 def test_configs_match_golden_files(name, config):
     assert tc.to_pbtxt(config()) == (GOLDEN / name).read_text()

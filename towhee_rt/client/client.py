@@ -64,8 +64,9 @@ class Client:
     (ties in turn); an unreachable one is taken out for a backoff and its requests go to the
     others; only when every replica is down and none comes back within ``retries`` waits does
     the call raise one :class:`~towhee_rt.errors.ServerUnavailableError` (naming every url).
-    Every replica must serve the same model (inputs, outputs, ``max_batch_size``, input kind):
-    one that does not is refused with a :class:`~towhee_rt.errors.ClientError`.
+    Every replica must serve the same model (inputs, outputs, ``max_batch_size``, input kind,
+    :attr:`fingerprint`): one that does not is refused with a
+    :class:`~towhee_rt.errors.ClientError`.
 
     ``timeout`` (seconds) bounds each request (its retries and waits included; the server is
     told, and drops the request from its queues when it passes) and each URL download.
@@ -77,7 +78,8 @@ class Client:
     (in the thread that sent it) with a :class:`RequestRecord`.
 
     Constructing a client does not contact the server: the model's metadata and config are
-    read on first use (:meth:`infer`, :meth:`stream`, :attr:`served`, :attr:`max_batch_size`).
+    read on first use (:meth:`infer`, :meth:`stream`, :attr:`served`, :attr:`max_batch_size`,
+    :attr:`fingerprint`).
     """
 
     def __init__(self, url: Union[str, Sequence[str]] = "127.0.0.1:8001",
@@ -112,6 +114,14 @@ class Client:
         """What the server says about its input: kind and byte limits
         (:class:`~towhee_rt.client.inputs.ServedInput`); reads the model on first use."""
         return self._model().served
+
+    @property
+    def fingerprint(self) -> Optional[str]:
+        """The served pipeline's fingerprint: 16 hex characters identifying its operators,
+        weights and preprocessing, equal to the local :attr:`towhee_rt.Pipeline.fingerprint`
+        of the pipeline it was built from (``None``: a repository built before towhee_rt
+        recorded it). Read with the model on first use; every replica must serve the same."""
+        return self._model().fingerprint
 
     @property
     def max_batch_size(self) -> Optional[int]:

@@ -3,8 +3,9 @@
 :class:`ServedModel` is what the client needs from a model's metadata and config (inputs,
 outputs, input kind and byte limits, ``max_batch_size``). :class:`ModelReference` keeps the
 first one read and compares every other endpoint's with it: replicas serving different models
-(inputs, outputs, ``max_batch_size`` or input kind) behind one client are a roll-out accident,
-refused with a :class:`~towhee_rt.errors.ClientError`.
+(inputs, outputs, ``max_batch_size``, input kind or fingerprint: other weights or
+preprocessing) behind one client are a roll-out accident, refused with a
+:class:`~towhee_rt.errors.ClientError`.
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..backends.wire import PARAM_FINGERPRINT
 from ..errors import ClientError
 from .inputs import ServedInput, encode_item, max_batch_size, served_input
 
-__all__ = ["ModelReference", "ServedModel", "model_signature", "signature_changes"]
+__all__ = ["ModelReference", "ServedModel", "model_signature", "served_fingerprint",
+           "signature_changes"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,12 +35,14 @@ class ServedModel:
     served: ServedInput
     #: The most items one request may hold (``None``: no limit said).
     max_batch_size: Optional[int]
+    #: The pipeline's fingerprint (``None``: built before towhee_rt recorded it).
+    fingerprint: Optional[str] = None
 
     @classmethod
     def read(cls, meta: Mapping[str, Any], config: Mapping[str, Any]) -> "ServedModel":
         """The model described by its metadata and config, as tritonclient returns them."""
         return cls(tuple(meta["inputs"]), tuple(o["name"] for o in meta["outputs"]),
-                   served_input(config), max_batch_size(config))
+                   served_input(config), max_batch_size(config), served_fingerprint(config))
 
     def payload(self, item: Any, timeout: float) -> Any:
         """What is sent for ``item``: encoded bytes for a pipeline that takes bytes (see
@@ -47,16 +52,25 @@ class ServedModel:
         return encode_item(item, self.served, timeout=timeout)
 
 
+def served_fingerprint(config: Mapping[str, Any]) -> Optional[str]:
+    """The pipeline's fingerprint from a model config's (JSON) parameters; ``None`` when it
+    does not say (repositories built before towhee_rt recorded it)."""
+    value = ((config.get("parameters") or {}).get(PARAM_FINGERPRINT) or {}).get("string_value")
+    return str(value or "").strip() or None
+
+
 def model_signature(meta: Mapping[str, Any], config: Mapping[str, Any]) -> Dict[str, Any]:
     """What must be the same on every replica behind one client: the model's inputs and
-    outputs (name, datatype, shape), ``max_batch_size`` and towhee_rt's input kind, from its
-    metadata and config (JSON, as tritonclient returns them)."""
+    outputs (name, datatype, shape), ``max_batch_size``, towhee_rt's input kind and the
+    pipeline's fingerprint (the same weights and preprocessing), from its metadata and config
+    (JSON, as tritonclient returns them)."""
     def tensors(specs) -> List[Tuple[str, str, Tuple[str, ...]]]:
         return [(s["name"], s["datatype"], tuple(str(d) for d in s.get("shape", ())))
                 for s in specs]
 
     return {"inputs": tensors(meta.get("inputs", ())), "outputs": tensors(meta.get("outputs", ())),
-            "max_batch_size": max_batch_size(config), "input kind": served_input(config).kind}
+            "max_batch_size": max_batch_size(config), "input kind": served_input(config).kind,
+            "fingerprint": served_fingerprint(config)}
 
 
 def signature_changes(reference: Mapping[str, Any], other: Mapping[str, Any]) -> List[str]:

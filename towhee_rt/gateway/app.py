@@ -38,9 +38,10 @@ def create_app(backend: PipelineBackend, *, api_key: Optional[str] = None,
     ``max_body_bytes``: the largest request body (default: the pipeline's
     ``max_request_bytes``). ``max_items``: inputs per request. ``max_concurrent_requests``:
     embeddings requests in progress at once; more get 429. ``token_counter``: counts
-    ``usage`` (see :func:`~towhee_rt.gateway.responses.count_usage`). ``fingerprint``: a model
-    fingerprint, sent as the ``X-Model-Fingerprint`` header and in the model card (a hook: the
-    pipeline does not provide one yet). The app's metrics are ``app.state.metrics``.
+    ``usage`` (see :func:`~towhee_rt.gateway.responses.count_usage`). ``fingerprint``: the
+    model's fingerprint, sent as the ``X-Model-Fingerprint`` header and in the model card
+    (default: the one the backend read from the served model's config). The app's metrics are
+    ``app.state.metrics``.
     """
     applications = require("starlette.applications")
     responses = require("starlette.responses")
@@ -54,6 +55,8 @@ def create_app(backend: PipelineBackend, *, api_key: Optional[str] = None,
     metrics = GatewayMetrics()
     limiter = anyio.CapacityLimiter(max_concurrent_requests)
     in_flight = [0]  # touched only on the event loop
+    if fingerprint is None:
+        fingerprint = getattr(backend, "fingerprint", None)
     extra_headers = {FINGERPRINT_HEADER: fingerprint} if fingerprint else {}
 
     def error_response(error: GatewayError) -> Any:

@@ -2,7 +2,7 @@
 
 The gateway never runs a model: it sends items to Triton with :class:`towhee_rt.Client`
 (deadlines, retries, per-item errors) and reads what the served pipeline takes from the
-model's config (input kind, byte limits, ``max_batch_size``).
+model's config (input kind, byte limits, ``max_batch_size``) and its fingerprint.
 """
 from __future__ import annotations
 
@@ -45,6 +45,9 @@ class PipelineBackend:
         self.max_item_bytes: Optional[int] = served.max_item_bytes
         #: The most items one request to Triton holds (``None``: no batching).
         self.max_batch_size: Optional[int] = client.max_batch_size
+        #: The served pipeline's fingerprint (``None``: its repository does not record one),
+        #: from the model's config: whatever server serves it.
+        self.fingerprint: Optional[str] = getattr(client, "fingerprint", None)
 
     def embed(self, items: Sequence[Union[str, bytes]]) -> List[Any]:
         """One result per item, in order, with an :class:`~towhee_rt.errors.ItemError` in

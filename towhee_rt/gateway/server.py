@@ -140,8 +140,8 @@ def start_gateway(grpc_url: str, *, model_name: str = "pipeline", host: str = "1
     ``max_items``: inputs per embeddings request (2048, as OpenAI). ``max_body_bytes``: the
     largest body (default: the pipeline's ``max_request_bytes``). ``max_concurrent_requests``:
     embeddings requests answered at once (429 above). ``token_counter``: counts ``usage``
-    (default: words of text, one per image). ``fingerprint``: the model's fingerprint, sent
-    as ``X-Model-Fingerprint`` (a hook for later). ``input_kind``: for repositories that do
+    (default: words of text, one per image). ``fingerprint``: sent as ``X-Model-Fingerprint``
+    and in the model card (default: the served pipeline's own, read from its config). ``input_kind``: for repositories that do
     not record it. Raises ``ServerUnavailableError`` when Triton cannot be reached within
     ``timeout``, ``ClientError`` for an unknown model or a refused key, and ImportError with
     the install hint when the gateway's dependencies are missing.

@@ -14,7 +14,7 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
 from ..backends.operator_base import TensorSpec
-from ..backends.wire import (PARAM_FORMAT, PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES,
+from ..backends.wire import (PARAM_FINGERPRINT, PARAM_FORMAT, PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES,
                             PARAM_MAX_REQUEST_BYTES, PARAM_MERGE_REQUESTS, PARAM_OPERATOR,
                             PARAM_PARAMS, SHAPES_SUFFIX)
 from ..errors import ConfigError
@@ -71,15 +71,19 @@ def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
 
 
 def ensemble_config(name: str, models: Sequence[OperatorModel],
-                    limits: RequestLimits = RequestLimits()) -> pb.ModelConfig:
+                    limits: RequestLimits = RequestLimits(),
+                    fingerprint: Optional[str] = None) -> pb.ModelConfig:
     """The ensemble that chains ``models`` in order, output i feeding input i of the next.
 
-    Its parameters tell clients the input kind and the request limits (Triton ignores them).
+    Its parameters tell clients the input kind, the request limits and the pipeline's
+    ``fingerprint`` (:attr:`towhee_rt.BuiltPipeline.fingerprint`); Triton ignores them.
     """
     config = pb.ModelConfig(name=name, platform="ensemble",
                             max_batch_size=ensemble_max_batch_size(
                                 [m.config.max_batch_size for m in models]))
     config.parameters[PARAM_INPUT_KIND].string_value = models[0].inputs[0].name
+    if fingerprint:
+        config.parameters[PARAM_FINGERPRINT].string_value = fingerprint
     _set_limits(config, limits)
     for spec in models[0].inputs:
         _add_tensor(config.input, spec)

@@ -45,6 +45,8 @@ class ModelRepository:
     path: Path
     model_name: str
     models: Tuple[OperatorModel, ...]
+    #: The pipeline's fingerprint, in the ensemble's config (``towhee_fingerprint``).
+    fingerprint: str = ""
 
     @property
     def model_names(self) -> List[str]:
@@ -113,8 +115,9 @@ def build_model_repo(pipe, path, model_name: str = "pipeline",
         _write_config(model_dir, triton_config.operator_model_config(model))
     ensemble_dir = _fresh_dir(root / model_name)
     (ensemble_dir / "1").mkdir()
-    _write_config(ensemble_dir, triton_config.ensemble_config(model_name, models, built.limits))
-    repo = ModelRepository(root, model_name, tuple(models))
+    _write_config(ensemble_dir, triton_config.ensemble_config(model_name, models, built.limits,
+                                                              built.fingerprint))
+    repo = ModelRepository(root, model_name, tuple(models), built.fingerprint)
     (root / "README.md").write_text(render_readme(root))
     return repo
 

@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping
 from tritonclient.grpc import model_config_pb2 as pb
 
 from .. import shipped
-from ..backends.wire import (PARAM_FORMAT, PARAM_INPUT_KIND, PARAM_MERGE_REQUESTS,
+from ..backends.wire import (PARAM_FINGERPRINT, PARAM_FORMAT, PARAM_INPUT_KIND, PARAM_MERGE_REQUESTS,
                              PARAM_OPERATOR, PARAM_PARAMS, SHAPES_SUFFIX)
 from . import flags
 from .config import read_parameters, read_repository
@@ -25,6 +25,7 @@ _SECTION = string.Template("""\
 ## Pipeline `$ensemble`
 
 Clients call the ensemble `$ensemble`; it takes $inputs and returns $outputs.
+$fingerprint
 Each operator is its own Python-backend model, chained by the ensemble:
 
 | model | operator | format | instances | dynamic batching |
@@ -58,8 +59,14 @@ def _section(ensemble: str, models: List[str], configs: Mapping[str, pb.ModelCon
     """One pipeline: what it takes and returns, and a row per operator model."""
     if not models:
         return f"## Pipeline `{ensemble}`\n\nIts models are missing from this directory.\n"
+    fingerprint = read_parameters(configs[ensemble]).get(PARAM_FINGERPRINT)
+    fingerprint = (f"Its fingerprint is `{fingerprint}` (the `{PARAM_FINGERPRINT}` parameter of "
+                   f"`{ensemble}/config.pbtxt`): vectors with another fingerprint come from "
+                   "other weights or preprocessing and are not comparable.\n"
+                   if fingerprint else "")
     return _SECTION.substitute(
-        ensemble=ensemble, rows="\n".join(_row(m, configs[m]) for m in models),
+        ensemble=ensemble, fingerprint=fingerprint,
+        rows="\n".join(_row(m, configs[m]) for m in models),
         inputs=_tensors(configs[models[0]].input), outputs=_tensors(configs[models[-1]].output))
 
 
