@@ -57,7 +57,9 @@ def test_failed_gate_falls_back_to_the_next_format_with_the_reason(good_dir, cap
         pipe.build()
     assert pipe.formats() == {"1:image_embedding.timm": "onnx"}
     assert "onnx_int8 skipped: accuracy gate failed: no int8 recipe keeps min cosine to fp32 " \
-        ">= 1.0 (static-qdq-per-channel: min cosine 0.9" in caplog.text
+        ">= 1.0 (best: static-qdq-" in caplog.text   # the best recipe's figure leads
+    assert "static-qdq-per-channel: min cosine 0.9" in caplog.text
+    assert "static-qdq-symmetric: min cosine 0.9" in caplog.text
     # A CNN without a classifier has no MatMul/Gemm: that recipe says so instead of passing an
     # unchanged fp32 model off as int8.
     assert "dynamic-matmul-gemm-per-channel: no MatMul/Gemm with constant weights" in caplog.text
@@ -71,7 +73,8 @@ def test_recipe_order_by_model_inputs():
     blockwise = ["blockwise-int8-128", "blockwise-int8-64", "blockwise-int8-32"]
     image = TimmImageEmbedding(model_name="resnet50", pretrained=False)
     assert [r.name for r in recipes(image)] == [
-        "static-qdq-per-channel", "dynamic-matmul-gemm-per-channel"] + blockwise
+        "static-qdq-per-channel", "static-qdq-symmetric", "dynamic-matmul-gemm-per-channel"
+    ] + blockwise
     text = SentenceTransformerEmbedding()
     assert [r.name for r in recipes(text)] == ["dynamic-matmul-per-channel"] + blockwise
 
