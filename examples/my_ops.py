@@ -1,4 +1,4 @@
-"""Two operators of your own, as in README.md "Your own operators": a function and a class."""
+"""Two operators of your own, as in docs/operators.md "Your own operators": a function and a class."""
 import zlib
 
 import numpy as np

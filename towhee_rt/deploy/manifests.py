@@ -62,7 +62,7 @@ def service(options: KubernetesOptions, name: str) -> Dict:
 def horizontal_pod_autoscaler(options: KubernetesOptions, name: str) -> Dict:
     """The ``autoscaling/v2`` HPA: ``replicas`` to ``max_replicas`` pods on CPU utilization.
     (Scaling on queue time instead, ``nv_inference_queue_duration_us`` through a
-    prometheus-adapter, is described in the README.)"""
+    prometheus-adapter, is described in docs/deploy.md.)"""
     return {
         "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
         "metadata": metadata(name, options.namespace),

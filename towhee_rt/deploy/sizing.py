@@ -8,7 +8,7 @@ three Python-backend instances (one decoder, two resnet50), 10 minutes of mixed 
   (16 MiB) pool that grows in 16 MiB steps and never shrinks. The three pools were 48 MiB at
   start, 112 MiB under 4 clients, and 208 MiB after a burst of 28 concurrent clients (about
   70 MiB per instance); one image of the largest size the decoder accepts (``max_pixels``)
-  adds about 64 MiB more to the pools it passes through (README, "Memory", measured in
+  adds about 64 MiB more to the pools it passes through (docs/security.md, "Memory", measured in
   ``tests/integration/test_security.py``). Hence :data:`SHM_PER_INSTANCE_BYTES` = 128 MiB
   (16 MiB + 64 MiB for a largest image + 48 MiB of concurrency growth) and
   :data:`SHM_MARGIN_BYTES`, one more instance's worth for a stub the supervisor is replacing
