@@ -22,6 +22,8 @@ pytest.importorskip("starlette")
 
 from towhee_rt.gateway import start_gateway  # noqa: E402
 
+from ._served import serve_pipelines  # noqa: E402
+
 KEY = "gw-test-key-0123456789"
 SENTENCES = ["Triton serves embeddings.", "a photo of a cat", "naïve café, 東京",
              "word " * 300]
@@ -40,9 +42,7 @@ def served(tmp_path_factory):
              .image_embedding.timm(model_name="test_resnet", pretrained=False)
              .as_function())
     repo = tmp_path_factory.mktemp("gw") / "repo"
-    towhee.build_model_repo(text, repo, model_name="minilm", overwrite=True)
-    towhee.build_model_repo(image, repo, model_name="resnet", overwrite=True)
-    with towhee.serve(repo, grpc_port=0, http_port=0, metrics_port=0, api_key=KEY) as server:
+    with serve_pipelines({"minilm": text, "resnet": image}, repo, api_key=KEY) as server:
         yield server, text, image
 
 

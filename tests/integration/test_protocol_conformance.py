@@ -31,6 +31,8 @@ from towhee_rt.backends.base64_hint import looks_like_base64_image
 from towhee_rt.triton import bulletins
 from towhee_rt.triton.flags import API_KEY_HEADER, GRPC_HEADER_PREFIX
 
+from ._served import serve_pipelines
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,10 +63,7 @@ def local(pipes, good_dir):
 
 @pytest.fixture(scope="module")
 def served(pipes, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("conformance") / "repo"
-    for name, pipe in pipes.items():
-        towhee.build_model_repo(pipe, repo, model_name=name, overwrite=True)
-    with towhee.serve(repo, grpc_port=0, http_port=0, metrics_port=0) as server:
+    with serve_pipelines(pipes, tmp_path_factory.mktemp("conformance") / "repo") as server:
         yield server
 
 

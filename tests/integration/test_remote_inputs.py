@@ -15,6 +15,7 @@ import towhee_rt as towhee
 from towhee_rt.errors import LimitExceededError
 
 from ..client_helpers import serve_files
+from ._served import serve_pipelines
 
 pytestmark = pytest.mark.integration
 
@@ -41,10 +42,7 @@ def pipes():
 
 @pytest.fixture(scope="module")
 def server(pipes, tmp_path_factory):
-    repo = tmp_path_factory.mktemp("inputs") / "repo"
-    for name, pipe in pipes.items():
-        towhee.build_model_repo(pipe, repo, model_name=name, overwrite=True)
-    with towhee.serve(repo, grpc_port=0, http_port=0, metrics_port=0) as srv:
+    with serve_pipelines(pipes, tmp_path_factory.mktemp("inputs") / "repo") as srv:
         yield srv
 
 

@@ -64,6 +64,17 @@ def test_dry_run_on_a_gpu_machine_says_what_it_would_run(tmp_path):
     assert all(name in result.stdout for name in CHECK_NAMES)
 
 
+def _scratch_tree(tmp_path):
+    """A tree holding only bench/gpu.sh and a .venv whose python is this one: no project to
+    install, no tests, no bench, so each step fails fast and the mechanics are what is tested."""
+    tree = tmp_path / "tree"
+    (tree / "bench").mkdir(parents=True)
+    shutil.copy(SCRIPT, tree / "bench" / "gpu.sh")
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    (tree / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    return tree
+
+
 def test_an_unknown_argument_is_refused():
     result, _ = _run([SCRIPT, "--bogus"], dict(os.environ))
     assert result.returncode == 2 and "--dry-run" in result.stderr
@@ -72,11 +83,7 @@ def test_an_unknown_argument_is_refused():
 def test_on_a_gpu_machine_every_step_gets_a_row_and_the_report_says_what_did_not_run(tmp_path):
     # A scratch tree: the script, and a .venv whose python is this one. There is no project to
     # install, no tests and no bench there, so each step fails fast: the mechanics are tested.
-    tree = tmp_path / "tree"
-    (tree / "bench").mkdir(parents=True)
-    shutil.copy(SCRIPT, tree / "bench" / "gpu.sh")
-    (tree / ".venv" / "bin").mkdir(parents=True)
-    (tree / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    tree = _scratch_tree(tmp_path)
     env = {**_nvidia_smi(tmp_path / "bin", works=True), "GPU_SH_BUDGET": "120",
            "PIP_NO_INDEX": "1"}
     result, seconds = _run([tree / "bench" / "gpu.sh"], env, cwd=tmp_path, timeout=150)
@@ -92,11 +99,7 @@ def test_on_a_gpu_machine_every_step_gets_a_row_and_the_report_says_what_did_not
 
 
 def test_a_budget_too_small_skips_steps_and_says_so(tmp_path):
-    tree = tmp_path / "tree"
-    (tree / "bench").mkdir(parents=True)
-    shutil.copy(SCRIPT, tree / "bench" / "gpu.sh")
-    (tree / ".venv" / "bin").mkdir(parents=True)
-    (tree / ".venv" / "bin" / "python").symlink_to(sys.executable)
+    tree = _scratch_tree(tmp_path)
     env = {**_nvidia_smi(tmp_path / "bin", works=True), "GPU_SH_BUDGET": "15"}
     result, seconds = _run([tree / "bench" / "gpu.sh"], env, cwd=tmp_path)
     assert result.returncode == 0 and seconds < 20, result.stdout + result.stderr
