@@ -6,7 +6,9 @@ import pytest
 from towhee_rt import cli
 from towhee_rt.errors import ConfigError
 from towhee_rt.tune import cli as tune_cli
-from towhee_rt.tune.inputs import PHOTO_SIZES, default_inputs, generated_photos, read_inputs
+from towhee_rt import samples
+from towhee_rt.tune.inputs import (PHOTO_SIZES, SAMPLE_SENTENCES, default_inputs,
+                                   generated_photos, read_inputs)
 
 
 def test_generated_photos_are_jpegs_of_realistic_size():
@@ -16,15 +18,22 @@ def test_generated_photos_are_jpegs_of_realistic_size():
         image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         assert image.shape == (height, width, 3)
         assert len(data) > 20_000  # noisy like a photo, not a flat colour
+
+
+def test_image_pipelines_default_to_the_sample_photos_and_say_so():
     items, text = default_inputs("image", "image_decode.cv2_rgb", {})
-    assert items == photos and "500x400" in text
+    assert items == [open(samples.path(n), "rb").read() for n in ("chelsea.jpg", "coffee.jpg")]
+    assert "chelsea.jpg" in text and "coffee.jpg" in text
 
 
-def test_text_pipelines_default_to_the_first_operators_warm_up_items():
-    items, text = default_inputs("text", "text_embedding.sentence_transformers", {})
-    assert items and all(isinstance(i, str) for i in items) and "warm-up" in text
+def test_text_pipelines_default_to_sentences_of_varied_length():
+    items, text = default_inputs("text", "no_such.operator", {})  # no operator needed
+    assert items == list(SAMPLE_SENTENCES) and len(items) >= 6
+    lengths = sorted(len(s.split()) for s in items)
+    assert lengths[0] <= 3 and lengths[-1] >= 60
+    assert "built-in sentences" in text and f"{lengths[0]}-{lengths[-1]} words" in text
     with pytest.raises(ConfigError, match="--inputs"):
-        default_inputs("text", "no_such.operator", {})
+        default_inputs("other", "no_such.operator", {})  # other kinds: the warm-up items
 
 
 def test_inputs_from_files_and_directories(tmp_path, good_dir):
@@ -37,6 +46,8 @@ def test_inputs_from_files_and_directories(tmp_path, good_dir):
         read_inputs([str(lines)], "image")
     with pytest.raises(ConfigError, match="no such file"):
         read_inputs([str(tmp_path / "missing")], "image")
+    with pytest.raises(ConfigError, match="^inputs .*no such file"):
+        read_inputs([str(tmp_path / "missing")], "image", flag="inputs")
 
 
 def test_usage_errors_exit_2_with_what_to_do(tmp_path, capsys):
@@ -63,7 +74,7 @@ def test_settings_are_checked_before_anything_is_served_or_written(tmp_path):
     (tmp_path / "taken").mkdir()
     with pytest.raises(ConfigError, match="exists already"):
         tune(repo, out=tmp_path / "taken")
-    with pytest.raises(ConfigError, match="max_instances=2"):
+    with pytest.raises(ConfigError, match="max_instances 2"):
         tune(repo, max_instances=2)  # the repository itself uses 3
     with pytest.raises(ConfigError, match="objective"):
         tune(repo, objective="fast")

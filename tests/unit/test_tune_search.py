@@ -117,3 +117,15 @@ def test_a_lucky_measurement_is_not_kept_when_measured_again_beside_the_start():
     without = hill_climb((0, 0), _grid_moves, lambda p: _m(120.0 if p == (1, 0) else 100.0),
                          Objective(), confirm=False)
     assert without.best.point == (1, 0)
+
+
+def test_the_result_counts_the_moves_and_says_why_it_stopped():
+    result = hill_climb((0, 0), _grid_moves, _peak, Objective("throughput"))
+    assert len(result.moves_tried) == len(result.trials) - 3  # not the start nor confirmations
+    assert result.moves_measured == result.moves_tried
+    assert result.stopped.startswith("converged: no move")
+    none = hill_climb((0, 0), lambda p: [], _peak, Objective("throughput"))
+    assert none.moves_tried == [] and none.stopped == "there was no move to try"
+    out_of_time = hill_climb((0, 0), _grid_moves, _peak, Objective("throughput"),
+                             time_left=lambda: False)
+    assert out_of_time.moves_tried == [] and "time budget" in out_of_time.stopped

@@ -4,8 +4,10 @@
         [--p99-budget-ms MS] [--max-instances N] [--concurrency N] [--time-budget S]
         [--inputs DIR_OR_FILES ...] [--report-dir DIR] [--model NAME]
 
-Exit codes: 0 done (settings written, report written), 1 the server or a model failed, 2 a
-usage or configuration error, 130 interrupted (the server is stopped; nothing is written).
+Exit codes: 0 done (settings written, report written), 1 the server or a model failed, or no
+move could be measured within the time budget (nothing written), 2 a usage or configuration
+error (a time budget too small to conclude, ...), 130 interrupted (the server is stopped;
+nothing is written).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import List, Optional
 from ..cli_args import Parser, positive_float, positive_int
 from ..errors import ConfigError, TowheeRTError
 from .search import OBJECTIVES
-from .tuner import DEFAULT_TIME_BUDGET_S, tune
+from .tuner import DEFAULT_TIME_BUDGET_S, _tune
 
 DESCRIPTION = ("Search a model repository's serving settings (instances, threads, dynamic "
                "batching, requests in flight) on the real server and write the best ones back.")
@@ -41,13 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="requests in flight, fixed (default: searched for throughput, 1 "
                              "for latency)")
     parser.add_argument("--time-budget", type=positive_float, default=DEFAULT_TIME_BUDGET_S,
-                        metavar="S", help="seconds for the whole run, server start and report "
-                                          "included (default %(default)g)")
+                        metavar="S",
+                        help="seconds for the search (server start-up and writing come on "
+                             "top; at least 4 points of 3.5 windows: 28 s at --window 2; "
+                             "default %(default)g)")
     parser.add_argument("--inputs", nargs="+", metavar="DIR_OR_FILES",
                         help="what to send: image files, or text files of one input per line "
-                             "(default: generated photos, or the pipeline's warm-up items)")
+                             "(default: the sample photos chelsea.jpg and coffee.jpg, or "
+                             "built-in sentences of varied length)")
     parser.add_argument("--report-dir", type=Path, metavar="DIR",
-                        help="where tune_report.md/.json/.png go (default: beside the tuned "
+                        help="where tune_report.md/.json/.png go (default: inside the tuned "
                              "repository)")
     parser.add_argument("--model", metavar="NAME",
                         help="the pipeline (ensemble) to tune when REPO holds several")
@@ -60,11 +65,12 @@ def run(args: argparse.Namespace, prog: str = "python -m towhee_rt.tune") -> int
     exit code."""
     command = " ".join([prog] + [shlex.quote(a) for a in sys.argv[1:]])
     try:
-        tune(args.repository, out=args.out, model=args.model, objective=args.objective,
-             p99_budget_ms=args.p99_budget_ms, max_instances=args.max_instances,
-             concurrency=args.concurrency, time_budget_s=args.time_budget,
-             inputs=args.inputs, report_dir=args.report_dir, window_s=args.window,
-             command=command)
+        result = _tune(args.repository, out=args.out, model=args.model,
+                       objective=args.objective, p99_budget_ms=args.p99_budget_ms,
+                       max_instances=args.max_instances, concurrency=args.concurrency,
+                       time_budget_s=args.time_budget, inputs=args.inputs,
+                       report_dir=args.report_dir, window_s=args.window, max_windows=8,
+                       max_point_s=40.0, command=command, progress=None, cli=True)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -75,6 +81,9 @@ def run(args: argparse.Namespace, prog: str = "python -m towhee_rt.tune") -> int
         print("interrupted; the server is stopped and no settings were written",
               file=sys.stderr)
         return 130
+    if not result.written:
+        print(f"error: {result.outcome}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -13,7 +13,23 @@ from . import machine
 from .search import CONFIRM, Trial
 from .session import ServedSession
 from .space import Point, ServedPipeline
-from .window import PointMeasurement, measure
+from .window import AGREEING_WINDOWS, PointMeasurement, measure
+
+#: Points a search must measure to conclude anything: the start, one move, and the two
+#: points of the final confirmation (the start and the chosen one again).
+MIN_POINTS = 4
+
+
+def point_min_s(window_s: float, max_windows: int) -> float:
+    """The least time one point takes: a warm-up half-window, then the windows that must agree
+    (reloads come on top)."""
+    return (0.5 + min(max_windows, AGREEING_WINDOWS)) * window_s
+
+
+def min_budget_s(window_s: float, max_windows: int) -> float:
+    """The smallest search time budget that can conclude: :data:`MIN_POINTS` points of
+    :func:`point_min_s` each."""
+    return MIN_POINTS * point_min_s(window_s, max_windows)
 
 
 class PointEvaluator:

@@ -1,11 +1,11 @@
-"""What the tuner sends: the user's inputs (``--inputs``), or, by default, items like the
-pipeline's own.
+"""What the tuner sends: the user's inputs (``--inputs``), or, by default, representative
+items.
 
-By default an image pipeline gets a few generated JPEG photos of about 500x400 pixels (smooth
-gradients with noise: decode and resize cost what a camera photo's would; the pipeline's
-warm-up image is a tiny 64x64 one, too cheap to tune on), any other pipeline its first
-operator's warm-up items (``Operator.warmup_items()``, what a served model runs once as it
-loads).
+By default an image pipeline gets the shipped sample photos (:data:`SAMPLE_PHOTOS`, real
+camera JPEGs: decode and resize cost what a user's would; the pipeline's warm-up image is a
+tiny 64x64 one, too cheap to tune on), a text pipeline a built-in set of sentences of varied
+length (:data:`SAMPLE_SENTENCES`: one warm-up string would tune for one length), any other
+pipeline its first operator's warm-up items (``Operator.warmup_items()``).
 """
 from __future__ import annotations
 
@@ -23,14 +23,39 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 #: Sizes (width, height) of the generated photos: what phones and web pages commonly send.
 PHOTO_SIZES = ((500, 400), (480, 360), (640, 427), (400, 500))
+#: The shipped sample photos (:func:`towhee_rt.samples.path`) an image pipeline is tuned on.
+SAMPLE_PHOTOS = ("chelsea.jpg", "coffee.jpg")
+#: What a text pipeline is tuned on by default: sentences from 2 to about 90 words.
+SAMPLE_SENTENCES = (
+    "Hello world.",
+    "A cat sleeps on the warm windowsill.",
+    "How do I reset my password if I no longer have access to the email on my account?",
+    "The quarterly report shows revenue grew by twelve percent, driven mostly by new "
+    "customers in Europe, while costs stayed flat.",
+    "Machine learning models are often trained on large datasets, then evaluated on held-out "
+    "examples to estimate how well they generalise to data they have not seen before, which "
+    "matters because a model that only memorises its training set is of little use.",
+    "Best pizza near me open now",
+    "The old lighthouse keeper climbed the spiral stairs every evening, lit the great lamp, "
+    "and watched the ships pass safely through the narrow channel between the rocks, as his "
+    "father and grandfather had done before him for more than sixty years, until the day the "
+    "automatic beacon arrived by boat and the keeper, a little sadly, handed over the keys.",
+    "Refund not received after 14 days.",
+)
 
 
 def default_inputs(input_kind: str, first_operator: str, params: dict) -> Tuple[List[Any], str]:
     """(items, what they are) for a pipeline whose ensemble input is ``input_kind`` and whose
     first step runs ``first_operator`` with ``params``."""
     if input_kind == "image":
-        return generated_photos(), (f"{len(PHOTO_SIZES)} generated JPEG photos ("
-                                    + ", ".join(f"{w}x{h}" for w, h in PHOTO_SIZES) + ")")
+        from .. import samples
+
+        photos = [Path(samples.path(name)).read_bytes() for name in SAMPLE_PHOTOS]
+        return photos, f"the sample photos {', '.join(SAMPLE_PHOTOS)} (towhee_rt.samples)"
+    if input_kind == "text":
+        words = sorted(len(s.split()) for s in SAMPLE_SENTENCES)
+        return list(SAMPLE_SENTENCES), (f"{len(SAMPLE_SENTENCES)} built-in sentences of "
+                                        f"{words[0]}-{words[-1]} words")
     from ..registry import operator_class
 
     try:
@@ -65,9 +90,11 @@ def generated_photos(sizes: Sequence[Tuple[int, int]] = PHOTO_SIZES, seed: int =
     return photos
 
 
-def read_inputs(paths: Sequence[str], input_kind: str) -> Tuple[List[Any], str]:
+def read_inputs(paths: Sequence[str], input_kind: str, flag: str = "--inputs"
+                ) -> Tuple[List[Any], str]:
     """(items, what they are) from files and directories: image files as bytes for an image
-    pipeline, the lines of text files for a text one; at most :data:`MAX_ITEMS`."""
+    pipeline, the lines of text files for a text one; at most :data:`MAX_ITEMS`. ``flag``:
+    how errors name the option."""
     files: List[Path] = []
     for given in paths:
         path = Path(given)
@@ -76,33 +103,33 @@ def read_inputs(paths: Sequence[str], input_kind: str) -> Tuple[List[Any], str]:
         elif path.is_file():
             files.append(path)
         else:
-            raise ConfigError(f"--inputs {given}: no such file or directory")
+            raise ConfigError(f"{flag} {given}: no such file or directory")
     items: List[Any] = []
     for path in files:
         if len(items) >= MAX_ITEMS:
             break
         if input_kind == "image":
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                items.append(_read_bounded(path, whole=True))
+                items.append(_read_bounded(path, whole=True, flag=flag))
         elif input_kind == "text":
-            items += _lines(path)[:MAX_ITEMS - len(items)]
+            items += _lines(path, flag)[:MAX_ITEMS - len(items)]
     if not items:
         wanted = ("image files (" + ", ".join(IMAGE_SUFFIXES) + ")" if input_kind == "image"
                   else "text files with one input per line")
-        raise ConfigError(f"--inputs {' '.join(map(str, paths))}: found no {wanted} for this "
+        raise ConfigError(f"{flag} {' '.join(map(str, paths))}: found no {wanted} for this "
                           f"{input_kind or 'unknown'} pipeline")
     return items, f"{len(items)} item(s) from {', '.join(map(str, paths))}"
 
 
-def _read_bounded(path: Path, whole: bool) -> bytes:
+def _read_bounded(path: Path, whole: bool, flag: str = "--inputs") -> bytes:
     with open(path, "rb") as f:
         data = f.read(MAX_FILE_BYTES + 1)
     if whole and len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"--inputs: {path} is larger than {MAX_FILE_BYTES // 2**20} MiB; "
+        raise ConfigError(f"{flag}: {path} is larger than {MAX_FILE_BYTES // 2**20} MiB; "
                           "give smaller files")
     return data[:MAX_FILE_BYTES]
 
 
-def _lines(path: Path) -> List[str]:
-    text = _read_bounded(path, whole=False).decode("utf-8", "replace")
+def _lines(path: Path, flag: str = "--inputs") -> List[str]:
+    text = _read_bounded(path, whole=False, flag=flag).decode("utf-8", "replace")
     return [line.strip() for line in text.splitlines() if line.strip()]

@@ -38,7 +38,9 @@ def build(result: SearchResult, pipeline: ServedPipeline, objective: Objective,
     """The whole report as a dict: ``context`` carries the command, machine, inputs, paths,
     timings and the search's limits."""
     return {**context, "objective": objective.name, "p99_budget_ms": objective.p99_budget_ms,
-            "stopped": result.stopped, "accepted_moves": result.accepted_moves,
+            "stopped": result.stopped, "moves_tried": len(result.moves_tried),
+            "moves_measured": len(result.moves_measured),
+            "accepted_moves": result.accepted_moves,
             "chosen": trial_row(result.best, pipeline, extras),
             "points": [trial_row(t, pipeline, extras) for t in result.trials]}
 
@@ -57,16 +59,20 @@ def markdown(report: Dict[str, Any]) -> str:
         f"Python {machine['python']}, {machine['date']}; "
         + ", ".join(f"{k} {v}" for k, v in machine["versions"].items()), "",
         f"Objective: {report['objective']}{budget}. Inputs: {report['inputs']}. "
-        f"Search: {len(report['points'])} points in {report['seconds']:.0f} s (limit "
-        f"{report['time_budget_s']:g} s); server start {report['startup_s']:.1f} s, reload of "
-        f"the changed models {report['reload_median_s']} s median per point; "
-        f"{report['limits']}.", "",
-        "## Chosen", "",
+        f"Search: {len(report['points'])} points ({report['moves_tried']} moves tried) in "
+        f"{report['search_seconds']:.0f} s (time budget {report['time_budget_s']:g} s; the "
+        f"whole run took {report['seconds']:.0f} s: the server start, "
+        f"{report['startup_s']:.1f} s, and writing are outside the budget); stopped because "
+        f"{report['stopped']}; reload of the changed models {report['reload_median_s']} s "
+        f"median per point; {report['limits']}.", "",
+        f"Outcome: {report['outcome']}", "",
+        "## Chosen" if report["written_to"] else "## Best measured (not written)", "",
         f"**{chosen['settings']}**: {_figure(m['items_per_s'])} items/s, p50 "
         f"{_figure(m['p50_ms'])} ms, p99 {_figure(m['p99_ms'])} ms "
         f"({m['windows']} windows, {'stable' if m['stable'] else 'NOT stable'}).", "",
         f"Why: {report['why']}", "",
-        f"Written to: `{report['written_to']}`", "",
+        (f"Written to: `{report['written_to']}`" if report["written_to"] else
+         "Nothing written: no move was measured."), "",
         "## Points tried", "",
         "Figures come from the last 3 windows of each point; a point is stable when 3 "
         "consecutive windows agree within 10% on items/s; spread = (max - min) / median of "

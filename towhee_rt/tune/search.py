@@ -91,6 +91,16 @@ class SearchResult:
     stopped: str
 
     @property
+    def moves_tried(self) -> List[Trial]:
+        """The trials of moves from the start (neither the start nor the confirmations)."""
+        return [t for t in self.trials if t.index > 0 and not t.move.startswith(CONFIRM)]
+
+    @property
+    def moves_measured(self) -> List[Trial]:
+        """The moves tried whose point could be measured (not failed)."""
+        return [t for t in self.moves_tried if t.measurement is not None]
+
+    @property
     def accepted_moves(self) -> List[str]:
         return [t.move for t in self.trials
                 if t.accepted and t.index > 0 and not t.move.startswith(CONFIRM)]
@@ -145,7 +155,8 @@ def hill_climb(start: P, moves: Callable[[P], Sequence[Tuple[str, P]]],
             if trial.accepted:
                 break
         else:
-            stopped = "no move from the chosen point improved it beyond the noise"
+            stopped = ("converged: no move from the chosen point improved it beyond the noise"
+                       if any(t.index > 0 for t in trials) else "there was no move to try")
     if confirm and best is not trials[0]:
         best, verdict = _confirm(trials[0], best, run, objective, on_trial)
         stopped += f"; {verdict}"

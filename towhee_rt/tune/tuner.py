@@ -17,28 +17,42 @@ from ..errors import ConfigError
 from ..triton.config import read_parameters, read_repository, write_config
 from . import inputs as sample_inputs
 from . import machine, report
-from .evaluator import PointEvaluator, progress_line
+from .evaluator import MIN_POINTS, PointEvaluator, min_budget_s, progress_line
 from .search import Objective, SearchResult, hill_climb
 from .session import ServedSession, session_dir
+from .window import AGREEING_WINDOWS
 from .space import (CONCURRENCIES, Point, ServedPipeline, Space, apply_point, find_pipeline,
                     read_point)
 
-#: The whole run's default wall-time limit (server start and report included).
+#: The search's default time limit, in seconds (server start-up and writing come on top).
 DEFAULT_TIME_BUDGET_S = 300.0
-#: Time kept back for writing the result and stopping the server.
-RESERVE_S = 10.0
+
+#: How the keywords of :func:`tune` are spelled on the command line (for its error messages).
+CLI_FLAGS = {"time_budget_s": "--time-budget", "window_s": "--window", "out": "--out",
+             "concurrency": "--concurrency", "max_instances": "--max-instances",
+             "p99_budget_ms": "--p99-budget-ms", "inputs": "--inputs",
+             "report_dir": "--report-dir", "objective": "--objective", "model": "--model"}
 
 
 @dataclasses.dataclass
 class TuneResult:
-    """What :func:`tune` did: where it wrote, the chosen point and its figures, the report."""
+    """What :func:`tune` did: where it wrote (``repository``; ``None`` when nothing was
+    written, see ``outcome``), the chosen point and its figures, the search, the report."""
 
-    repository: Path
+    repository: Optional[Path]
     chosen: Point
     chosen_label: str
     measurement: Any
     search: SearchResult
     report_files: Dict[str, Optional[str]]
+    #: What happened, in a sentence: how many moves were tried, why the search stopped, what
+    #: was written.
+    outcome: str = ""
+
+    @property
+    def written(self) -> bool:
+        """Whether tuned settings were written (at least one move was measured)."""
+        return self.repository is not None
 
 
 def tune(repository, *, out=None, model: Optional[str] = None, objective: str = "throughput",
@@ -57,87 +71,147 @@ def tune(repository, *, out=None, model: Optional[str] = None, objective: str = 
     at ``concurrency`` requests in flight, default 1); ``p99_budget_ms``: points whose p99 is
     above it are not chosen; ``max_instances``: the most instances of all steps together
     (default: twice the usable cores, or the repository's own count if higher);
-    ``concurrency``: fix the requests in flight instead of searching them. The search stops
-    in time to finish within ``time_budget_s`` seconds in all. The chosen settings are written
-    into ``repository``'s configs, or into a copy at ``out`` (which must not exist); the report
-    (``tune_report.md/.json/.png``) goes to ``report_dir``, default the directory holding the
-    written repository. ``inputs``: files or directories to send (images, or text files of
-    one input per line); default: generated photos for an image pipeline, else the first
-    operator's warm-up items. ``progress`` gets one line per point (default: stderr).
+    ``concurrency``: fix the requests in flight instead of searching them.
+
+    ``time_budget_s`` bounds the search (from the server being ready to the last point;
+    the server's start-up and the writing come on top and are reported); a budget below
+    :func:`~towhee_rt.tune.evaluator.min_budget_s` (four points of a warm-up and three windows
+    of ``window_s``: 28 s at the default 2 s windows) is refused with a ``ConfigError``.
+    The chosen settings are written into ``repository``'s configs, or into a copy at ``out``
+    (which must not exist) -- only when at least one move was measured; otherwise nothing is
+    written and ``result.repository`` is ``None`` (``result.outcome`` says why). The report
+    (``tune_report.md/.json/.png``) goes into the written repository, or ``report_dir``.
+    ``inputs``: files or directories to send (images, or text files of one input per line);
+    default: the shipped sample photos for an image pipeline, a built-in set of sentences of
+    varied length for a text pipeline, else the first operator's warm-up items. ``progress``
+    gets one line per point (default: stderr).
 
     Example::
 
         result = towhee_rt.tune.tune("repo/", out="repo_tuned/", time_budget_s=240)
-        print(result.chosen_label, result.measurement.items_per_s)
+        print(result.chosen_label, result.measurement.items_per_s, result.outcome)
     """
+    return _tune(repository, out=out, model=model, objective=objective,
+                 p99_budget_ms=p99_budget_ms, max_instances=max_instances,
+                 concurrency=concurrency, time_budget_s=time_budget_s, inputs=inputs,
+                 report_dir=report_dir, window_s=window_s, max_windows=max_windows,
+                 max_point_s=max_point_s, command=command, progress=progress)
+
+
+def _tune(repository, *, out, model, objective, p99_budget_ms, max_instances, concurrency,
+          time_budget_s, inputs, report_dir, window_s, max_windows, max_point_s, command,
+          progress, cli: bool = False) -> TuneResult:
+    """:func:`tune`; ``cli``: name the command-line flags in error messages, not keywords."""
     started = time.monotonic()
     progress = progress or (lambda line: print(line, file=sys.stderr, flush=True))
-    _check_numbers(time_budget_s=time_budget_s, window_s=window_s, max_windows=max_windows,
-                   max_point_s=max_point_s, concurrency=concurrency, max_instances=max_instances)
+
+    def name(keyword: str) -> str:
+        return CLI_FLAGS.get(keyword, keyword) if cli else keyword
+
+    _check_numbers(name, time_budget_s=time_budget_s, window_s=window_s,
+                   max_windows=max_windows, max_point_s=max_point_s, concurrency=concurrency,
+                   max_instances=max_instances)
+    _check_budget(name, time_budget_s, window_s, max_windows)
     source = Path(repository)
-    target = _target(source, out)
+    target = _target(source, out, name("out"))
     configs = read_repository(source)
     pipeline = find_pipeline(configs, model)
     goal = Objective(objective, p99_budget_ms)
-    items, items_text = _sample_items(configs, pipeline, inputs)
+    items, items_text = _sample_items(configs, pipeline, inputs, name("inputs"))
     if objective == "latency" and concurrency is None:
         concurrency = 1
-    space, start = _search_space(configs, pipeline, concurrency, max_instances)
-    if out is not None:
-        shutil.copytree(source, target, symlinks=True)  # copy first, then write only there
+    space, start = _search_space(configs, pipeline, concurrency, max_instances,
+                                 name("max_instances"))
     progress(f"tune: serving a scratch copy of {source} ({pipeline.ensemble}: "
              f"{len(pipeline.steps)} steps); sending {items_text}")
     work = session_dir(None)
     session = ServedSession(source, configs, pipeline, items, work)
     try:
         session.start()
-        progress(f"tune: server ready in {session.startup_s:.1f} s; objective {objective}, "
-                 f"time budget {time_budget_s:g} s")
+        search_started = time.monotonic()
+        progress(f"tune: server ready in {session.startup_s:.1f} s (not counted in the "
+                 f"budget); objective {objective}, search time budget {time_budget_s:g} s")
         evaluator = PointEvaluator(session, window_s=window_s, max_windows=max_windows,
                                    max_point_s=max_point_s,
-                                   deadline=started + time_budget_s - RESERVE_S)
+                                   deadline=search_started + time_budget_s)
         result = hill_climb(start, space.moves, evaluator.evaluate, goal, evaluator.time_left,
                             lambda trial: progress(progress_line(trial, pipeline, started,
                                                                  evaluator.extras)))
+        search_s = time.monotonic() - search_started
     finally:
         session.close()
         shutil.rmtree(work, ignore_errors=True)
     best = result.best
-    _write_point(configs, pipeline, best.point, target)
+    outcome = outcome_text(result, goal)
+    written = bool(result.moves_measured)
+    if written:
+        if out is not None:
+            shutil.copytree(source, target, symlinks=True)  # the user's repository stays as it was
+        _write_point(configs, pipeline, best.point, target)
+        outcome += f" Wrote the chosen settings to {target}."
+    else:
+        outcome += (" Nothing was written: with no move measured there is nothing to "
+                    "compare the repository's settings with (raise the time budget).")
     context = _report_context(
-        source, target, pipeline, items_text, command, time_budget_s, started, session,
+        source, target if written else None, pipeline, items_text, command, time_budget_s,
+        started, search_s, session,
         limits=_limits_text(space, concurrency, window_s, max_windows, max_point_s),
-        why=_why(result, goal))
+        why=_why(result, goal), outcome=outcome)
     data = report.build(result, pipeline, goal, evaluator.extras, context)
-    files = report.write(data, Path(report_dir) if report_dir else target.resolve().parent)
-    progress(f"tune: chose {pipeline.label(best.point)}; wrote {target}; report "
-             f"{files['markdown']} ({data['plot']})")
-    return TuneResult(target, best.point, pipeline.label(best.point), best.measurement,
-                      result, files)
+    where = Path(report_dir) if report_dir else (target if written else None)
+    files: Dict[str, Optional[str]] = report.write(data, where) if where else {}
+    shown = (f"report {files['markdown']} ({data['plot']})" if files else
+             f"no report written (pass {name('report_dir')} to keep one)")
+    progress(f"tune: {outcome} {shown}")
+    return TuneResult(target if written else None, best.point, pipeline.label(best.point),
+                      best.measurement, result, files, outcome)
 
 
-def _target(source: Path, out) -> Path:
+def _check_budget(name, time_budget_s: float, window_s: float, max_windows: int) -> None:
+    """Refuse a time budget too small for the search to conclude anything."""
+    least = min_budget_s(window_s, max_windows)
+    if time_budget_s < least:
+        raise ConfigError(
+            f"{name('time_budget_s')} {time_budget_s:g} s is too small to conclude anything: "
+            f"the search needs at least {least:g} s ({MIN_POINTS} points -- the start, one "
+            f"move and the two of the final confirmation -- each a warm-up half-window and "
+            f"{min(max_windows, AGREEING_WINDOWS)} windows of {window_s:g} s "
+            f"({name('window_s')}); model reloads come on top)")
+
+
+def outcome_text(result: SearchResult, goal: Objective) -> str:
+    """How many moves were tried and measured, how many kept, and why the search stopped."""
+    tried, measured = len(result.moves_tried), len(result.moves_measured)
+    failed = f" ({tried - measured} failed)" if tried > measured else ""
+    kept = len(result.accepted_moves)
+    return (f"Tried {tried} move(s){failed}, kept {kept}; the search stopped because "
+            f"{result.stopped}. Chose {goal.name} {goal.value(result.best.measurement)}.")
+
+
+def _target(source: Path, out, flag: str = "out") -> Path:
     """Where the tuned settings go: ``out`` (which must not exist yet) or ``source``."""
     if out is None:
         return source
     target = Path(out)
     if target.exists():
-        raise ConfigError(f"--out {target} exists already; give a new directory (the tuned "
+        raise ConfigError(f"{flag} {target} exists already; give a new directory (the tuned "
                           "copy is written there) or leave --out out to tune in place")
     return target
 
 
-def _sample_items(configs, pipeline: ServedPipeline, inputs: Optional[Sequence[str]]):
+def _sample_items(configs, pipeline: ServedPipeline, inputs: Optional[Sequence[str]],
+                  flag: str = "inputs"):
     """(items to send, a description of them): from ``inputs`` or generated for the kind of
     input the pipeline takes."""
     kind = read_parameters(configs[pipeline.ensemble]).get(PARAM_INPUT_KIND, "")
     if inputs:
-        return sample_inputs.read_inputs(inputs, kind)
+        return sample_inputs.read_inputs(inputs, kind, flag)
     return sample_inputs.default_inputs(kind, *_operator_of(configs[pipeline.steps[0]]))
 
 
 def _search_space(configs, pipeline: ServedPipeline, concurrency: Optional[int],
-                  max_instances: Optional[int]) -> Tuple[Space, Point]:
+                  max_instances: Optional[int], flag: str = "max_instances"
+                  ) -> Tuple[Space, Point]:
     """The points allowed and the first one: the repository's own settings, at
     ``concurrency`` requests in flight (default: enough for its instances)."""
     current = read_point(configs, pipeline, 1)
@@ -148,7 +222,7 @@ def _search_space(configs, pipeline: ServedPipeline, concurrency: Optional[int],
                   concurrency)
     if not space.allowed(start):
         raise ConfigError(f"the repository's own settings use {start.total_instances} "
-                          f"instances, more than max_instances={space.max_instances}; raise it")
+                          f"instances, more than {flag} {space.max_instances}; raise it")
     return space, start
 
 
@@ -170,16 +244,19 @@ def _limits_text(space: Space, concurrency: Optional[int], window_s: float, max_
             "per point")
 
 
-def _report_context(source: Path, target: Path, pipeline: ServedPipeline, items_text: str,
-                    command: str, time_budget_s: float, started: float,
-                    session: ServedSession, limits: str, why: str) -> Dict[str, Any]:
+def _report_context(source: Path, target: Optional[Path], pipeline: ServedPipeline,
+                    items_text: str, command: str, time_budget_s: float, started: float,
+                    search_s: float, session: ServedSession, limits: str, why: str,
+                    outcome: str) -> Dict[str, Any]:
     """The report's header: what was tuned, where, on what machine, how long it took."""
     reloads = session.reloads
     return {
-        "pipeline": pipeline.ensemble, "repository": str(source), "written_to": str(target),
+        "pipeline": pipeline.ensemble, "repository": str(source),
+        "written_to": str(target) if target else None, "outcome": outcome,
         "command": command or f"towhee_rt.tune.tune({str(source)!r}, ...)",
         "machine": machine.describe(), "inputs": items_text,
         "time_budget_s": time_budget_s, "seconds": round(time.monotonic() - started, 1),
+        "search_seconds": round(search_s, 1),
         "startup_s": round(session.startup_s, 2),
         "reload_median_s": round(statistics.median(reloads), 2) if reloads else "-",
         "limits": limits, "why": why,
@@ -201,8 +278,13 @@ def _snap(value: int) -> int:
 def _why(result: SearchResult, goal: Objective) -> str:
     best = result.best
     moves = result.accepted_moves
-    path = ("kept the moves " + " -> ".join(f"'{m}'" for m in moves) if moves
-            else "no move beat the repository's own settings")
+    if moves:
+        path = "kept the moves " + " -> ".join(f"'{m}'" for m in moves)
+    elif result.moves_measured:
+        path = (f"none of the {len(result.moves_measured)} move(s) measured beat the "
+                "repository's own settings")
+    else:
+        path = "no move was measured, so the repository's own settings were not compared"
     budget = (f" with p99 within {goal.p99_budget_ms:g} ms" if goal.p99_budget_ms else "")
     if not goal.feasible(best.measurement):
         budget = (f"; no point tried kept p99 within {goal.p99_budget_ms:g} ms, this one came "
@@ -212,9 +294,9 @@ def _why(result: SearchResult, goal: Objective) -> str:
             f"mean window spread)); stopped because {result.stopped}.")
 
 
-def _check_numbers(**values) -> None:
-    for name, value in values.items():
-        if value is None and name in ("concurrency", "max_instances"):
+def _check_numbers(name: Callable[[str], str], **values) -> None:
+    for keyword, value in values.items():
+        if value is None and keyword in ("concurrency", "max_instances"):
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise ConfigError(f"{name} must be a number > 0, got {value!r}")
+            raise ConfigError(f"{name(keyword)} must be a number > 0, got {value!r}")
