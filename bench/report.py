@@ -1,4 +1,5 @@
-"""Turn the raw figures of ``bench/run.py`` into results.json, results.md and a bar chart."""
+"""Turn the raw figures of ``bench/run.py`` into results.json, results.md, a bar chart and
+the latency/throughput curves (``bench/curves.py``)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,8 @@ from .common import machine_line
 HF = "HF-style (torch eager, batch 1)"
 CEILING = "ceiling: ONNX Runtime alone"
 PEER = "PyTriton peer (same ONNX + preprocessing, @batch)"
+LITSERVE = "LitServe peer"
+INFINITY = "Infinity peer"
 SERVED = "towhee_rt served, "
 RECOMMENDED_PREFIX = SERVED + "defaults"
 ONE_INSTANCE_PREFIX = SERVED + "1 model instance x 2 threads (the default"
@@ -31,6 +34,12 @@ def best_rows(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
 
 def _find(rows: List[Dict[str, Any]], prefix: str) -> Optional[Dict[str, Any]]:
     return next((r for r in rows if r["system"].startswith(prefix)), None)
+
+
+def _best(rows: List[Dict[str, Any]], prefix: str) -> Optional[Dict[str, Any]]:
+    """The fastest row whose system starts with ``prefix`` (a peer's several settings)."""
+    return max((r for r in rows if r["system"].startswith(prefix)),
+               key=lambda r: r["items_per_s"], default=None)
 
 
 def _fmt(value: Optional[float], digits: int = 1) -> str:
@@ -169,7 +178,8 @@ CHART_SYSTEMS = [
     ("towhee_rt local, onnx", "towhee_rt local onnx"),
     (ONE_INSTANCE_PREFIX, "towhee_rt served, 1 instance x 2 threads"),
     (RECOMMENDED_PREFIX, "towhee_rt served, defaults (2 x 1 thread)"),
-    (PEER, "PyTriton peer"), (CEILING, "ONNX Runtime alone (ceiling)"),
+    (PEER, "PyTriton peer"), (LITSERVE, "LitServe peer (best setting)"),
+    (INFINITY, "Infinity peer (best setting)"), (CEILING, "ONNX Runtime alone (ceiling)"),
     (SERVED_INT8, "towhee_rt served, int8"),
     (TUNED, "towhee_rt served, int8, tuned"),
 ]
@@ -187,12 +197,12 @@ def chart(results: Dict[str, Any], path: Path) -> Optional[Path]:
     pipelines = list(results["pipelines"])
     width = max(9.0, 4.2 * len(pipelines) + 1.0)
     fig, axes = plt.subplots(1, len(pipelines), figsize=(width, 5.6), squeeze=False)
-    colors = plt.get_cmap("tab10").colors
+    colors = plt.get_cmap("tab20").colors
     for ax, pipeline in zip(axes[0], pipelines):
         rows = best_rows(results["pipelines"][pipeline]["rows"])
         values, labels = [], []
         for prefix, label in CHART_SYSTEMS:
-            row = _find(rows, prefix)
+            row = (_best if prefix in (LITSERVE, INFINITY) else _find)(rows, prefix)
             values.append(row["items_per_s"] if row else 0.0)
             labels.append(label)
         bars = ax.bar(range(len(values)), values, color=colors[:len(values)])
@@ -230,4 +240,7 @@ def write_all(results: Dict[str, Any], out_dir: Path) -> List[Path]:
     png = chart(results, out_dir / "items_per_s.png")
     if png:
         paths.append(png)
+    from .curves import write_curves  # issue 23 item 7: curve_<pipeline>.png
+
+    paths += write_curves(results, out_dir)
     return paths

@@ -10,8 +10,9 @@ images sent as encoded bytes; all-MiniLM-L6-v2 on sentences of mixed length), on
 2. towhee_rt local: ``as_function()`` with the torch format and with ``format_priority=['onnx']``;
 3. towhee_rt served (ONNX format): ``build_model_repo`` + ``towhee_rt.serve`` + ``towhee_rt.Client``
    over gRPC (``mode='async_infer'``), a client-concurrency sweep, for several server settings;
-4. the peer server: PyTriton serving the same ONNX model + the same preprocessing in one
-   ``@batch`` function, queried by the same client;
+4. the peer servers: PyTriton serving the same ONNX model + the same preprocessing in one
+   ``@batch`` function, queried by the same client; LitServe (the same ONNX model and
+   preprocessing in a ``LitAPI``) and, for MiniLM, Infinity, over HTTP (``bench/peer_rows.py``);
 5. the ceiling: ONNX Runtime alone on preprocessed tensors, best batch size, 2 threads;
 6. int8 (``onnx_int8``, ``bench/int8.py``): local, served and ceiling rows beside the fp32
    ones, and the min cosine of the served int8 output to an fp32 reference;
@@ -184,6 +185,11 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
         log(f"  FAILED: {type(exc).__name__}: {str(exc)[:500]}")
         extra.setdefault("failures", []).append(
             {"system": "PyTriton peer", "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
+    # 4b. the HTTP peers users pick: LitServe, and Infinity for MiniLM (bench/peer_rows.py)
+    from .peer_rows import http_peer_rows
+
+    http_peer_rows(pipeline, model_file, items, concurrencies, args.quick,
+                   lambda fn, what: measured(fn, budget, what), add, extra, log)
     return {"rows": [m.to_dict() for m in rows], **extra}
 
 
