@@ -14,9 +14,16 @@ an error: ``towhee_rt.item_errors=`` then JSON, one entry per failed item (its i
 request, the operator, the kind of failure: bad_input / limit / internal, and the message),
 which towhee_rt's client reads back (``towhee_ops/wire.py``: ``encode_failures``).
 
+Deadlines (``towhee_ops/deadlines.py``): a request whose caller's time has run out is not
+computed. The first step turns the request's Triton timeout into a deadline and every step hands
+it to the next in the ``towhee_deadline`` tensor; a step answers a request past its deadline at
+once with an error naming the operator and "deadline exceeded" (Triton's own queue timeout
+would give every step the whole budget again).
+
 Per-machine values are decided here, when the model loads: an operator that takes
 ``num_threads`` and was not given one gets this instance's share of the cores the stub may use.
 """
+import collections
 import json
 import os
 import sys
@@ -40,6 +47,9 @@ sys.path[:] = [_HERE] + [path for path in sys.path if path != _HERE]
 
 from towhee_ops.batching import process_items, stack_items  # noqa: E402
 from towhee_ops.cpu import cpu_threads_per_instance  # noqa: E402
+from towhee_ops.deadlines import (DEADLINE_TENSOR, deadline_column,  # noqa: E402
+                                  deadline_from_budget, deadline_of, expired_message, now_ns,
+                                  overdue_ms)
 from towhee_ops.wire import (PARAM_FORMAT, PARAM_MAX_ITEM_BYTES,  # noqa: E402
                              PARAM_MAX_REQUEST_BYTES, PARAM_MERGE_REQUESTS, PARAM_OPERATOR,
                              PARAM_PARAMS, SHAPES_SUFFIX, ItemFailure, crop_items,
@@ -71,6 +81,9 @@ class TritonPythonModel:
         self.shaped_inputs = {s.name for s in self.op.inputs if s.name + SHAPES_SUFFIX in inputs}
         self.shaped_outputs = {s.name for s in self.op.outputs
                                if s.name + SHAPES_SUFFIX in outputs}
+        # A request's deadline: from the step before (towhee_deadline), else from its timeout.
+        self.takes_deadline = DEADLINE_TENSOR in inputs
+        self.passes_deadline = DEADLINE_TENSOR in outputs
         # With dynamic batching the requests of one call form one batch; else one at a time.
         self.merge_requests = parameters.get(PARAM_MERGE_REQUESTS, "yes") == "yes"
         # Set on the first model of a pipeline (it receives the client's data); 0: no limit.
@@ -96,28 +109,63 @@ class TritonPythonModel:
 
     def execute(self, requests):
         items, plans, received = [], [], 0
+        now = now_ns()
         for request in requests:
+            deadline, wants_deadline = self._deadline(request, now)
+            late = overdue_ms(deadline, now)
+            if late is not None:  # the caller's time ran out before this step: not computed
+                plans.append(_Plan(_expired(self.name, late), [], {}, deadline, False))
+                continue
             try:
                 columns = [self._read_input(request, spec) for spec in self.op.inputs]
             except Exception as exc:  # noqa: BLE001 - a malformed request fails alone
-                plans.append(("operator %s: bad request: %s" % (self.name, exc), [], {}))
+                plans.append(_Plan(("operator %s: bad request: %s" % (self.name, exc),
+                                    pb_utils.TritonError.INVALID_ARG), [], {}, deadline, False))
                 continue
             rows = list(zip(*columns))
             sizes = [sum(_nbytes(value) for value in row) for row in rows]
             received += sum(sizes)
             refused = self._over_limits(sizes)
             mine = [k for k in range(len(rows)) if k not in refused]
-            plans.append((None, list(range(len(items), len(items) + len(mine))), refused))
+            plans.append(_Plan(None, list(range(len(items), len(items) + len(mine))), refused,
+                               deadline, wants_deadline))
             items.extend(rows[k] for k in mine)
         if self.merge_requests:
             results = process_items(self.op, items)
-        else:
-            results = [result for _, positions, _ in plans for result in process_items(
-                self.op, items[positions[0]:positions[-1] + 1] if positions else [])]
+        else:  # one request after the other: each checks its deadline when its turn comes
+            results = [None] * len(items)
+            for index, plan in enumerate(plans):
+                if plan.error or not plan.positions:
+                    continue
+                late = overdue_ms(plan.deadline, now_ns())
+                if late is not None:
+                    plans[index] = plan._replace(error=_expired(self.name, late))
+                    continue
+                first, last = plan.positions[0], plan.positions[-1] + 1
+                results[first:last] = process_items(self.op, items[first:last])
         responses = [self._respond(plan, results) for plan in plans]
         if received > _TRIM_AFTER_BYTES:
             _release_free_memory()
         return responses
+
+    def _deadline(self, request, now):
+        """The request's deadline (``towhee_ops/deadlines.py``) and whether the next step
+        wants it handed on: the ``towhee_deadline`` tensor from the step before, or, in the
+        first step, the request's Triton timeout counted from now."""
+        wants = self.passes_deadline and DEADLINE_TENSOR in request.requested_output_names()
+        tensor = (pb_utils.get_input_tensor_by_name(request, DEADLINE_TENSOR)
+                  if self.takes_deadline else None)
+        if tensor is not None:
+            if tensor.is_cpu():
+                return deadline_of(tensor.as_numpy()), wants
+            import torch
+
+            return deadline_of(torch.utils.dlpack.from_dlpack(tensor.to_dlpack()).cpu()), wants
+        try:
+            budget_us = request.timeout()
+        except AttributeError:  # a Python backend without InferenceRequest.timeout()
+            budget_us = 0
+        return deadline_from_budget(budget_us, now), wants
 
     def _over_limits(self, sizes):
         """Item index -> ItemFailure for the items over the request or item byte limit."""
@@ -136,9 +184,9 @@ class TritonPythonModel:
 
     def _respond(self, plan, results):
         """One request's response: its outputs, or every failure of its items."""
-        bad_request, positions, refused = plan
-        if bad_request:
-            return self._error(bad_request, pb_utils.TritonError.INVALID_ARG)
+        if plan.error:
+            return self._error(*plan.error)
+        positions, refused = plan.positions, plan.refused
         failures = dict(refused)
         kept = [k for k in range(len(positions) + len(refused)) if k not in refused]
         for k, position in zip(kept, positions):
@@ -156,6 +204,9 @@ class TritonPythonModel:
             failures = {k: self._client_failure(k, exc) for k in range(len(rows))}
             return self._error(encode_failures([failures[k] for k in sorted(failures)]),
                                pb_utils.TritonError.INTERNAL)
+        if plan.wants_deadline:
+            outputs.append(pb_utils.Tensor(DEADLINE_TENSOR,
+                                           deadline_column(plan.deadline, len(rows))))
         return pb_utils.InferenceResponse(output_tensors=outputs)
 
     def _client_failure(self, index, exc):
@@ -227,6 +278,18 @@ class TritonPythonModel:
         """An error response; the ensemble passes the message and the code on to the client."""
         return pb_utils.InferenceResponse(output_tensors=[],
                                           error=pb_utils.TritonError(message, code))
+
+
+#: One request of an execute() call: ``error`` (message, code) when it fails whole; else the
+#: positions of its items in the call's batch and the failures of the items refused before it
+#: ran; its deadline, and whether its response hands the deadline on.
+_Plan = collections.namedtuple("_Plan", "error positions refused deadline wants_deadline")
+
+
+def _expired(operator, overdue):
+    """The error of a request dropped at its deadline: UNAVAILABLE, like Triton's own queue
+    timeout, whose words it carries (clients read both as "the deadline passed")."""
+    return expired_message(operator, overdue), pb_utils.TritonError.UNAVAILABLE
 
 
 def _operator_class(operator):

@@ -24,11 +24,13 @@ def _model(name, operator, io, config, params=None, fmt=""):
 DECODE = dataclasses.replace(
     _model("pipeline_0_image_decode_cv2_rgb", "image_decode.cv2_rgb", DECODE_IO,
            OpConfig(instance_count=2)), limits=RequestLimits(),  # the first model checks them
-    shaped_outputs=("image",))  # images of different sizes travel padded, with their shapes
+    shaped_outputs=("image",),  # images of different sizes travel padded, with their shapes
+    passes_deadline=True)  # the request's deadline goes on to the next step
 EMBED = dataclasses.replace(
     _model("pipeline_1_image_embedding_timm", "image_embedding.timm", EMBED_IO,
            OpConfig(device_ids=(0,), dynamic_batching=DynamicBatching(8, (4, 8), 500)),
-           params={"model_name": "resnet50"}, fmt="onnx"), shaped_inputs=("image",))
+           params={"model_name": "resnet50"}, fmt="onnx"), shaped_inputs=("image",),
+    takes_deadline=True)
 
 
 @pytest.mark.parametrize("name, config", [
@@ -72,7 +74,8 @@ def test_ensemble_batch_size_is_the_smallest_step():
     assert ensemble.max_batch_size == 8
     assert not ensemble.instance_group
     steps = ensemble.ensemble_scheduling.step
-    shaped = {"image": "step0_image", "image__shapes": "step0_image__shapes"}
+    shaped = {"image": "step0_image", "image__shapes": "step0_image__shapes",
+              "towhee_deadline": "step0_towhee_deadline"}
     assert dict(steps[0].output_map) == shaped and dict(steps[1].input_map) == shaped
     assert dict(steps[1].output_map) == {"embedding": "embedding"}
 
@@ -108,3 +111,22 @@ def test_repository_configs_are_read_and_written_back(tmp_path):
         tc.read_repository(tmp_path / decode.name)
     with pytest.raises(ConfigError, match="not a directory"):
         tc.read_repository(tmp_path / "missing")
+
+
+def test_the_deadline_travels_from_step_to_step():
+    """Every step but the first takes the deadline (optional: a request sent to the model
+    itself needs none), every step but the last passes it, and the ensemble wires each pair."""
+    decode, embed = tc.operator_model_config(DECODE), tc.operator_model_config(EMBED)
+    assert [t.name for t in decode.output if t.name == "towhee_deadline"] == ["towhee_deadline"]
+    assert "towhee_deadline" not in [t.name for t in decode.input]
+    taken = [t for t in embed.input if t.name == "towhee_deadline"]
+    assert len(taken) == 1 and taken[0].optional and list(taken[0].dims) == [1]
+    assert "towhee_deadline" not in [t.name for t in embed.output]
+    steps = tc.ensemble_config("pipeline", [DECODE, EMBED]).ensemble_scheduling.step
+    assert steps[0].output_map["towhee_deadline"] == steps[1].input_map["towhee_deadline"]
+    assert "towhee_deadline" not in steps[0].input_map
+    assert "towhee_deadline" not in steps[1].output_map
+    # models that do not declare it (older plans) are wired without it
+    plain = tc.ensemble_config("pipeline", [dataclasses.replace(DECODE, passes_deadline=False),
+                                            EMBED]).ensemble_scheduling.step
+    assert "towhee_deadline" not in plain[1].input_map

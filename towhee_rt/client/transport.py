@@ -86,8 +86,8 @@ class Transport:
 
     def infer(self, url: str, model: ServedModel, values: List[Any], remaining: float) -> List[Any]:
         """One request of ``values`` (one per item) to ``url``: each item's result. The server
-        drops it if it is still queued after ``remaining`` seconds (the client stops waiting
-        then too). Raises tritonclient's error."""
+        drops it at any step that would start it after ``remaining`` seconds (the client stops
+        waiting then too). Raises tritonclient's error."""
         module = self._module()
         inputs = []
         for spec in model.inputs:
@@ -96,7 +96,10 @@ class Transport:
             tensor.set_data_from_numpy(array)
             inputs.append(tensor)
         outputs = [module.InferRequestedOutput(name) for name in model.outputs]
-        # Triton's per-request timeout, in microseconds (0 would mean none).
+        # Triton's per-request timeout, in microseconds (0 would mean none): the request's
+        # budget. The served pipeline's first step counts it from when it takes the request and
+        # hands the deadline on, so no later step computes it once this client has given up
+        # (backends/deadlines.py); client and server clocks are never compared.
         options: Dict[str, Any] = {"timeout": max(1, int(remaining * 1e6))}
         if self.protocol == "grpc":
             options["client_timeout"] = max(remaining, 1e-3)

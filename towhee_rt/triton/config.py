@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as pb
 
+from ..backends.deadlines import DEADLINE_TENSOR
 from ..backends.operator_base import TensorSpec
 from ..backends.wire import (PARAM_FINGERPRINT, PARAM_FORMAT, PARAM_INPUT_KIND, PARAM_MAX_ITEM_BYTES,
                             PARAM_MAX_REQUEST_BYTES, PARAM_MERGE_REQUESTS, PARAM_OPERATOR,
@@ -41,6 +42,14 @@ class OperatorModel:
     #: Inputs / outputs that travel padded, each with a ``<name>__shapes`` companion tensor.
     shaped_inputs: Tuple[str, ...] = ()
     shaped_outputs: Tuple[str, ...] = ()
+    #: Whether the model receives a request's deadline from the step before (every step but
+    #: the first) and hands it to the next (every step but the last): ``towhee_deadline``.
+    takes_deadline: bool = False
+    passes_deadline: bool = False
+
+
+#: The tensor that carries a request's deadline between steps (``backends/deadlines.py``).
+DEADLINE_SPEC = TensorSpec(DEADLINE_TENSOR, "int64", (1,))
 
 
 def carries_shapes(output: TensorSpec, next_input: TensorSpec) -> bool:
@@ -64,6 +73,10 @@ def operator_model_config(model: OperatorModel) -> pb.ModelConfig:
         _add_tensor(config.output, spec)
         if spec.name in model.shaped_outputs:
             _add_tensor(config.output, _shapes_spec(spec))
+    if model.takes_deadline:  # optional: the model still answers a request without it
+        _add_tensor(config.input, DEADLINE_SPEC).optional = True
+    if model.passes_deadline:
+        _add_tensor(config.output, DEADLINE_SPEC)
     _set_instance_group(config, model.config)
     _set_dynamic_batching(config, model.config)
     _set_parameters(config, model)
@@ -76,7 +89,9 @@ def ensemble_config(name: str, models: Sequence[OperatorModel],
     """The ensemble that chains ``models`` in order, output i feeding input i of the next.
 
     Its parameters tell clients the input kind, the request limits and the pipeline's
-    ``fingerprint`` (:attr:`towhee_rt.BuiltPipeline.fingerprint`); Triton ignores them.
+    ``fingerprint`` (:attr:`towhee_rt.BuiltPipeline.fingerprint`); Triton ignores them. A
+    request's deadline goes from each step that passes it to the next step that takes it
+    (``step<i>_towhee_deadline``), so every step drops work its caller has given up on.
     """
     config = pb.ModelConfig(name=name, platform="ensemble",
                             max_batch_size=ensemble_max_batch_size(
@@ -100,6 +115,10 @@ def ensemble_config(name: str, models: Sequence[OperatorModel],
             step.input_map[spec.name] = source
             if spec.name in model.shaped_inputs:
                 step.input_map[spec.name + SHAPES_SUFFIX] = source + SHAPES_SUFFIX
+        if index and model.takes_deadline and models[index - 1].passes_deadline:
+            step.input_map[DEADLINE_TENSOR] = f"step{index - 1}_{DEADLINE_TENSOR}"
+        if index + 1 < len(models) and model.passes_deadline and models[index + 1].takes_deadline:
+            step.output_map[DEADLINE_TENSOR] = f"step{index}_{DEADLINE_TENSOR}"
         last = index == len(models) - 1
         tensor_names = output_names if last else [f"step{index}_{spec.name}"
                                                   for spec in model.outputs]
@@ -156,11 +175,12 @@ def read_parameters(config: pb.ModelConfig) -> Dict[str, str]:
     return {key: value.string_value for key, value in config.parameters.items()}
 
 
-def _add_tensor(field, spec: TensorSpec, allow_ragged: bool = False) -> None:
+def _add_tensor(field, spec: TensorSpec, allow_ragged: bool = False):
     tensor = field.add(name=spec.name, data_type=pb.DataType.Value(spec.triton_type),
                        dims=list(spec.shape) or [1])
     if allow_ragged:
         tensor.allow_ragged_batch = True
+    return tensor
 
 
 def _set_instance_group(config: pb.ModelConfig, op: OpConfig) -> None:

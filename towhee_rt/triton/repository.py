@@ -79,7 +79,8 @@ def plan_models(built: BuiltPipeline, model_name: str = "pipeline") -> List[Oper
         inputs=tuple(step.operator_class.inputs), outputs=tuple(step.operator_class.outputs),
         config=step.config, format=step.format.summary() if step.format else "",
         files=step.model_files, limits=built.limits if step.index == 0 else None,
-        shaped_inputs=shaped_inputs[step.index], shaped_outputs=shaped_outputs[step.index])
+        shaped_inputs=shaped_inputs[step.index], shaped_outputs=shaped_outputs[step.index],
+        takes_deadline=step.index > 0, passes_deadline=step.index < len(steps) - 1)
         for step in steps]
 
 
