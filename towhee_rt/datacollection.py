@@ -17,7 +17,6 @@ from __future__ import annotations
 from typing import Any, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from .client import Client
-from .client.client import DEFAULT_CONCURRENCY
 from .client.retry import DEFAULT_BACKOFF, DEFAULT_RETRIES
 from .errors import ConfigError
 from .pipeline import Pipeline, PipelineBuilder
@@ -82,15 +81,18 @@ class DataCollection:
 
     def remote(self, url: Union[str, Sequence[str]] = "127.0.0.1:8001", mode: str = "infer",
                protocol: str = "grpc", model_name: str = "pipeline", batch_size: int = 1,
-               concurrency: int = DEFAULT_CONCURRENCY,
+               concurrency: Optional[int] = None,
                errors: str = "raise", timeout: float = 60.0, api_key: Optional[str] = None,
                headers: Optional[Mapping[str, str]] = None, retries: int = DEFAULT_RETRIES,
                backoff: float = DEFAULT_BACKOFF):
         """Send the items to a pipeline served by tritonserver and return results in order.
 
         ``mode``: ``'infer'`` or ``'async_infer'`` (the same: :class:`Results` in input order,
-        with ``concurrency`` requests in flight, 4 by default; ``concurrency=1`` sends one at a
-        time; ``.to_milvus(...)`` indexes them), or ``'stream'`` (an iterator of ``(index, result)`` as results arrive). A text
+        with ``concurrency`` requests in flight; ``concurrency=1`` sends one at a time;
+        ``.to_milvus(...)`` indexes them), or ``'stream'`` (an iterator of ``(index, result)``
+        as results arrive). ``concurrency`` not given: the requests in flight that
+        ``towhee-rt tune`` chose and recorded in the served pipeline, else 4 (see
+        :attr:`Client.concurrency <towhee_rt.client.Client.concurrency>`); given, it wins. A text
         pipeline gets strings as they are; an image pipeline gets bytes (local files read,
         URLs downloaded here within ``timeout``), items over the server's byte limits failing
         here. ``errors='return'`` puts an :class:`~towhee_rt.errors.ItemError` in place of

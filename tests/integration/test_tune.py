@@ -1,6 +1,7 @@
 """The tuner end to end on a small image pipeline: a short search on the real server writes a
 valid tuned copy whose settings are the reported chosen point, a server started on that copy
-answers like the local pipeline, and the report files name the chosen point."""
+answers like the local pipeline and gives the client the chosen requests in flight as its
+default, and the report files name the chosen point."""
 import json
 
 import numpy as np
@@ -66,12 +67,14 @@ def test_the_report_names_the_chosen_point(tuned):
 
 
 def test_a_server_on_the_tuned_copy_answers_like_the_local_pipeline(tuned, good_dir):
-    pipe, _, _, _, _, root = tuned
+    pipe, _, _, result, _, root = tuned
     images = [str(good_dir / name) for name in list(GOOD_SHAPES)[:4]]
     local = pipe(images)
     with towhee.serve(root / "tuned", grpc_port=0, http_port=0, metrics_port=0) as server:
         with towhee.Client(server.grpc_url) as client:
             served = client.infer(images, mode="async_infer", concurrency=4)
+            # The chosen requests in flight reached the client as its default.
+            assert client.concurrency == result.chosen.concurrency
     for got, want in zip(served, local):
         scale = float(np.max(np.abs(want))) or 1.0
         assert float(np.max(np.abs(got - want))) / scale <= 1e-5

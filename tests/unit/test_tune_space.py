@@ -10,8 +10,9 @@ from towhee_rt.backends.cpu import cpu_threads_per_instance
 from towhee_rt.errors import ConfigError
 from towhee_rt.op_config import DynamicBatching, OpConfig
 from towhee_rt.triton import config as tc
+from towhee_rt.client.client import PARAM_CLIENT_CONCURRENCY
 from towhee_rt.tune.space import (Space, StepSettings, apply_point, find_pipeline,
-                                  read_point)
+                                  read_point, record_concurrency, recorded_concurrency)
 
 DECODE = tc.OperatorModel(
     "pipeline_0_image_decode_cv2_rgb", "image_decode.cv2_rgb", "image_decode", "CV2RGBDecode",
@@ -131,3 +132,22 @@ def test_a_thread_move_back_to_the_default_is_the_default(configs):
     explicit = start.replace_step(EMBED_NAME, threads=auto + 1)
     back = [p for text, p in space.moves(explicit) if text.endswith(f"{auto} threads")]
     assert back and back[0].step(EMBED_NAME).threads is None
+
+
+def test_the_client_concurrency_is_recorded_in_the_ensemble_and_read_back(configs):
+    ensemble = configs["pipeline"]
+    assert recorded_concurrency(ensemble) is None  # built, never tuned
+    tuned = record_concurrency(ensemble, 8)
+    assert PARAM_CLIENT_CONCURRENCY not in ensemble.parameters  # the input is left as it was
+    assert tuned.parameters[PARAM_CLIENT_CONCURRENCY].string_value == "8"
+    assert recorded_concurrency(tuned) == 8
+    # Everything else of the ensemble is unchanged, and Triton's protobuf parses it.
+    del tuned.parameters[PARAM_CLIENT_CONCURRENCY]
+    assert tuned == ensemble
+    assert tc.parse_pbtxt(tc.to_pbtxt(record_concurrency(ensemble, 2))) == \
+        record_concurrency(ensemble, 2)
+    # A hand-edited value the client would not use is not a start point either.
+    for bad in ("0", "-3", "many", "100000"):
+        edited = record_concurrency(ensemble, 1)
+        edited.parameters[PARAM_CLIENT_CONCURRENCY].string_value = bad
+        assert recorded_concurrency(edited) is None, bad

@@ -1,6 +1,7 @@
 """The tuner's run around the search, on a fake server: the time budget (refused when too small
 to conclude, errors naming the keyword or the CLI flag), nothing written when no move was
-measured, and the report inside the tuned copy, never beside the source repository."""
+measured, the report inside the tuned copy, never beside the source repository, and the chosen
+requests in flight recorded in the tuned ensemble for the client."""
 import json
 
 import pytest
@@ -11,6 +12,8 @@ from towhee_rt.tune import cli as tune_cli
 from towhee_rt.tune import tuner
 from towhee_rt.tune.evaluator import min_budget_s, point_min_s
 from towhee_rt.tune.window import PointMeasurement
+
+from towhee_rt.tune.space import record_concurrency, recorded_concurrency
 
 from .test_tune_space import DECODE, EMBED, tc
 
@@ -116,3 +119,25 @@ def test_the_report_goes_inside_the_tuned_copy_and_counts_the_moves(repo, monkey
     assert f"({tried} moves tried)" in text and "outside the budget" in text
     assert "built-in" not in text and "Inputs:" in text
     assert any("not counted in the budget" in line for line in lines)
+
+
+def test_the_chosen_concurrency_is_recorded_for_the_client_and_starts_the_next_tuning(
+        repo, monkeypatch):
+    fake_server(monkeypatch, time_left=lambda: True)
+    result = tuner.tune(repo, out=repo.parent / "tuned", progress=lambda line: None)
+    tuned = read_repository(repo.parent / "tuned")
+    # 10 items/s per request in flight up to 8: 8 is the least load that reaches the top.
+    assert result.chosen.concurrency == 8
+    assert recorded_concurrency(tuned["pipeline"]) == 8
+    assert "8 requests in flight recorded for the client" in result.outcome
+    assert recorded_concurrency(read_repository(repo)["pipeline"]) is None  # source untouched
+    # A repository that records a concurrency is tuned from there (not from the default 8).
+    write_config(repo, "pipeline", record_concurrency(read_repository(repo)["pipeline"], 2))
+    again = tuner.tune(repo, out=repo.parent / "tuned2", progress=lambda line: None)
+    assert again.search.trials[0].point.concurrency == 2
+    assert recorded_concurrency(read_repository(repo.parent / "tuned2")["pipeline"]) == \
+        again.chosen.concurrency
+    # Tuned in place, the ensemble is rewritten with the new value.
+    in_place = tuner.tune(repo, concurrency=4, progress=lambda line: None)
+    assert in_place.repository == repo and in_place.chosen.concurrency == 4
+    assert recorded_concurrency(read_repository(repo)["pipeline"]) == 4

@@ -27,12 +27,18 @@ from .retry import (DEFAULT_BACKOFF, DEFAULT_MAX_BACKOFF, DEFAULT_RETRIES, GaveU
                     RetryPolicy)
 from .transport import Transport
 
-__all__ = ["Client", "RequestRecord", "DEFAULT_CONCURRENCY"]
+__all__ = ["Client", "RequestRecord", "DEFAULT_CONCURRENCY", "PARAM_CLIENT_CONCURRENCY",
+           "served_concurrency"]
 
 PROTOCOLS = ("grpc", "http")
 MODES = ("infer", "async_infer", "stream")
-#: Requests in flight at once, by default, in every mode.
+#: Requests in flight at once, by default, in every mode, when the served pipeline records none.
 DEFAULT_CONCURRENCY = 4
+#: The served model's config parameter in which ``towhee-rt tune`` records the requests in
+#: flight it chose (the ensemble's ``parameters``): the client's default concurrency.
+PARAM_CLIENT_CONCURRENCY = "towhee_client_concurrency"
+#: A recorded concurrency above this is ignored (a hand edit must not open thousands of threads).
+MAX_RECORDED_CONCURRENCY = 128
 log = logging.getLogger(__name__)
 
 
@@ -57,7 +63,7 @@ class Client:
 
         from towhee_rt import Client
         with Client('127.0.0.1:8001', model_name='pipeline') as client:
-            vectors = client.infer(['a.jpg', 'b.jpg'], concurrency=4)
+            vectors = client.infer(['a.jpg', 'b.jpg'])   # client.concurrency in flight
 
     ``url``: ``"host:port"``; several replicas of one server as a list or tuple of them, or one
     string with commas. Each request goes to the replica with the fewest requests in flight
@@ -77,9 +83,13 @@ class Client:
     e.g. for a proxy. ``on_request(record)`` is called after every request this client sends
     (in the thread that sent it) with a :class:`RequestRecord`.
 
+    Requests in flight: a call's ``concurrency=`` argument when given (it always wins), else
+    :attr:`concurrency`: the value ``towhee-rt tune`` chose and recorded in the served
+    pipeline (config parameter ``towhee_client_concurrency``), else 4.
+
     Constructing a client does not contact the server: the model's metadata and config are
     read on first use (:meth:`infer`, :meth:`stream`, :attr:`served`, :attr:`max_batch_size`,
-    :attr:`fingerprint`).
+    :attr:`fingerprint`, :attr:`concurrency`).
     """
 
     def __init__(self, url: Union[str, Sequence[str]] = "127.0.0.1:8001",
@@ -107,6 +117,7 @@ class Client:
         self._loop = RetryLoop(self._endpoints, self.retry, on_unreachable=self._reconnect)
         self._reference = ModelReference(model_name)
         self._reading = threading.Lock()
+        self._recorded_concurrency: Optional[int] = None  # from the first model read
 
     # -- the served model ----------------------------------------------------------------------
     @property
@@ -124,6 +135,15 @@ class Client:
         return self._model().fingerprint
 
     @property
+    def concurrency(self) -> int:
+        """The requests in flight :meth:`infer` and :meth:`stream` keep when a call passes no
+        ``concurrency``: the value ``towhee-rt tune`` recorded in the served pipeline (its
+        config parameter ``towhee_client_concurrency``, read from the first server that
+        answers), else :data:`DEFAULT_CONCURRENCY` (4). Reads the model on first use."""
+        self._model()
+        return self._recorded_concurrency or DEFAULT_CONCURRENCY
+
+    @property
     def max_batch_size(self) -> Optional[int]:
         """The most items one request may hold (the model's ``max_batch_size``; ``None``: no
         limit said); reads the model on first use."""
@@ -137,11 +157,12 @@ class Client:
 
     # -- calls ---------------------------------------------------------------------------------
     def infer(self, items: Sequence[Any], mode: str = "infer", batch_size: int = 1,
-              concurrency: int = DEFAULT_CONCURRENCY, errors: str = "raise") -> List[Any]:
+              concurrency: Optional[int] = None, errors: str = "raise") -> List[Any]:
         """Results for ``items`` in input order, ``concurrency`` requests in flight.
 
         ``mode``: ``'infer'`` or ``'async_infer'`` (the same: both send ``concurrency``
-        requests at once; ``concurrency=1`` sends one at a time). ``errors='return'`` puts an
+        requests at once; ``concurrency=1`` sends one at a time; not given: :attr:`concurrency`,
+        the tuned value the served pipeline records, else 4). ``errors='return'`` puts an
         :class:`~towhee_rt.errors.ItemError` in place of each failed item; ``'raise'`` raises
         one :class:`~towhee_rt.errors.PipelineError` holding them all.
         """
@@ -158,9 +179,10 @@ class Client:
         return results
 
     def stream(self, items: Sequence[Any], batch_size: int = 1,
-               concurrency: int = DEFAULT_CONCURRENCY,
+               concurrency: Optional[int] = None,
                close: bool = False) -> Iterator[Tuple[int, Any]]:
-        """Yield ``(index, result or ItemError)`` as results arrive, ``concurrency`` in flight.
+        """Yield ``(index, result or ItemError)`` as results arrive, ``concurrency`` in flight
+        (not given: :attr:`concurrency`, the tuned value the served pipeline records, else 4).
 
         Requests hold ``batch_size`` items, or the model's ``max_batch_size`` when that is
         smaller. Raises :class:`~towhee_rt.errors.ServerUnavailableError` (once, the other
@@ -168,9 +190,12 @@ class Client:
         close the client when done.
         """
         _check_positive(batch_size, "batch_size")
-        _check_positive(concurrency, "concurrency")
+        if concurrency is not None:
+            _check_positive(concurrency, "concurrency")
         try:
             model = self._model()
+            if concurrency is None:
+                concurrency = self.concurrency
             stop = threading.Event()  # set when the call fails: other requests stop retrying
             sender = BatchSender(items, lambda item: model.payload(item, self.timeout),
                                  lambda payloads: self._send(model, payloads, stop),
@@ -244,7 +269,10 @@ class Client:
                 f"({self.protocol}): {error_text(exc)}. Check the model name (model_name=; "
                 f"towhee-rt serve prints the served models) and that the url is the server's "
                 f"{self.protocol} endpoint{several}") from None
+        first = self._reference.model is None
         self._reference.accept(endpoint.url, meta, config)
+        if first:  # the model read on first use (under _reading): its recorded concurrency
+            self._recorded_concurrency = served_concurrency(config, self.model_name)
         self._endpoints.mark_checked(endpoint)
 
     def _send(self, model: ServedModel, payloads: List[Any], stop: threading.Event) -> List[Any]:
@@ -298,6 +326,27 @@ class Client:
         log.info("batch_size=%d is over max_batch_size=%d of model %r at %s: sending requests "
                  "of %d items", batch_size, limit, self.model_name, self.url, limit)
         return limit
+
+
+def served_concurrency(config: Mapping[str, Any], model_name: str = "") -> Optional[int]:
+    """The requests in flight recorded in a model config's (JSON) parameter
+    :data:`PARAM_CLIENT_CONCURRENCY` (written by ``towhee-rt tune``); ``None`` when there is
+    none. A value that is not an integer from 1 to :data:`MAX_RECORDED_CONCURRENCY` is
+    ignored with a warning (the default applies)."""
+    text = (((config.get("parameters") or {}).get(PARAM_CLIENT_CONCURRENCY) or {})
+            .get("string_value") or "").strip()
+    if not text:
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if 1 <= value <= MAX_RECORDED_CONCURRENCY:
+        return value
+    log.warning("model %r records %s=%r, not an integer from 1 to %d: ignored, the client "
+                "sends %d requests at once unless a call says otherwise", model_name,
+                PARAM_CLIENT_CONCURRENCY, text, MAX_RECORDED_CONCURRENCY, DEFAULT_CONCURRENCY)
+    return None
 
 
 def _check_positive(value: Any, name: str) -> None:

@@ -23,7 +23,9 @@ from .search import OBJECTIVES
 from .tuner import DEFAULT_TIME_BUDGET_S, _tune
 
 DESCRIPTION = ("Search a model repository's serving settings (instances, threads, dynamic "
-               "batching, requests in flight) on the real server and write the best ones back.")
+               "batching, requests in flight) on the real server and write the best ones back; "
+               "the chosen requests in flight are recorded in the pipeline's config, where "
+               "towhee_rt.Client and dc(...).remote() take them as their default concurrency.")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

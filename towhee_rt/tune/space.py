@@ -5,8 +5,11 @@ The knobs are the repository's own (no second mechanism): ``instance_group[0].co
 operator param ``num_threads`` inside ``towhee_params`` (only for operators that declare it;
 absent means the adapter's default, this instance's share of the cores); dynamic batching as
 towhee_rt writes it (parameter ``towhee_merge_requests`` plus the scheduler's
-``max_queue_delay_microseconds``); and ``max_batch_size``. Every function here is pure:
-configs in, new configs out.
+``max_queue_delay_microseconds``); and ``max_batch_size``. The requests in flight are the
+client's: the chosen value is recorded in the ensemble's parameter
+``towhee_client_concurrency`` (:func:`record_concurrency`), which :class:`towhee_rt.Client`
+and ``dc(...).remote()`` use as their default. Every function here is pure: configs in, new
+configs out.
 """
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 from tritonclient.grpc import model_config_pb2 as pb
 
 from ..backends.cpu import cpu_threads_per_instance
+from ..client.client import PARAM_CLIENT_CONCURRENCY, served_concurrency
 from ..backends.wire import PARAM_MERGE_REQUESTS, PARAM_OPERATOR, PARAM_PARAMS
 from ..errors import ConfigError
 from ..op_config import DynamicBatching
@@ -147,6 +151,24 @@ def read_point(configs: Mapping[str, pb.ModelConfig], pipeline: ServedPipeline,
             queue_delay_us=config.dynamic_batching.max_queue_delay_microseconds,
             max_batch=config.max_batch_size)))
     return Point(tuple(steps), concurrency)
+
+
+def recorded_concurrency(ensemble: pb.ModelConfig) -> Optional[int]:
+    """The requests in flight a previous tuning recorded in ``ensemble``'s config (``None``:
+    none, or not a usable value), read as the client reads it."""
+    parameters = {key: {"string_value": value.string_value}
+                  for key, value in ensemble.parameters.items()}
+    return served_concurrency({"parameters": parameters}, ensemble.name)
+
+
+def record_concurrency(ensemble: pb.ModelConfig, concurrency: int) -> pb.ModelConfig:
+    """A copy of ``ensemble``'s config recording ``concurrency`` requests in flight (parameter
+    ``towhee_client_concurrency``): the default of every :class:`towhee_rt.Client` call and
+    ``dc(...).remote()`` on this pipeline that passes no ``concurrency``."""
+    out = pb.ModelConfig()
+    out.CopyFrom(ensemble)
+    out.parameters[PARAM_CLIENT_CONCURRENCY].string_value = str(int(concurrency))
+    return out
 
 
 def apply_point(configs: Mapping[str, pb.ModelConfig], pipeline: ServedPipeline,

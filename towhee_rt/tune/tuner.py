@@ -22,7 +22,7 @@ from .search import Objective, SearchResult, hill_climb
 from .session import ServedSession, session_dir
 from .window import AGREEING_WINDOWS
 from .space import (CONCURRENCIES, Point, ServedPipeline, Space, apply_point, find_pipeline,
-                    read_point)
+                    read_point, record_concurrency, recorded_concurrency)
 
 #: The search's default time limit, in seconds (server start-up and writing come on top).
 DEFAULT_TIME_BUDGET_S = 300.0
@@ -79,7 +79,11 @@ def tune(repository, *, out=None, model: Optional[str] = None, objective: str = 
     of ``window_s``: 28 s at the default 2 s windows) is refused with a ``ConfigError``.
     The chosen settings are written into ``repository``'s configs, or into a copy at ``out``
     (which must not exist) -- only when at least one move was measured; otherwise nothing is
-    written and ``result.repository`` is ``None`` (``result.outcome`` says why). The report
+    written and ``result.repository`` is ``None`` (``result.outcome`` says why). The chosen
+    requests in flight are recorded in the ensemble's config (parameter
+    ``towhee_client_concurrency``): :class:`towhee_rt.Client` and ``dc(...).remote()`` on the
+    served pipeline send that many at once when a call passes no ``concurrency`` (with the
+    latency objective: ``concurrency``, default 1). The report
     (``tune_report.md/.json/.png``) goes into the written repository, or ``report_dir``.
     ``inputs``: files or directories to send (images, or text files of one input per line);
     default: the shipped sample photos for an image pipeline, a built-in set of sentences of
@@ -148,7 +152,9 @@ def _tune(repository, *, out, model, objective, p99_budget_ms, max_instances, co
         if out is not None:
             shutil.copytree(source, target, symlinks=True)  # the user's repository stays as it was
         _write_point(configs, pipeline, best.point, target)
-        outcome += f" Wrote the chosen settings to {target}."
+        outcome += (f" Wrote the chosen settings to {target}, with {best.point.concurrency} "
+                    f"requests in flight recorded for the client (towhee_rt.Client and "
+                    f"dc(...).remote() send that many at once unless told otherwise).")
     else:
         outcome += (" Nothing was written: with no move measured there is nothing to "
                     "compare the repository's settings with (raise the time budget).")
@@ -213,10 +219,12 @@ def _search_space(configs, pipeline: ServedPipeline, concurrency: Optional[int],
                   max_instances: Optional[int], flag: str = "max_instances"
                   ) -> Tuple[Space, Point]:
     """The points allowed and the first one: the repository's own settings, at
-    ``concurrency`` requests in flight (default: enough for its instances)."""
+    ``concurrency`` requests in flight (default: what a previous tuning recorded, else enough
+    for its instances)."""
     current = read_point(configs, pipeline, 1)
     cores = usable_cores()
     start = dataclasses.replace(current, concurrency=concurrency
+                                or recorded_concurrency(configs[pipeline.ensemble])
                                 or _snap(2 * current.total_instances))
     space = Space(pipeline, cores, max_instances or max(2 * cores, current.total_instances),
                   concurrency)
@@ -227,8 +235,10 @@ def _search_space(configs, pipeline: ServedPipeline, concurrency: Optional[int],
 
 
 def _write_point(configs, pipeline: ServedPipeline, point: Point, target: Path) -> None:
-    """Write the configs that ``point`` changes into the repository at ``target``."""
+    """Write the configs that ``point`` changes into the repository at ``target``, and its
+    requests in flight into the ensemble's config, for the client (:func:`record_concurrency`)."""
     written = apply_point(configs, pipeline, point)
+    written[pipeline.ensemble] = record_concurrency(written[pipeline.ensemble], point.concurrency)
     for name, config in written.items():
         if config != configs[name]:
             write_config(target, name, config)
