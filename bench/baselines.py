@@ -2,8 +2,9 @@
 
 * :func:`hf_baseline` — per item: PIL decode + the model library's own preprocessing + eager
   torch, batch 1 in a Python loop (timm ``resnet50`` with timm's data-config transform,
-  open_clip ``ViT-B-32`` with its ``preprocess``, sentence-transformers MiniLM with
-  ``SentenceTransformer.encode`` one sentence at a time).
+  open_clip ``ViT-B-32`` with its ``preprocess``, timm ``tf_efficientnet_lite0`` with its real
+  ImageNet weights (``bench/real_weights.py``) and timm's transform, sentence-transformers
+  MiniLM with ``SentenceTransformer.encode`` one sentence at a time).
 * :func:`onnx_ceiling` — ONNX Runtime on already-decoded, already-preprocessed tensors, the
   best of several batch sizes, 2 intra-op threads: what the model alone can do here.
 """
@@ -41,6 +42,15 @@ def hf_embedder(pipeline: str) -> Callable[[Any], np.ndarray]:
         import timm.data
 
         model = timm.create_model("resnet50", pretrained=False, num_classes=0).eval()
+        transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
+        forward = model
+    elif pipeline == "lite0":  # the ImageNet weights, as a user loads a timm state dict
+        import timm.data
+
+        from . import real_weights
+
+        model = real_weights.timm_model("lite0")
+        model.reset_classifier(0)
         transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))
         forward = model
     elif pipeline == "clip":

@@ -6,7 +6,8 @@ pytest-benchmark suites (``bench/test_bench_*.py``), so both measure the same th
 The image models (timm resnet50, open_clip ViT-B/32) have random weights (``pretrained=False``,
 seeded): no model hub is reachable where the benchmarks run, and speed does not depend on the
 weights' values. Accuracy figures of image models (int8 cosines) are therefore measured on
-random-weight models; MiniLM has its real weights.
+random-weight models; MiniLM has its real weights, and so has ``lite0``: EfficientNet-Lite0
+with its ImageNet weights (``bench/real_weights.py``, through ``checkpoint_path``; issue 20).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 IMAGES_DIR = ROOT.parent / "shared" / "testdata" / "images" / "good"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
-PIPELINES = ("resnet50", "clip", "minilm")
+PIPELINES = ("resnet50", "clip", "minilm", "lite0")
 
 #: Sentences of mixed length (3 to ~110 words) for the text pipeline; 'decode' is tokenisation.
 SENTENCES = [
@@ -100,6 +101,12 @@ def add_operators(builder, pipeline: str, decode_config: Optional[dict] = None,
     if pipeline == "resnet50":
         return builder.image_embedding.timm(model_name="resnet50", op_config=model_config,
                                             **model_params)
+    if pipeline == "lite0":  # real ImageNet weights, loaded as a user's weights file
+        from . import real_weights
+
+        return builder.image_embedding.timm(
+            model_name=real_weights.architecture("lite0"), op_config=model_config,
+            checkpoint_path=str(real_weights.checkpoint("lite0")), **model_params)
     if pipeline == "clip":
         return builder.image_text_embedding.clip_image(model_name="clip_vit_base_patch32",
                                                        op_config=model_config, **model_params)

@@ -1,10 +1,11 @@
 """towhee_rt against the tools its users would pick instead, measured in one run.
 
-    python -m bench.run [--quick] [--pipelines resnet50,clip,minilm] [--requests N]
+    python -m bench.run [--quick] [--pipelines resnet50,clip,minilm,lite0] [--requests N]
                         [--no-profile] [--out bench/results]
 
 For each pipeline (timm resnet50 and open_clip ViT-B/32 image embedding on the shared test
-images sent as encoded bytes; all-MiniLM-L6-v2 on sentences of mixed length), on this machine:
+images sent as encoded bytes; all-MiniLM-L6-v2 on sentences of mixed length; ``lite0``:
+EfficientNet-Lite0 with its real ImageNet weights through ``checkpoint_path``), on this machine:
 
 1. HF-style baseline: PIL decode + the library's own preprocessing + eager torch, batch 1;
 2. towhee_rt local: ``as_function()`` with the torch format and with ``format_priority=['onnx']``;
@@ -18,6 +19,12 @@ images sent as encoded bytes; all-MiniLM-L6-v2 on sentences of mixed length), on
    ones, and the min cosine of the served int8 output to an fp32 reference;
 7. served, tuned (``bench/served_tuned.py``): the int8 repository after ``towhee_rt.tune`` for
    throughput and for latency (``--tune-budget`` seconds per tuner run; 0 skips them).
+
+``lite0`` (issue 20) measures the HF-style loop, local, the ceiling, served fp32 and served
+"int8-fast" (the README's setting: ``format_priority=['onnx_int8', 'onnx']``, calibrated on the
+12 test images, ``min_side=256``, ``resize_crop``, ``preprocess='cv2'``); when the accuracy gate
+refuses int8, that row serves fp32 ONNX and its system name and ``format`` say so. No tuned or
+PyTriton-peer rows for it (the peer has no EfficientNet preprocessing).
 
 Writes ``results.json`` (raw figures), ``results.md`` (the tables) and ``items_per_s.png`` under
 ``--out``, each stamped with the machine, the date and the versions; prints the summary table.
@@ -38,8 +45,8 @@ from .common import (PIPELINES, RESULTS_DIR, ResultRow, base_items, build_pipeli
                      items_for, machine_info, machine_line, onnx_model_file, timed_client)
 from .cpu_load import wait_for_quiet
 from .int8 import int8_configs, is_int8, served_accuracy
-from .served import (CONCURRENCY, RECOMMENDED, local, measure_client, served, served_configs,
-                     served_pipeline)
+from .served import (CONCURRENCY, RECOMMENDED, int8_rows, local, measure_client, served,
+                     served_configs, served_format, served_pipeline)
 from .served_config import ServedConfig
 
 #: The int8 model's ceiling rows (not a prefix of ``report.CEILING``: ratios use fp32's).
@@ -132,14 +139,19 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
     # 3. towhee_rt served
     for config in served_configs(pipeline, quick=args.quick):
         log(f" served: {config.label}")
-        # int8 serves ~3x faster: 3x the requests keeps each point's window near 2 s.
-        point_items = items_for(pipeline, 3 * n) if is_int8(config) else items
         try:
             with served(pipeline, config) as (server, client, info):
+                fmt = info["served_format"]
+                # int8 serves ~3x faster: 3x the requests keeps each point's window near 2 s.
+                point_items = items_for(pipeline, 3 * n) if fmt == "onnx_int8" else items
+                system = f"towhee_rt served, {config.label}"
+                if fmt != config.format:  # format_priority: the gate chose another format
+                    system += f" -> SERVED {fmt} (int8 gate refused)"
+                    log(f"  served {fmt}, not {config.format}: {info['model_format'][:300]}")
+                    info["notes"].append(f"served {info['model_format'][:300]}")
                 for c in concurrencies:
-                    system = f"towhee_rt served, {config.label}"
                     settings = {**config.describe(), "startup_s": info["startup_s"],
-                                "model_format": info["model_format"]}
+                                "model_format": info["model_format"], "format": fmt}
                     m = add(measured(lambda: measure_client(system, pipeline, client,
                                                             info["timer"], point_items, c,
                                                             settings=settings), budget, system))
@@ -148,11 +160,11 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
                 if is_int8(config):
                     accuracy = served_accuracy(pipeline, client, base_items(pipeline))
                     extra.setdefault("int8", {})[config.label] = {
-                        "model_format": info["model_format"],
+                        "model_format": info["model_format"], "served_format": fmt,
                         "gate_min_cosine": info["gate_min_cosine"], "served": accuracy}
                     log(f"  served int8 accuracy: min cosine {accuracy['min_cosine']} to "
                         f"{accuracy['reference']}; gate {info['gate_min_cosine']}")
-                profiled = (RECOMMENDED, int8_configs(pipeline)[0])
+                profiled = (RECOMMENDED, int8_rows(pipeline)[0])
                 if config in profiled and args.profile and pipeline == "resnet50":
                     extra.setdefault("profiles", {})[config.label] = profile_recommended(
                         pipeline, server, client, rows, out_dir, config,
@@ -163,9 +175,11 @@ def run_pipeline(pipeline: str, args, budget: Budget, out_dir: Path) -> Dict[str
                 {"system": f"towhee_rt served, {config.label}",
                  "error": f"{type(exc).__name__}: {str(exc)[:2000]}"})
     # 7. towhee_rt served, tuned (the int8 repository after towhee_rt.tune)
-    if args.tune_budget > 0:
+    if args.tune_budget > 0 and pipeline != "lite0":
         tuned(pipeline, args, budget, items, concurrencies, add, extra)
     # 4. the peer
+    if pipeline == "lite0":  # the peer has no EfficientNet preprocessing
+        return {"rows": [m.to_dict() for m in rows], **extra}
     from .peer_pytriton import start_peer
 
     log(" peer: PyTriton")
@@ -214,10 +228,17 @@ def tuned(pipeline: str, args, budget: Budget, items, concurrencies, add,
 
 def local_int8(pipeline: str, args, budget: Budget, items, latency_items,
                extra: Dict[str, Any]) -> List[ResultRow]:
-    """The local int8 row (the recommended int8 server's settings) and the int8 ceiling."""
-    config = int8_configs(pipeline, args.quick)[0]
+    """The local int8 row (the recommended int8 server's settings) and the int8 ceiling; none
+    when a ``format_priority`` config got another format (the gate refused int8: logged, and
+    in ``extra["int8_format"]``)."""
+    config = int8_rows(pipeline, args.quick)[0]
     pipe = served_pipeline(pipeline, config)  # fails if int8 did not pass the gate
     extra["int8_format"] = pipe.format_choice(len(pipe.steps) - 1).summary()
+    if served_format(pipe) != "onnx_int8":
+        log(f"  no local int8 rows: {extra['int8_format'][:300]}")
+        extra["int8_refused"] = extra["int8_format"]
+        pipe.close()
+        return []
     # The setting less what only a server has (instances, dynamic batching).
     label = "towhee_rt local, " + config.label.rsplit(", ", 1)[0].replace(
         ", dynamic batching", "")
@@ -303,7 +324,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     results: Dict[str, Any] = {"machine": info, "quick": args.quick, "pipelines": {}}
     for pipeline in pipelines:
         results["pipelines"][pipeline] = run_pipeline(pipeline, args, budget, args.out)
-    images = [p for p in pipelines if p != "minilm"]
+    images = [p for p in pipelines if p not in ("minilm", "lite0")]  # lite0: bench.quality
     if images:  # issue 15: the check behind preprocess='cv2' (bench/preprocess_check.py)
         from . import preprocess_check
 

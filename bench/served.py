@@ -3,7 +3,9 @@
 Served rows: ``build_model_repo`` + ``towhee_rt.serve`` (the embedded tritonserver 2.51 on free
 loopback ports), queried by ``towhee_rt.Client`` over gRPC with ``mode='async_infer'`` and a
 given number of requests in flight, one item per request. The model operator uses the ONNX
-format (``format_priority=['onnx']``) unless a configuration names ``onnx_int8``.
+format (``format_priority=['onnx']``) unless a configuration names ``onnx_int8``, or a
+``format_priority`` whose first passing format is served (``lite0``'s int8-fast row: what the
+int8 gate decided is in ``info["served_format"]`` and ``info["model_format"]``).
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
-from .common import (RequestTimer, ResultRow, build_pipeline, onnx_model_file, time_loop,
-                     timed_client)
+from .common import (RequestTimer, ResultRow, add_operators, build_pipeline,
+                     calibration_items, onnx_model_file, time_loop, timed_client)
 from .cpu_load import CpuSplit, ForeignLoad
 from .int8 import int8_configs, int8_image
 from .served_config import ServedConfig
@@ -52,11 +54,38 @@ def served_pipeline(pipeline: str, config: ServedConfig):
     params = {"num_threads": config.num_threads} if config.num_threads else {}
     params.update(dict(config.model_params))
     decode_config = {"instance_count": config.decode_instances}
+    if config.format_priority:
+        return _priority_pipeline(pipeline, config, decode_config, model_config, params)
     pipe = build_pipeline(pipeline, config.format, decode_config=decode_config,
                           model_config=model_config, decode_params=dict(config.decode_params),
                           **params)
     onnx_model_file(pipe, config.format)  # fails rather than measure a fallback format
     return pipe
+
+
+def _priority_pipeline(pipeline: str, config: ServedConfig, decode_config, model_config,
+                       params):
+    """``pipeline_config(format_priority=config.format_priority, calibration_data=...)`` as a
+    user writes it: whichever listed format passes its checks is served (never torch)."""
+    import towhee_rt as towhee
+
+    priority = list(config.format_priority)
+    builder = towhee.dummy_input().pipeline_config(
+        format_priority=priority, calibration_data=calibration_items(pipeline))
+    pipe = add_operators(builder, pipeline, decode_config, model_config,
+                         dict(config.decode_params), **params).as_function()
+    choice = pipe.format_choice(len(pipe.steps) - 1)
+    if choice is None or choice.format not in priority:
+        pipe.close()
+        raise RuntimeError(f"{pipe}: none of {priority} passed "
+                           f"({choice.summary() if choice else 'no model'})")
+    return pipe
+
+
+def served_format(pipe) -> str:
+    """The format the pipeline's model operator got (``onnx_int8``, ``onnx``...)."""
+    choice = pipe.format_choice(len(pipe.steps) - 1)
+    return choice.format if choice is not None else "-"
 
 
 @contextlib.contextmanager
@@ -89,6 +118,7 @@ def served(pipeline: str, config: ServedConfig, workdir: Optional[Path] = None,
             try:
                 yield server, client, {"notes": notes, "startup_s": round(startup, 1),
                                        "repo": str(repo.path), "model_format": choice.summary(),
+                                       "served_format": choice.format,
                                        "gate_min_cosine": choice.min_cosine, "timer": timer}
             finally:
                 client.close()
@@ -156,8 +186,32 @@ LOW_LATENCY = ServedConfig("1 model instance x 2 threads + dynamic batching", mo
                            dynamic_batching=True)
 
 
+#: EfficientNet-Lite0 (real weights): timm's own transform resizes to 256 and crops 224.
+LITE0_RESIZE_CROP = [256, 224, 224]
+#: The README's fast int8 setting on real weights, as a user writes it: int8 when the accuracy
+#: gate passes it, else fp32 ONNX (the rows then say so: ``served_format``).
+LITE0_INT8_FAST = ServedConfig(
+    "int8-fast: format_priority=['onnx_int8','onnx'] + decode min_side=256, resize_crop, "
+    "preprocess='cv2', 2 decode + 2 model instances x 1 thread", format="onnx_int8",
+    format_priority=("onnx_int8", "onnx"), decode_instances=2,
+    decode_params=(("min_side", 256), ("resize_crop", LITE0_RESIZE_CROP)),
+    model_params=(("preprocess", "cv2"),))
+#: The same decode and preprocessing in fp32: what int8 adds, apart from the fast image path.
+LITE0_FP32_FAST = ServedConfig(
+    "fp32 + decode min_side=256, resize_crop, preprocess='cv2', 2 decode + 2 model instances "
+    "x 1 thread", decode_instances=2, decode_params=LITE0_INT8_FAST.decode_params,
+    model_params=LITE0_INT8_FAST.model_params)
+
+
+def int8_rows(pipeline: str, quick: bool = False) -> List[ServedConfig]:
+    """The served int8 settings of ``pipeline`` (the first is the recommended one)."""
+    return [LITE0_INT8_FAST] if pipeline == "lite0" else int8_configs(pipeline, quick)
+
+
 def served_configs(pipeline: str, quick: bool = False) -> List[ServedConfig]:
     """The server settings measured for ``pipeline``: fp32, then int8."""
+    if pipeline == "lite0":  # issue 20: HF-style vs served fp32 vs served int8-fast
+        return [RECOMMENDED] + ([] if quick else [LITE0_FP32_FAST]) + [LITE0_INT8_FAST]
     if quick:
         return [RECOMMENDED, ONE_INSTANCE] + int8_configs(pipeline, quick)
     fast_prep = []

@@ -28,6 +28,10 @@ class ServedConfig:
     decode_params: Tuple[Tuple[str, Any], ...] = ()
     #: Params of the model operator, e.g. ``(("preprocess", "cv2"),)``.
     model_params: Tuple[Tuple[str, Any], ...] = ()
+    #: ``pipeline_config(format_priority=...)`` as a user writes it, e.g. ``("onnx_int8",
+    #: "onnx")``: the build serves the first format that passes its checks (the int8 gate), and
+    #: the rows say which one it was. Empty: ``[format]`` alone, anything else is an error.
+    format_priority: Tuple[str, ...] = ()
 
     def describe(self) -> Dict[str, Any]:
         out = {"model_instances": self.model_instances or "default",
@@ -40,4 +44,6 @@ class ServedConfig:
             out["model_params"] = dict(self.model_params)
         if self.server_env:
             out["server_env"] = dict(self.server_env)
+        if self.format_priority:
+            out["format_priority"] = list(self.format_priority)
         return out

@@ -53,3 +53,19 @@ def test_preprocess_gate():
         "cv2 + decode": {"min_cosine": 0.998, "min_input_cosine": 0.99}}}}
     met = [t["met"] for t in targets.preprocess_targets(check)]
     assert met == [True, False]
+
+
+def test_a_refused_int8_gate_is_a_target_not_met_and_lite0_has_no_latency_target():
+    int8 = targets.SERVED + "int8-fast x -> SERVED onnx (int8 gate refused)"
+    rows = [_row(targets.HF, 10.0, p50=60.0), _row(targets.CEILING, 20.0, batch=8),
+            _row(targets.SERVED + "defaults", 18.0, concurrency=8, fmt="onnx"),
+            _row(int8, 25.0, concurrency=8, fmt="onnx", config="x")]
+    result = {"rows": rows, "int8": {"x": {
+        "served_format": "onnx", "model_format": "onnx (onnx_int8 refused: min cosine 0.976)",
+        "gate_min_cosine": None, "served": {"min_cosine": 0.999}}}}
+    found = targets.pipeline_targets("lite0", result)
+    refused = [t for t in found if "chosen by the accuracy gate" in t["target"]]
+    assert len(refused) == 1 and not refused[0]["met"]
+    assert "served onnx: onnx (onnx_int8 refused: min cosine 0.976)" in refused[0]["figures"]
+    assert not [t for t in found if "int8 >= " in t["target"]]      # no int8 row was served
+    assert not [t for t in found if "p50 at 1 in flight" in t["target"]]
