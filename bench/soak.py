@@ -1,7 +1,7 @@
 """Soak: mixed good and bad load on the served resnet50 pipeline, one stub kill, one burst.
 
     python -m bench.soak [--minutes 10] [--clients 4] [--kill-at 180] [--burst-at 360]
-                         [--burst-s 30] [--burst-clients 24]
+                         [--burst-s 30] [--burst-clients 24] [--out soak]
 
 The pipeline (``cv2_rgb -> timm resnet50``, ONNX, served defaults) runs on the embedded
 tritonserver on 127.0.0.1. ``--clients`` threads send one item per request for ``--minutes``:
@@ -9,8 +9,10 @@ the shared good images and, one request in eight, a bad file. Every answer is ch
 the local run of the same item (a vector for another image, a missing or a doubled answer would
 be counted as lost, duplicated or misordered). At ``--kill-at`` seconds one model stub is
 SIGKILLed; at ``--burst-at`` ``--burst-clients`` more threads join for ``--burst-s`` seconds.
-Every 2 s the server's processes are sampled (anonymous RSS, our /dev/shm regions). Writes
-``bench/results/soak.md``, ``soak.json`` and ``soak.png``.
+Every 2 s the server's processes are sampled (anonymous RSS, RssAnon, of tritonserver and of
+each stub, and our /dev/shm regions); the report gives each process's growth against the target
+(:data:`GROWTH_TARGET_MIB`, issue 23) and the .png its curve. Writes
+``bench/results/<out>.md``, ``.json`` (with the samples) and ``.png`` (``--out soak``).
 """
 from __future__ import annotations
 
@@ -36,6 +38,9 @@ BAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images"
 BAD_FILES = ("empty.jpg", "not_an_image.jpg", "truncated.jpg", "bomb_50000x50000.png")
 TOLERANCE = 1e-4
 SAMPLE_S = 2.0
+#: issue 23: no process of the server may grow its private memory (RssAnon) more than this
+#: over the soak (bench/results/memory.md).
+GROWTH_TARGET_MIB = 64
 
 
 class Ledger:
@@ -88,16 +93,42 @@ def _client_loop(url: str, items: List[Any], references: List[Optional[np.ndarra
                        outcome=_classify(outcome, references[index]), burst=burst)
 
 
-def _sample(server_pid: int) -> Dict[str, float]:
-    """Anonymous RSS of tritonserver and its stubs, and the size of our /dev/shm regions."""
-    anon = sum(procs.resident_kib(member.pid)[0] for member in procs.group_members(server_pid))
+def _process_label(pid: int, server_pid: int) -> str:
+    if pid == server_pid:
+        return "tritonserver"
+    stub = procs.parse_stub(pid, procs.cmdline(pid))
+    return f"stub {stub.instance}" if stub else f"pid {pid}"
+
+
+def _sample(server_pid: int) -> Dict[str, Any]:
+    """Anonymous RSS of tritonserver and its stubs (in all, and per process: a stub killed and
+    started again keeps its instance's label), and the size of our /dev/shm regions."""
+    per_process: Dict[str, float] = {}
+    for member in procs.group_members(server_pid):
+        label = _process_label(member.pid, server_pid)
+        per_process[label] = per_process.get(label, 0.0) + \
+            procs.resident_kib(member.pid)[0] / 1024
     shm = 0
     for name in procs.regions("towhee_rt_"):  # the regions of servers towhee_rt started
         try:
             shm += os.path.getsize(os.path.join("/dev/shm", name))
         except OSError:
             continue
-    return {"rss_anon_mib": anon / 1024, "shm_mib": shm / 2**20}
+    return {"rss_anon_mib": sum(per_process.values()), "shm_mib": shm / 2**20,
+            "rss_anon_by_process": per_process}
+
+
+def memory_growth(samples: List[Dict[str, Any]]) -> Dict[str, Dict[str, float]]:
+    """Per process: RssAnon (MiB) first, last and max, and growth (last - first), the figure
+    the target (:data:`GROWTH_TARGET_MIB`) applies to."""
+    labels = sorted({k for s in samples for k in s.get("rss_anon_by_process", {})})
+    out = {}
+    for label in labels:
+        series = [s["rss_anon_by_process"][label] for s in samples
+                  if label in s.get("rss_anon_by_process", {})]
+        out[label] = {"first": series[0], "last": series[-1], "max": max(series),
+                      "growth": series[-1] - series[0]}
+    return out
 
 
 def _kill_one_model_stub(server_pid: int) -> Optional[int]:
@@ -189,6 +220,7 @@ def summarise(raw: Dict[str, Any], kill_at: float) -> Dict[str, Any]:
             "failed_near_kill": len(near_kill),
             "recovered_after_s": recovered,
             "rss_anon_mib": [s["rss_anon_mib"] for s in raw["samples"]],
+            "rss_anon_growth": memory_growth(raw["samples"]),
             "shm_mib": [s["shm_mib"] for s in raw["samples"]]}
 
 
@@ -199,12 +231,19 @@ def plot(raw: Dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (mem, lat) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    fig, (mem, per, lat) = plt.subplots(3, 1, figsize=(10, 10), sharex=True)
     t = [s["t"] for s in raw["samples"]]
-    mem.plot(t, [s["rss_anon_mib"] for s in raw["samples"]], label="anonymous RSS (MiB)")
+    mem.plot(t, [s["rss_anon_mib"] for s in raw["samples"]], label="anonymous RSS, all (MiB)")
     mem.plot(t, [s["shm_mib"] for s in raw["samples"]], label="/dev/shm regions (MiB)")
     mem.set_ylabel("MiB")
     mem.legend(loc="upper left")
+    for label in memory_growth(raw["samples"]):  # each from its first sample: growth
+        points = [(s["t"], s["rss_anon_by_process"][label]) for s in raw["samples"]
+                  if label in s.get("rss_anon_by_process", {})]
+        per.plot([p[0] for p in points], [p[1] - points[0][1] for p in points], label=label)
+    per.axhline(GROWTH_TARGET_MIB, color="red", linestyle="--", label="target")
+    per.set_ylabel("RssAnon growth per process (MiB)")
+    per.legend(loc="upper left", fontsize=7)
     windows: Dict[int, List[float]] = {}
     for row in raw["rows"]:
         if row["outcome"] == "ok":
@@ -217,11 +256,23 @@ def plot(raw: Dict[str, Any], path: Path) -> None:
     lat.set_xlabel("seconds")
     lat.legend(loc="upper left")
     for event in raw["events"]:
-        for axis in (mem, lat):
+        for axis in (mem, per, lat):
             axis.axvline(event["t"], color="grey", linestyle=":")
         mem.annotate(event["event"][:40], (event["t"], 0), rotation=90, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+
+
+def growth_lines(growth: Dict[str, Dict[str, float]]) -> List[str]:
+    """The per-process RssAnon table of the report, with the target's verdict."""
+    worst = max((g["growth"] for g in growth.values()), default=0.0)
+    verdict = "met" if worst < GROWTH_TARGET_MIB else "MISSED"
+    lines = ["", f"RssAnon per process (MiB; target: growth < {GROWTH_TARGET_MIB} MiB for every "
+             f"process, {verdict}: largest {worst:+.0f} MiB; curves in the .png):", "",
+             "| process | first | last | max | growth |", "|---|---:|---:|---:|---:|"]
+    lines += [f"| {label} | {g['first']:.0f} | {g['last']:.0f} | {g['max']:.0f} | "
+              f"{g['growth']:+.0f} |" for label, g in growth.items()]
+    return lines
 
 
 def main() -> None:
@@ -232,16 +283,19 @@ def main() -> None:
     parser.add_argument("--burst-at", type=float, default=360)
     parser.add_argument("--burst-s", type=float, default=30)
     parser.add_argument("--burst-clients", type=int, default=24)
+    parser.add_argument("--out", default="soak", help="file names in bench/results (a short "
+                        "run: another name, so that soak.* stays the 10-minute run's)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     raw = run(args.minutes, args.clients, args.kill_at, args.burst_at, args.burst_s,
               args.burst_clients)
     summary = summarise(raw, args.kill_at)
     RESULTS_DIR.mkdir(exist_ok=True)
-    (RESULTS_DIR / "soak.json").write_text(json.dumps(
-        {"args": vars(args), "summary": summary, "events": raw["events"]}, indent=1,
+    (RESULTS_DIR / f"{args.out}.json").write_text(json.dumps(
+        {"args": vars(args), "summary": summary, "events": raw["events"],
+         "samples": raw["samples"]}, indent=1,
         default=str))
-    plot(raw, RESULTS_DIR / "soak.png")
+    plot(raw, RESULTS_DIR / f"{args.out}.png")
     command = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items())
     lines = ["# Soak: served resnet50 (ONNX, defaults), mixed good/bad load", "",
              machine_line(machine_info()), "", f"Command: `python -m bench.soak {command}`", "",
@@ -259,8 +313,9 @@ def main() -> None:
     rss, shm = summary["rss_anon_mib"], summary["shm_mib"]
     lines += ["", f"Anonymous RSS of tritonserver and stubs: first {rss[0]:.0f} MiB, last "
               f"{rss[-1]:.0f} MiB, max {max(rss):.0f} MiB; /dev/shm regions: first "
-              f"{shm[0]:.0f} MiB, last {shm[-1]:.0f} MiB, max {max(shm):.0f} MiB (soak.png)."]
-    (RESULTS_DIR / "soak.md").write_text("\n".join(lines) + "\n")
+              f"{shm[0]:.0f} MiB, last {shm[-1]:.0f} MiB, max {max(shm):.0f} MiB ({args.out}.png)."]
+    lines += growth_lines(summary["rss_anon_growth"])
+    (RESULTS_DIR / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

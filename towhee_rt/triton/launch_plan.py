@@ -18,6 +18,42 @@ from .ports import warn_exposure
 #: :func:`~.embedded.stop_bytecode_writes`): write no bytecode into the served repository.
 NO_BYTECODE = {"PYTHONDONTWRITEBYTECODE": "1"}
 
+#: glibc malloc settings for tritonserver and its Python stubs (they inherit its environment):
+#: blocks of 128 KiB and more (decoded images, tensors) are always mmapped and unmapped when
+#: freed, and free heap top over 128 KiB is returned. glibc's default raises the mmap threshold
+#: to the largest block freed (up to 32 MiB), after which such blocks come from the heaps and
+#: their pages stay with the process (bench/results/memory.md: figures and trade-off).
+ALLOCATOR_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
+#: Every variable through which a user chooses the allocator themselves; when the environment
+#: already sets one, :func:`allocator_env` adds nothing.
+ALLOCATOR_ENV_NAMES = ("MALLOC_ARENA_MAX", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
+                       "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_", "GLIBC_TUNABLES", "LD_PRELOAD")
+#: The opt-out: ``TOWHEE_RT_ALLOCATOR=glibc`` runs the server with glibc's own defaults.
+ALLOCATOR_SWITCH = "TOWHEE_RT_ALLOCATOR"
+ALLOCATOR_CHOICES = ("tuned", "glibc")
+
+
+def allocator_env(env: Mapping[str, str]) -> Dict[str, str]:
+    """The allocator settings to add to ``env``, the environment tritonserver would otherwise
+    get: :data:`ALLOCATOR_ENV`, or nothing when ``env`` chooses itself (any of
+    :data:`ALLOCATOR_ENV_NAMES` set) or opts out (``TOWHEE_RT_ALLOCATOR=glibc``). Raises
+    :class:`ServerError` for another value of ``TOWHEE_RT_ALLOCATOR``."""
+    choice = env.get(ALLOCATOR_SWITCH, "tuned") or "tuned"
+    if choice not in ALLOCATOR_CHOICES:
+        raise ServerError(f"{ALLOCATOR_SWITCH}={choice!r}: expected one of "
+                          f"{', '.join(ALLOCATOR_CHOICES)} (glibc: glibc malloc's own defaults, "
+                          "no settings added)")
+    if choice == "glibc" or any(env.get(name) for name in ALLOCATOR_ENV_NAMES):
+        return {}
+    return dict(ALLOCATOR_ENV)
+
+
+def server_environment(base: Mapping[str, str], env: Mapping[str, str] = ()) -> Dict[str, str]:
+    """tritonserver's environment on this host: ``base`` (the embedded server's), no bytecode,
+    ``env`` over them, then the allocator settings (:func:`allocator_env`)."""
+    merged = {**base, **NO_BYTECODE, **dict(env)}
+    return {**merged, **allocator_env(merged)}
+
 
 @dataclasses.dataclass(frozen=True)
 class LaunchPlan:
@@ -48,7 +84,7 @@ def host_plan(repository: Path, *, host: str, ports: Mapping[str, int],
                          log_verbose=log_verbose, gpu_metrics=os.path.exists("/dev/nvidiactl"),
                          extra_args=extra_args, shm_region_prefix=prefix, **_port_args(ports),
                          **keys)
-    return LaunchPlan(argv, {**base_env, **NO_BYTECODE, **dict(env)}, shm_prefix=prefix)
+    return LaunchPlan(argv, server_environment(base_env, env), shm_prefix=prefix)
 
 
 def docker_plan(image: str, repository: Optional[Path], *, host: str,
