@@ -83,7 +83,12 @@ def curve_png(results: Dict[str, Any], pipeline: str, path: Path) -> Optional[Pa
     right.grid(alpha=0.3, which="both")
     fig.legend([h for h, _ in handles], [textwrap.shorten(s, 90) for _, s in handles],
                loc="lower center", ncol=2, fontsize=7, frameon=False)
-    title = f"{pipeline}: throughput and latency by requests in flight\n" + "\n".join(
+    foreign = [r["foreign_cores"] for r in results["pipelines"][pipeline].get("rows", [])
+               if r.get("foreign_cores") is not None
+               and (r.get("settings") or {}).get("concurrency") is not None]
+    load = (f"; other processes used {min(foreign):.2f}-{max(foreign):.2f} cores during "
+            "these points" if foreign else "")
+    title = f"{pipeline}: throughput and latency by requests in flight{load}\n" + "\n".join(
         textwrap.wrap(machine_line(results["machine"]), 180))
     fig.suptitle(title, fontsize=8)
     rows = (len(handles) + 1) // 2

@@ -166,7 +166,7 @@ def check_note(check: Dict[str, Any]) -> str:
     """The correctness statement put on every row of a peer."""
     verdict = "ok" if check["passed"] else f"BELOW {MIN_COSINE}, not comparable"
     return (f"correctness: min cosine {check['min_cosine']} to {check['reference']} "
-            f"({check['items']} items; {verdict})")
+            f"({check['items']} items, {verdict})")
 
 
 def wait_http_ok(url: str, deadline: float, alive: Callable[[], bool]) -> bool:

@@ -31,6 +31,7 @@ def test_infinity_variants_ask_for_mean_pooling_on_onnx():
     args = {v.label: v.args() for v in peer_infinity.VARIANTS}
     onnx = [a for label, a in args.items() if "optimum" in label]
     assert onnx and all(a[a.index("--pooling-method") + 1] == "mean" for a in onnx)
+    assert all("--onnx-disable-optimize" in a for a in onnx)  # prepare() optimizes
     assert all(a[a.index("--device") + 1] == "cpu" for a in args.values())
 
 
