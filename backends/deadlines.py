@@ -11,8 +11,9 @@ later steps. Here the budget becomes a deadline once, when the first step takes 
 are processes of one machine; the client's clock is never read, so client and server clocks
 need not agree). The deadline travels to the next steps in the ``towhee_deadline`` tensor
 (:data:`DEADLINE_TENSOR`, one int64 per item, wired by the ensemble), and each step drops the
-requests whose deadline has passed before it starts computing them (:func:`overdue_ms`), with
-an error that names the operator and says "deadline exceeded".
+requests whose deadline has passed before it starts computing them, or would pass before it
+finished them (:func:`overdue_ms`, :class:`StepTime`), with an error that names the operator and
+says "deadline exceeded".
 
 The first step's own queue wait is not counted (the Python backend is not told when a request
 arrived); Triton's queue policy bounds it by the same budget. A request without a timeout
@@ -59,19 +60,38 @@ def deadline_of(values: Any) -> int:
     return int(set_.min()) if set_.size else NO_DEADLINE
 
 
-def overdue_ms(deadline: int, now: int) -> Optional[float]:
-    """How many milliseconds past ``deadline`` ``now`` is, or ``None`` when the request still
-    has time (or has no deadline)."""
-    if deadline == NO_DEADLINE or now < deadline:
+def overdue_ms(deadline: int, now: int, expected_ns: int = 0) -> Optional[float]:
+    """How many milliseconds past ``deadline`` a step that starts now and takes ``expected_ns``
+    would finish (negative: it starts in time but would end after it), or ``None`` when the
+    request still has time (or has no deadline). A result after the deadline reaches no one:
+    the caller has given up."""
+    if deadline == NO_DEADLINE or now + max(0, expected_ns) < deadline:
         return None
     return (now - deadline) / 1e6
 
 
-def expired_message(operator: str, overdue: float) -> str:
-    """The error of a request a step dropped because its deadline had passed."""
-    return ("operator %s: deadline exceeded: the request's time ran out %.0f ms before this step "
-            "could start it, so it was not computed (%s; raise the client's timeout= or lower "
-            "the load)" % (operator, overdue, TRITON_TIMEOUT_WORDS))
+def expired_message(operator: str, overdue: float, expected_ms: float = 0.0) -> str:
+    """The error of a request a step dropped because of its deadline (``overdue`` from
+    :func:`overdue_ms`; ``expected_ms``: what the step takes)."""
+    if overdue >= 0:
+        why = "the request's time ran out %.0f ms before this step could start it" % overdue
+    else:
+        why = ("the request had %.0f ms left, less than this step takes (about %.0f ms)"
+               % (-overdue, expected_ms))
+    return ("operator %s: deadline exceeded: %s, so it was not computed (%s; raise the client's "
+            "timeout= or lower the load)" % (operator, why, TRITON_TIMEOUT_WORDS))
+
+
+class StepTime:
+    """How long this step's calls take: a moving average of the last ones (nanoseconds; 0
+    until one has been measured), to tell a request that cannot finish before its deadline."""
+
+    def __init__(self, weight: float = 0.2):
+        self.weight, self.ns = weight, 0
+
+    def add(self, ns: int) -> None:
+        """Count one call that took ``ns``."""
+        self.ns = int(ns if not self.ns else (1 - self.weight) * self.ns + self.weight * ns)
 
 
 def deadline_column(deadline: int, count: int) -> np.ndarray:

@@ -47,7 +47,7 @@ sys.path[:] = [_HERE] + [path for path in sys.path if path != _HERE]
 
 from towhee_ops.batching import process_items, stack_items  # noqa: E402
 from towhee_ops.cpu import cpu_threads_per_instance  # noqa: E402
-from towhee_ops.deadlines import (DEADLINE_TENSOR, deadline_column,  # noqa: E402
+from towhee_ops.deadlines import (DEADLINE_TENSOR, StepTime, deadline_column,  # noqa: E402
                                   deadline_from_budget, deadline_of, expired_message, now_ns,
                                   overdue_ms)
 from towhee_ops.wire import (PARAM_FORMAT, PARAM_MAX_ITEM_BYTES,  # noqa: E402
@@ -84,6 +84,9 @@ class TritonPythonModel:
         # A request's deadline: from the step before (towhee_deadline), else from its timeout.
         self.takes_deadline = DEADLINE_TENSOR in inputs
         self.passes_deadline = DEADLINE_TENSOR in outputs
+        self.instance = args.get("model_instance_name", self.name)
+        self.drops = _DropCount()
+        self.step_time = StepTime()  # what one call takes, to drop work that cannot finish in time
         # With dynamic batching the requests of one call form one batch; else one at a time.
         self.merge_requests = parameters.get(PARAM_MERGE_REQUESTS, "yes") == "yes"
         # Set on the first model of a pipeline (it receives the client's data); 0: no limit.
@@ -112,9 +115,9 @@ class TritonPythonModel:
         now = now_ns()
         for request in requests:
             deadline, wants_deadline = self._deadline(request, now)
-            late = overdue_ms(deadline, now)
-            if late is not None:  # the caller's time ran out before this step: not computed
-                plans.append(_Plan(_expired(self.name, late), [], {}, deadline, False))
+            late = overdue_ms(deadline, now, self.step_time.ns)
+            if late is not None:  # the caller's time runs out before this step: not computed
+                plans.append(_Plan(self._expired(late), [], {}, deadline, False))
                 continue
             try:
                 columns = [self._read_input(request, spec) for spec in self.op.inputs]
@@ -132,21 +135,35 @@ class TritonPythonModel:
             items.extend(rows[k] for k in mine)
         if self.merge_requests:
             results = process_items(self.op, items)
+            if items:
+                self.step_time.add(now_ns() - now)
         else:  # one request after the other: each checks its deadline when its turn comes
             results = [None] * len(items)
             for index, plan in enumerate(plans):
                 if plan.error or not plan.positions:
                     continue
-                late = overdue_ms(plan.deadline, now_ns())
+                started = now_ns()
+                late = overdue_ms(plan.deadline, started, self.step_time.ns)
                 if late is not None:
-                    plans[index] = plan._replace(error=_expired(self.name, late))
+                    plans[index] = plan._replace(error=self._expired(late))
                     continue
                 first, last = plan.positions[0], plan.positions[-1] + 1
                 results[first:last] = process_items(self.op, items[first:last])
+                self.step_time.add(now_ns() - started)
+        expired = sum(1 for plan in plans if plan.error and plan.deadline
+                      and plan.error[1] == pb_utils.TritonError.UNAVAILABLE)
+        if expired:
+            self.drops.add(expired, self.instance)
         responses = [self._respond(plan, results) for plan in plans]
         if received > _TRIM_AFTER_BYTES:
             _release_free_memory()
         return responses
+
+    def _expired(self, overdue):
+        """The error of a request dropped at its deadline: UNAVAILABLE, like Triton's own queue
+        timeout, whose words it carries (clients read both as "the deadline passed")."""
+        return (expired_message(self.name, overdue, self.step_time.ns / 1e6),
+                pb_utils.TritonError.UNAVAILABLE)
 
     def _deadline(self, request, now):
         """The request's deadline (``towhee_ops/deadlines.py``) and whether the next step
@@ -234,6 +251,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self.op = None
+        self.drops.report_total(self.instance)
 
     def _read_input(self, request, spec):
         tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
@@ -286,10 +304,35 @@ class TritonPythonModel:
 _Plan = collections.namedtuple("_Plan", "error positions refused deadline wants_deadline")
 
 
-def _expired(operator, overdue):
-    """The error of a request dropped at its deadline: UNAVAILABLE, like Triton's own queue
-    timeout, whose words it carries (clients read both as "the deadline passed")."""
-    return expired_message(operator, overdue), pb_utils.TritonError.UNAVAILABLE
+class _DropCount:
+    """Requests an instance dropped past their deadline, in the server log: the first drop at
+    once, then at most one line per :data:`_DROPS_LOG_EVERY_S`, and the total when the model
+    unloads (Triton's statistics count a request answered with an error as a success)."""
+
+    def __init__(self):
+        self.total, self.unreported, self.reported_at = 0, 0, None
+
+    def add(self, count, instance):
+        self.total += count
+        self.unreported += count
+        now = time.monotonic()
+        if self.reported_at is None or now - self.reported_at >= _DROPS_LOG_EVERY_S:
+            since = "" if self.reported_at is None else " in the last %.0f s" % (
+                now - self.reported_at)
+            pb_utils.Logger.log_warn(
+                "%s: %d requests dropped past their deadline%s, not computed (%d since start); "
+                "their callers had given up: raise the clients' timeout or add capacity"
+                % (instance, self.unreported, since, self.total))
+            self.unreported, self.reported_at = 0, now
+
+    def report_total(self, instance):
+        if self.total:
+            pb_utils.Logger.log_info("%s: %d requests dropped past their deadline since start"
+                                     % (instance, self.total))
+
+
+#: How often, at most, the log says how many requests were dropped past their deadline.
+_DROPS_LOG_EVERY_S = 10.0
 
 
 def _operator_class(operator):

@@ -23,6 +23,19 @@ def test_overdue_only_once_the_deadline_has_passed():
     assert d.overdue_ms(d.NO_DEADLINE, now=10**12) is None
     assert d.overdue_ms(2_000_000, now=1_999_999) is None
     assert d.overdue_ms(2_000_000, now=5_000_000) == 3.0
+    # in time to start, not to finish: a result after the deadline reaches no one
+    assert d.overdue_ms(10_000_000, now=4_000_000, expected_ns=5_000_000) is None
+    assert d.overdue_ms(10_000_000, now=6_000_000, expected_ns=5_000_000) == -4.0
+    assert d.overdue_ms(d.NO_DEADLINE, now=6_000_000, expected_ns=10**12) is None
+
+
+def test_a_step_time_follows_its_calls():
+    step = d.StepTime(weight=0.5)
+    assert step.ns == 0  # nothing measured: no request is dropped for what it might take
+    step.add(100)
+    assert step.ns == 100
+    step.add(300)
+    assert step.ns == 200
 
 
 def test_the_message_names_the_operator_and_reads_as_a_timeout_to_clients():
@@ -31,6 +44,8 @@ def test_the_message_names_the_operator_and_reads_as_a_timeout_to_clients():
     message = d.expired_message("image_embedding.timm", 12.3)
     assert message.startswith("operator image_embedding.timm: deadline exceeded")
     assert "12 ms" in message
+    early = d.expired_message("image_embedding.timm", -4.0, 30.0)
+    assert "had 4 ms left, less than this step takes (about 30 ms)" in early
     # Triton's own words for a queue timeout: the client reads it as the deadline (not a
     # failure of the items), exactly as it reads Triton's rejection.
     assert classify_error(RuntimeError(message)) == BUSY
