@@ -168,6 +168,11 @@ def markdown(results: Dict[str, Any]) -> str:
         parts += ["", "## Profile", "", profile]
     if failures:
         parts += ["", "## Failures", ""] + failures
+    skipped = [f"- {pipeline}: {s['system']}: {s['why']}"
+               for pipeline, result in results["pipelines"].items()
+               for s in result.get("skipped", [])]
+    if skipped:
+        parts += ["", "## Not measured", ""] + skipped
     if notes:
         parts += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(parts) + "\n"
