@@ -41,6 +41,8 @@ from .quality_data import EDITS, docstring_sentences, retrieval_set
 
 K = 10
 TEXT_BATCH = 8
+#: The neighbour gate the bench reports and tries (docs/formats.md: thresholds from this run).
+TOPK_GATE = {"metric": "topk_agreement", "k": 5, "min": 0.9}
 
 
 # -- metrics ------------------------------------------------------------------------------
@@ -75,6 +77,7 @@ def image_figures(gallery: np.ndarray, queries: np.ndarray, relevant: np.ndarray
     if reference is not None:
         both = cosines(np.concatenate([gallery, queries]), reference["embeddings"])
         out.update({"top10_agreement": agreement(top, reference["top"]),
+                    "top5_agreement": agreement(top[:, :5], reference["top"][:, :5]),
                     "top1_agreement": float(np.mean(top[:, 0] == reference["top"][:, 0])),
                     "mean_cosine": float(both.mean()), "worst_cosine": float(both.min()),
                     "imagenet_top1_agreement": float(np.mean(classes == reference["classes"]))})
@@ -82,14 +85,54 @@ def image_figures(gallery: np.ndarray, queries: np.ndarray, relevant: np.ndarray
                  "embeddings": np.concatenate([gallery, queries])}
 
 
+def onnx_speed(path: Path, batch: np.ndarray, seconds: float = 4.0) -> float:
+    """Images/s of the ONNX model at ``path`` on one thread (ONNX Runtime directly) on
+    ``batch`` (8 images): runs for about ``seconds`` after a warm-up."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: batch}
+    session.run(None, feed)
+    runs, start = 0, time.monotonic()
+    while runs < 2 or time.monotonic() - start < seconds:
+        session.run(None, feed)
+        runs += 1
+    return runs * len(batch) / (time.monotonic() - start)
+
+
+def gate_figures(int8_path: Path, fp32_path: Path, samples: List[Dict[str, np.ndarray]]
+                 ) -> Dict[str, Any]:
+    """What the neighbour gate (``TOPK_GATE``) and the min-cosine gate see for an int8 file on
+    the calibration photos (a third held out, with mirror images, as the product does)."""
+    from towhee_rt.accel import quantize
+    from towhee_rt.accel.accuracy_gate import judge
+    from towhee_rt.backends.format_runners import OnnxRunner
+    from towhee_rt.op_config import validate_pipeline_config
+
+    gate = validate_pipeline_config({"accuracy_gate": TOPK_GATE})["accuracy_gate"]
+    calibration, held = quantize.split_samples(samples)
+    pool = calibration + held
+    pool += quantize.mirrored(pool)
+    held_idx = [i for i in range(len(pool)) if i % len(samples) >= len(calibration)]
+    got = [OnnxRunner(str(int8_path)).run(b) for b in pool]
+    want = [OnnxRunner(str(fp32_path)).run(b) for b in pool]
+    verdict = judge(gate, got, want, held_idx)
+    return {"gate_top5": verdict.agreement, "gate_min_cosine": verdict.min_cosine,
+            "gate_passed": verdict.passed}
+
+
 # -- image settings -------------------------------------------------------------------------
 def image_pipe(checkpoint: Path, fmt: str = "onnx", decode: Optional[Dict[str, Any]] = None,
-               calibration: Optional[List[str]] = None, **model):
+               calibration: Optional[List[str]] = None, gate: Optional[Dict] = None, **model):
     import towhee_rt as towhee
 
     config = {"format_priority": [fmt] if fmt != "gate" else ["onnx_int8", "onnx"]}
     if calibration:
         config["calibration_data"] = calibration
+    if gate:
+        config["accuracy_gate"] = gate
     return (towhee.dummy_input().pipeline_config(**config)
             .image_decode.cv2_rgb(**(decode or {}))
             .image_embedding.timm(model_name="tf_efficientnet_lite0",
@@ -167,6 +210,9 @@ def run_images(quick: bool, log: Callable[[str], None]) -> Dict[str, Any]:
     fp32 = export_onnx(op)
     samples = [{"image": cal_in[i:i + 1]} for i in range(len(cal_in))]
     calib, _ = quantize.split_samples(samples)
+    fp32_speed = onnx_speed(fp32, g_in[:8])
+    rows["fp32, reference preprocessing (baseline)"]["img_s"] = fp32_speed
+    log(f"  fp32 ONNX: {fp32_speed:.1f} img/s (1 thread, batch 8)")
     with tempfile.TemporaryDirectory(prefix="towhee_rt-quality-") as work:
         prepared = quantize._Prepared(fp32, Path(work))
         for recipe in quantize.recipes(op):
@@ -182,15 +228,87 @@ def run_images(quick: bool, log: Callable[[str], None]) -> Dict[str, Any]:
                                             for i in range(0, len(x), 16)])
             gate = quantize.min_cosine(runner, samples, [OnnxRunner(str(fp32)).run(b)
                                                           for b in samples])
-            record(label, run(g_in), run(q_in), calibration_min_cosine=gate)
+            speed = onnx_speed(path, g_in[:8])
+            record(label, run(g_in), run(q_in), calibration_min_cosine=gate, img_s=speed,
+                   speedup=speed / fp32_speed, **gate_figures(path, fp32, samples))
     pipe.close()
 
     gated = image_pipe(checkpoint, fmt="gate", calibration=calibration)
     choice = gated.format_choice(1)
     through(gated, f"what the gate picks (format_priority=['onnx_int8','onnx'], default "
-                   f"0.99): {choice.format}", gate_choice=choice.summary()[:300])
+                   f"0.99): {choice.format}", gate_choice=choice.summary()[:400])
+    gated = image_pipe(checkpoint, fmt="gate", calibration=calibration, gate=TOPK_GATE)
+    choice = gated.format_choice(1)
+    through(gated, f"what the neighbour gate picks (accuracy_gate={TOPK_GATE}): "
+                   f"{choice.format}", gate_choice=choice.summary()[:400])
     return {"photos": names, "gallery": len(gallery), "queries": len(queries),
             "edits": EDITS[::2] if quick else EDITS, "rows": rows}
+
+
+OTHER_MODELS = (("EfficientNet-Lite2, ImageNet weights", "tf_efficientnet_lite2", "lite2"),
+                ("resnet50, random weights (random-weight: quality figures say little)",
+                 "resnet50", None))
+
+
+def run_other_models(log: Callable[[str], None]) -> Dict[str, Any]:
+    """Lite2 (real weights) and resnet50 (random weights): the static int8 recipe against fp32
+    ONNX on the quick retrieval set, the gate's figures and one-thread speed."""
+    import towhee_rt as towhee
+    from towhee_rt.accel import quantize
+    from towhee_rt.accel.onnx_export import export_onnx
+    from towhee_rt.backends.format_runners import OnnxRunner
+
+    from . import real_weights
+    from .common import image_files
+
+    gallery, queries, relevant, _ = retrieval_set(True)
+    out: Dict[str, Any] = {}
+    for label, arch, variant in OTHER_MODELS:
+        if variant and not real_weights.available(variant):
+            out[label] = {"missing": real_weights.VARIANTS[variant][0]}
+            continue
+        weights = ({"checkpoint_path": str(real_weights.checkpoint(variant))} if variant
+                   else {"pretrained": False})
+        pipe = (towhee.dummy_input().image_decode.cv2_rgb()
+                .image_embedding.timm(model_name=arch, **weights).as_function())
+        decode, op = pipe.operators
+        decode.ensure_setup("cpu")
+        op.ensure_setup("cpu")
+
+        def inputs(items: Sequence[bytes]) -> np.ndarray:
+            rgb = [decode.process_batch({"image": [item]})["image"][0] for item in items]
+            return op.preprocess({"image": rgb})["image"]
+
+        g_in, q_in = inputs(gallery), inputs(queries)
+        cal_in = inputs([Path(p).read_bytes() for p in image_files()])
+        samples = [{"image": cal_in[i:i + 1]} for i in range(len(cal_in))]
+        fp32 = export_onnx(op)
+        recipe = quantize.recipes(op)[0]
+        with tempfile.TemporaryDirectory(prefix="towhee_rt-quality-") as work:
+            path = quantize.quantize(recipe, fp32, quantize.split_samples(samples)[0],
+                                     quantize._Prepared(fp32, Path(work)))
+
+        def run(model: Path, x: np.ndarray) -> np.ndarray:
+            runner = OnnxRunner(str(model))
+            return np.concatenate([runner.run({"image": x[i:i + 16]})
+                                   for i in range(0, len(x), 16)])
+
+        ref_g, ref_q = run(fp32, g_in), run(fp32, q_in)
+        int_g, int_q = run(path, g_in), run(path, q_in)
+        top_ref, top_int = neighbours(ref_q, ref_g, 5), neighbours(int_q, int_g, 5)
+        both = cosines(np.concatenate([int_g, int_q]), np.concatenate([ref_g, ref_q]))
+        fp32_speed, int8_speed = onnx_speed(fp32, g_in[:8]), onnx_speed(path, g_in[:8])
+        out[label] = {"recipe": recipe.name, "fp32_recall@1": float(np.mean(top_ref[:, 0] ==
+                                                                           relevant)),
+                      "int8_recall@1": float(np.mean(top_int[:, 0] == relevant)),
+                      "top5_agreement": agreement(top_int, top_ref),
+                      "mean_cosine": float(both.mean()), "worst_cosine": float(both.min()),
+                      "fp32_img_s": fp32_speed, "int8_img_s": int8_speed,
+                      "speedup": int8_speed / fp32_speed, **gate_figures(path, fp32, samples)}
+        log(f"  {label}: " + ", ".join(f"{k} {v:.4f}" for k, v in out[label].items()
+                                        if isinstance(v, float)))
+        pipe.close()
+    return {"gallery": len(gallery), "queries": len(queries), "rows": out}
 
 
 # -- text ---------------------------------------------------------------------------------
@@ -257,24 +375,50 @@ def markdown(results: Dict[str, Any]) -> str:
              "- int8 recipes calibrated on the 12 shared test images (a third held out, as the "
              "gate does); 'calibration min cosine' = the gate's own figure on all 12", "",
              "## Images: which setting keeps search results", "",
-             "| setting | recall@1 | recall@10 | top-10 agreement w/ fp32 | top-1 agreement "
-             "| mean cosine | worst cosine | ImageNet top-1 agreement | gate figure |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| setting | recall@1 | recall@10 | top-10 agreement w/ fp32 | top-5 agreement "
+             "| top-1 agreement | mean cosine | worst cosine | ImageNet top-1 agreement | "
+             "calibration min cosine | gate: held-out top-5 / min cosine | img/s (ONNX, 1 "
+             "thread, batch 8) | x fp32 |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     skipped = [label for label, row in img["rows"].items() if "not_applicable" in row]
     for label, row in img["rows"].items():
         if "not_applicable" in row:
             continue
+        gate = (f"{row['gate_top5']:.3f} / {row['gate_min_cosine']:.4f} "
+                f"({'pass' if row['gate_passed'] else 'refuse'})" if "gate_top5" in row else "-")
+        speed = f"{row['img_s']:.1f}" if "img_s" in row else "-"
+        ratio = f"{row.get('speedup', 1.0):.2f}" if "img_s" in row else "-"
         lines.append(f"| {label} | {_f(row, 'recall@1')} | {_f(row, 'recall@10')} | "
-                     f"{_f(row, 'top10_agreement')} | {_f(row, 'top1_agreement')} | "
+                     f"{_f(row, 'top10_agreement')} | {_f(row, 'top5_agreement')} | "
+                     f"{_f(row, 'top1_agreement')} | "
                      f"{_f(row, 'mean_cosine')} | {_f(row, 'worst_cosine')} | "
                      f"{_f(row, 'imagenet_top1_agreement')} | "
-                     f"{_f(row, 'calibration_min_cosine')} |")
+                     f"{_f(row, 'calibration_min_cosine')} | {gate} | {speed} | {ratio} |")
     if skipped:
         lines += ["", f"Not applicable to this CNN (no MatMul/Gemm weights): "
                       f"{', '.join(skipped)}."]
     for row in img["rows"].values():
         if row.get("gate_choice"):
             lines += ["", f"Gate's choice: `{row['gate_choice']}`"]
+    other = results.get("other_models")
+    if other:
+        lines += ["", "## Other image models: static int8 (static-qdq-per-channel) vs fp32 ONNX",
+                  "", f"Quick retrieval set ({other['gallery']} gallery crops, "
+                  f"{other['queries']} queries); calibrated on the 12 test photos; speed: ONNX "
+                  "Runtime, one thread, batch 8.", "",
+                  "| model | recall@1 fp32 / int8 | top-5 agreement | mean cosine | worst "
+                  "cosine | gate: held-out top-5 / min cosine | img/s fp32 / int8 | x fp32 |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for label, row in other["rows"].items():
+            if "missing" in row:
+                lines.append(f"| {label} | not installed: {row['missing']} | | | | | | |")
+                continue
+            lines.append(
+                f"| {label} | {row['fp32_recall@1']:.4f} / {row['int8_recall@1']:.4f} | "
+                f"{row['top5_agreement']:.4f} | {row['mean_cosine']:.4f} | "
+                f"{row['worst_cosine']:.4f} | {row['gate_top5']:.3f} / "
+                f"{row['gate_min_cosine']:.4f} ({'pass' if row['gate_passed'] else 'refuse'}) | "
+                f"{row['fp32_img_s']:.1f} / {row['int8_img_s']:.1f} | {row['speedup']:.2f} |")
     lines += ["", "## Text: all-MiniLM-L6-v2 int8 recipes", "",
               f"{txt['sentences']} sentences from the standard library's docstrings, each a "
               f"query against the others; run in batches of {txt['batch']} mixed sentences.", "",
@@ -331,7 +475,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[quality {time.monotonic() - start:5.0f}s] {text}", flush=True)
 
     results = {"machine": machine_info(), "quick": args.quick,
-               "images": run_images(args.quick, log), "text": run_text(args.quick, log)}
+               "images": run_images(args.quick, log),
+               "other_models": run_other_models(log), "text": run_text(args.quick, log)}
     results["seconds"] = time.monotonic() - start
     args.out.mkdir(parents=True, exist_ok=True)
     name = "quality_quick" if args.quick else "quality"

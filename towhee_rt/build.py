@@ -79,6 +79,18 @@ class BuiltPipeline:
         carries the same value."""
         return fingerprint([step.identity() for step in self.steps])
 
+    def refusals(self) -> Dict[str, str]:
+        """Lossy formats the accuracy gate refused, by ``'<index>:<name>'``: the reason with its
+        figures (the step then runs the next format of ``format_priority``)."""
+        return {f"{s.index}:{s.name}": s.format.refusal() for s in self.steps
+                if s.format and s.format.refusal()}
+
+    def summary(self) -> str:
+        """One line per model step, its format and why (``FormatChoice.summary``); a refusal by
+        the accuracy gate is in capitals in its line."""
+        return "\n".join(f"{s.index}:{s.name}: {s.format.summary()}" for s in self.steps
+                         if s.format)
+
     def run(self, inputs: Sequence[Any]) -> List[Any]:
         """Run ``inputs`` in-process; each item's result or its :class:`ItemError`."""
         return run_local([step.local for step in self.steps], inputs)
@@ -117,6 +129,10 @@ def build_pipeline(names: Sequence[str], params: Sequence[Mapping[str, Any]],
             op.use_runner(runner)
         built.append(BuiltStep(index, name, type(op), served_params, config, choice, files,
                                local, _weights_sha256(op, served_params)))
+        log.info("%d:%s built: %s", index, name, choice.summary())
+        if choice.refusal():
+            log.warning("%d:%s: %s; serving %s instead", index, name, choice.refusal(),
+                        choice.format)
     return BuiltPipeline(tuple(built), limits)
 
 

@@ -106,4 +106,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(f"wrote {repo.path} (models: {', '.join(repo.model_names)}); serve it with: "
           f"towhee-rt serve {repo.path}")
+    built = pipe.build()  # already built: the formats chosen, one line per model
+    print(built.summary())
+    for step in built.steps:
+        if step.format and step.format.refusal():
+            print(f"WARNING: {step.index}:{step.name}: {step.format.refusal()}; it serves "
+                  f"{step.format.format} instead (see the repository's README.md)",
+                  file=sys.stderr)
     return 0

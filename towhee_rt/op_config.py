@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from .accel.accuracy_gate import AccuracyGate, parse as _accuracy_gate
 from .backends.cpu import usable_cores
 from .backends.wire import DEFAULT_MAX_ITEM_BYTES
 from .errors import ConfigError
@@ -67,8 +68,15 @@ class OpConfig:
     instance_count: Optional[int] = None
     calibration_data: Tuple[Any, ...] = ()
     int8_min_cosine: float = 0.99
+    #: How lossy formats (int8) are judged; ``None``: min cosine ``int8_min_cosine``.
+    accuracy_gate: Optional[AccuracyGate] = None
     max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE
     queue_timeout_ms: int = DEFAULT_QUEUE_TIMEOUT_MS
+
+    @property
+    def gate(self) -> AccuracyGate:
+        """The accuracy gate in force: ``accuracy_gate``, else min cosine ``int8_min_cosine``."""
+        return self.accuracy_gate or AccuracyGate("min_cosine", self.int8_min_cosine)
 
     @property
     def instances(self) -> int:
@@ -144,6 +152,10 @@ def resolve(pipeline_values: Mapping[str, Any], op_values: Mapping[str, Any],
                               "operators (image_embedding.*, image_text_embedding.*, "
                               "text_embedding.*); remove it from this operator")
     merged = {k: v for k, v in {**pipeline_values, **op_values}.items() if k in OP_KEYS}
+    if merged.get("accuracy_gate") is not None and "int8_min_cosine" in merged:
+        raise ConfigError(f"{operator}: int8_min_cosine and accuracy_gate are both set; "
+                          "int8_min_cosine=x is short for accuracy_gate={'metric': "
+                          "'min_cosine', 'min': x}: set one of them")
     if is_model and not ({"instance_count", "parallel", "device_ids"} & set(merged)):
         merged["instance_count"] = default_cpu_model_instances()
     if not is_model:
@@ -267,6 +279,7 @@ KEYS: Dict[str, ConfigKey] = {key.name: key for key in (
     ConfigKey("format_priority", _format_priority, model_only=True),
     ConfigKey("calibration_data", _calibration_data, model_only=True),
     ConfigKey("int8_min_cosine", _unit_interval, model_only=True),
+    ConfigKey("accuracy_gate", _accuracy_gate, model_only=True),
     ConfigKey("max_queue_size", _positive_int),
     ConfigKey("queue_timeout_ms", _positive_int),
     ConfigKey("max_request_bytes", _positive_int, scope="pipeline"),

@@ -73,8 +73,8 @@ def test_recipe_order_by_model_inputs():
     blockwise = ["blockwise-int8-128", "blockwise-int8-64", "blockwise-int8-32"]
     image = TimmImageEmbedding(model_name="resnet50", pretrained=False)
     assert [r.name for r in recipes(image)] == [
-        "static-qdq-per-channel", "static-qdq-symmetric", "dynamic-matmul-gemm-per-channel"
-    ] + blockwise
+        "static-qdq-per-channel", "static-qdq-per-channel-fallback", "static-qdq-symmetric",
+        "dynamic-matmul-gemm-per-channel"] + blockwise
     text = SentenceTransformerEmbedding()
     assert [r.name for r in recipes(text)] == ["dynamic-matmul-per-channel"] + blockwise
 

@@ -23,8 +23,8 @@ def test_op_config_overrides_pipeline_config():
 
 @pytest.mark.parametrize("values, fragment", [
     ({"paralel": 2}, "valid keys are: parallel, chunksize, jit, format_priority, "
-                     "calibration_data, int8_min_cosine, max_queue_size, queue_timeout_ms, "
-                     "max_request_bytes, max_item_bytes"),
+                     "calibration_data, int8_min_cosine, accuracy_gate, max_queue_size, "
+                     "queue_timeout_ms, max_request_bytes, max_item_bytes"),
     ({"calibration_data": "a.jpg"}, "must be a list of pipeline inputs"),
     ({"int8_min_cosine": 1.5}, "number in (0, 1]"),
     ({"parallel": 0}, "positive integer"),
@@ -41,7 +41,7 @@ def test_pipeline_config_rejects_bad_values(values, fragment):
 
 @pytest.mark.parametrize("op_config, fragment", [
     ({"instance_cout": 2}, "valid keys are: parallel, chunksize, jit, format_priority, "
-                           "calibration_data, int8_min_cosine, max_queue_size, "
+                           "calibration_data, int8_min_cosine, accuracy_gate, max_queue_size, "
                            "queue_timeout_ms, dynamic_batching, device_ids, instance_count"),
     ({"device_ids": 0}, "list of GPU indices"),
     ({"device_ids": [-1]}, "list of GPU indices"),

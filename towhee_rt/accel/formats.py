@@ -30,6 +30,9 @@ WEIGHTS_FILE = "weights.safetensors"
 MODEL_FILES = {"onnx": "model.onnx", "onnx_int8": "model_int8.onnx", "tensorrt": "model.plan",
                "tensorrt_fp16": "model.plan"}
 _logged: set = set()
+#: How an accuracy-gate failure starts (quantize.int8_runner) and how a refusal is flagged.
+GATE_FAILED = "accuracy gate failed:"
+REFUSED = "REFUSED"
 #: Libraries whose versions a lock records (with torch), by the operator module they serve.
 LOCK_LIBRARIES = ("torch", "timm", "open_clip_torch", "sentence-transformers", "transformers",
                   "huggingface_hub", "safetensors")
@@ -55,18 +58,35 @@ class FormatChoice:
     #: How the model was made, when that is more than the format says (the int8 recipe).
     detail: Optional[str] = None
     skipped: Tuple[Tuple[str, str], ...] = ()
+    #: The accuracy gate's verdict and figures on the held-out samples (lossy formats).
+    gate: Optional[str] = None
+
+    def refusal(self) -> Optional[str]:
+        """Why a lossy format was refused by the accuracy gate (``None`` if none was), e.g.
+        ``onnx_int8 refused by the accuracy gate: no int8 recipe keeps ...``."""
+        for fmt, why in self.skipped:
+            if why.startswith(GATE_FAILED):
+                return f"{fmt} {REFUSED} by the accuracy gate: {why[len(GATE_FAILED):].strip()}"
+        return None
 
     def summary(self) -> str:
-        """E.g. ``onnx (rel. err 1.6e-07; skipped tensorrt: module not installed)``."""
+        """E.g. ``onnx (rel. err 1.6e-07; skipped tensorrt: module not installed)``; a refusal
+        by the accuracy gate comes first, in capitals."""
         text = self.format
+        refusal = self.refusal()
+        if refusal:
+            text += f" [{refusal}]"
         if self.relative_error is not None:
             text += f" (parity rel. err {self.relative_error:.1e})"
         if self.detail:
             text += f" ({self.detail})"
-        if self.min_cosine is not None:
+        if self.gate:
+            text += f" (accuracy gate {self.gate})"
+        elif self.min_cosine is not None:
             text += f" (accuracy gate: min cosine to fp32 {self.min_cosine:.4f})"
-        if self.skipped:
-            text += "; skipped " + "; ".join(f"{f}: {why}" for f, why in self.skipped)
+        skipped = [(f, why) for f, why in self.skipped if not why.startswith(GATE_FAILED)]
+        if skipped:
+            text += "; skipped " + "; ".join(f"{f}: {why}" for f, why in skipped)
         return text
 
 
@@ -150,9 +170,10 @@ def _try_int8(op: ModelOperator, config: OpConfig,
                     "Pass pipeline_config(calibration_data=[...]) with real samples (some are "
                     "held out for the accuracy gate)", op.name, quantize.RANDOM_SAMPLES)
         batches = quantize.random_samples(op)
-    model = quantize.int8_runner(op, export_onnx(op), batches, config.int8_min_cosine)
+    model = quantize.int8_runner(op, export_onnx(op), batches, gate=config.gate)
     return FormatChoice("onnx_int8", str(model.path), min_cosine=model.min_cosine,
-                        detail=model.recipe.description), model.runner
+                        detail=f"{model.recipe.name}: {model.recipe.description}",
+                        gate=model.verdict.text()), model.runner
 
 
 def _skip(op: ModelOperator, skipped: list, fmt: str, reason: str) -> None:

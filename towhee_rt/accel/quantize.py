@@ -7,10 +7,11 @@ the user's samples, passed through the pipeline's own operators up to the model;
 their MatMul/Gemm weights second (vision transformers, which static QDQ quantizes too coarsely).
 Both fall back to int8 MatMul weights in blocks with int8 compute (``MatMulNBits``), whose
 per-block activation scales survive the outlier features of transformers that per-tensor
-activation scales do not. The first recipe
-whose outputs on the calibration samples keep a cosine similarity of at least
-``int8_min_cosine`` (default 0.99) to the fp32 model's is then checked on held-out samples: the
-accuracy gate.
+activation scales do not. The static recipes leave shape arithmetic in fp32, and a layer-wise
+fallback recipe keeps the most sensitive nodes of a CNN in fp32, found by measuring
+(:mod:`.int8_fallback`). The first recipe that passes the accuracy gate (:mod:`.accuracy_gate`:
+min cosine ``int8_min_cosine``, default 0.99, or search-neighbour agreement) with the
+calibration samples as queries is then checked on the held-out samples.
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ import numpy as np
 from ..backends.model_operator import ModelOperator
 from ..backends.format_runners import OnnxRunner, Runner
 from ..errors import FormatError
-from . import cache
+from . import cache, int8_fallback
+from .accuracy_gate import AccuracyGate, Verdict, judge
 
 log = logging.getLogger("towhee_rt")
 DEFAULT_MIN_COSINE = 0.99
@@ -37,6 +39,10 @@ RANDOM_SAMPLES = 12
 #: sentences, where per-tensor dynamic quantization (454 sentences/s) fell to 0.969.
 BLOCK_SIZES = (128, 64, 32)
 ModelBatch = Dict[str, np.ndarray]
+#: Part of every quantized file's cache key: what changes how the recipes make their files (v2:
+#: shape arithmetic left in fp32; the fallback's bounds).
+RECIPE_VERSION = (f"v2-fallback{int8_fallback.MAX_NODES}x{int8_fallback.MAX_TRIALS}"
+                  f"t{int8_fallback.TIME_BUDGET_S:g}")
 
 
 def split_samples(batches: Sequence[ModelBatch]) -> Tuple[List[ModelBatch], List[ModelBatch]]:
@@ -81,6 +87,11 @@ def recipes(op: ModelOperator) -> List[Recipe]:
     if any(spec.dtype.startswith("float") for spec in op.model_inputs()):
         first = [Recipe("static-qdq-per-channel", "static QDQ, per-channel int8 weights, uint8 "
                         "activations", _quantize_static, calibrated=True),
+                 Recipe("static-qdq-per-channel-fallback", "static QDQ, per-channel int8 "
+                        "weights, uint8 activations, the most sensitive nodes measured and kept "
+                        "in fp32", lambda src, dst, cal: _quantize_static(src, dst, cal,
+                                                                          fallback=True),
+                        calibrated=True),
                  Recipe("static-qdq-symmetric", "static QDQ, per-channel int8 weights, "
                         "symmetric int8 activations",
                         lambda src, dst, cal: _quantize_static(src, dst, cal, symmetric=True),
@@ -108,7 +119,8 @@ def quantize(recipe: Recipe, fp32_onnx: Path, calibration: Sequence[ModelBatch],
         for batch in calibration:
             for name in sorted(batch):
                 digest.update(np.ascontiguousarray(batch[name]).tobytes())
-    key = cache.cache_key(fp32=fp32_onnx.name, method=recipe.name + "+preprocessed",
+    key = cache.cache_key(fp32=fp32_onnx.name,
+                          method=f"{recipe.name}+preprocessed+{RECIPE_VERSION}",
                           calibration=digest.hexdigest(),
                           versions=cache.library_versions(["onnxruntime"]))
     return cache.cached_file("onnx_int8", key, ".onnx",
@@ -145,13 +157,20 @@ def _prepare(source: Path, target: Path) -> None:
 
 
 def _quantize_static(source: Path, target: Path, calibration: Sequence[ModelBatch],
-                     symmetric: bool = False) -> None:
-    """Static QDQ with MinMax ranges. ``symmetric``: int8 activations with ranges symmetric
-    around 0. On EfficientNet-Lite0's ImageNet weights (issue 20; TF 'same' padding, ReLU6)
-    uint8 activations reach a min cosine to fp32 of 0.870 on the 12 test photos and symmetric
-    int8 ones 0.976; ORT's Entropy (0.870) and Percentile (0.898 / 0.907 symmetric)
-    calibration, excluding the first/last or the depthwise Convs (all lower), and flipped
-    copies of the calibration images (0.975) did not do better."""
+                     symmetric: bool = False, fallback: bool = False) -> None:
+    """Static QDQ with MinMax ranges; shape arithmetic stays in fp32
+    (:func:`int8_fallback.shape_arithmetic_nodes`). ``symmetric``: int8 activations with ranges
+    symmetric around 0. ``fallback``: the most sensitive nodes are measured and kept in fp32
+    (:func:`int8_fallback.with_fallback`); :class:`FormatError` when none helps (the file would
+    be the plain recipe's).
+
+    On EfficientNet-Lite0's ImageNet weights (issue 20; the 12 test photos, min cosine to fp32)
+    uint8 activations reach 0.870 with the 'same'-padding arithmetic quantized and 0.972 without;
+    symmetric int8 activations 0.977 but run at half the speed (one thread: 113 vs 55 img/s,
+    fp32 35). ORT's Entropy/Percentile calibration, CalibMovingAverage, reduce_range, mirrored
+    copies of the calibration images and excluding whole groups (first/last, depthwise Convs)
+    were not better (bench/results/quality.md, docs/formats.md)."""
+    import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_static)
 
@@ -162,10 +181,28 @@ def _quantize_static(source: Path, target: Path, calibration: Sequence[ModelBatc
         def get_next(self):
             return next(self._batches, None)
 
-    quantize_static(str(source), str(target), Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, weight_type=QuantType.QInt8,
-                    activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                    extra_options={"ActivationSymmetric": True} if symmetric else None)
+    shape_nodes = int8_fallback.shape_arithmetic_nodes(onnx.load(str(source)))
+
+    def run(path: Path, exclude: Sequence[str]) -> None:
+        quantize_static(str(source), str(path), Reader(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, weight_type=QuantType.QInt8,
+                        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+                        nodes_to_exclude=shape_nodes + list(exclude),
+                        extra_options={"ActivationSymmetric": True} if symmetric else None)
+
+    if not fallback:
+        run(target, [])
+        return
+    ops = [node.op_type for node in onnx.load(str(source), load_external_data=False).graph.node]
+    if ops.count("Conv") <= ops.count("MatMul") + ops.count("Gemm"):
+        raise FormatError("layer-wise fallback is for convolutional models (transformers go to "
+                          "the dynamic recipe)")
+    kept, best = int8_fallback.with_fallback(run, source, list(calibration), target)
+    if not kept:
+        raise FormatError("layer-wise fallback: keeping no single sensitive node in fp32 raised "
+                          "the min cosine on the calibration samples")
+    log.info("onnx_int8 fallback: %d node(s) kept in fp32 (%s): min cosine %.4f on the "
+             "calibration samples", len(kept), ", ".join(kept), best)
 
 
 def _quantize_blockwise(source: Path, target: Path, block_size: int) -> None:
@@ -231,45 +268,79 @@ def min_cosine(candidate: Runner, batches: Sequence[ModelBatch],
 
 @dataclasses.dataclass
 class Int8Model:
-    """The gated int8 model: its file, a runner, the recipe and the held-out min cosine."""
+    """The gated int8 model: its file, a runner, the recipe, the held-out min cosine and the
+    gate's verdict."""
 
     path: Path
     runner: OnnxRunner
     recipe: Recipe
     min_cosine: float
+    verdict: Verdict
+
+
+def mirrored(batches: Sequence[ModelBatch]) -> List[ModelBatch]:
+    """Each batch with its images mirrored left-right (float inputs of rank 4, NCHW), for the
+    neighbour gate's pool; ``[]`` when the inputs are not images."""
+    out = []
+    for batch in batches:
+        if not all(np.asarray(v).ndim == 4 and np.asarray(v).dtype.kind == "f"
+                   for v in batch.values()):
+            return []
+        out.append({k: np.ascontiguousarray(np.asarray(v)[..., ::-1]) for k, v in batch.items()})
+    return out
+
+
+def _outputs(runner: Runner, batches: Sequence[ModelBatch]) -> List[np.ndarray]:
+    return [np.asarray(runner.run(batch)) for batch in batches]
 
 
 def int8_runner(op: ModelOperator, fp32_onnx: Path, samples: Sequence[ModelBatch],
-                threshold: float = DEFAULT_MIN_COSINE) -> Int8Model:
-    """The fastest recipe that keeps ``threshold`` on the calibration samples, gated on the
-    held-out ones; :class:`FormatError` with the reasons when none does."""
+                threshold: float = DEFAULT_MIN_COSINE,
+                gate: "AccuracyGate | None" = None) -> Int8Model:
+    """The fastest recipe that passes ``gate`` (default: min cosine ``threshold``) with the
+    calibration samples as queries, then gated on the held-out ones; :class:`FormatError` with
+    the reasons when none does.
+
+    The neighbour gate (``topk_agreement``) judges each query among all samples' outputs, plus
+    their mirror images for image models (more items, and each one's near-duplicate)."""
+    gate = gate or AccuracyGate("min_cosine", threshold)
     calibration, held_out = split_samples(samples)
+    pool = list(calibration) + list(held_out)
+    cal_idx = list(range(len(calibration)))
+    held_idx = list(range(len(calibration), len(pool)))
+    if gate.metric == "topk_agreement":
+        flips = mirrored(pool)
+        pool += flips
+        if flips:
+            cal_idx += [len(samples) + i for i in cal_idx]
+            held_idx += [len(samples) + i for i in held_idx]
     reference = OnnxRunner(str(fp32_onnx))
-    expected = [reference.run(batch) for batch in calibration]
+    expected = _outputs(reference, pool)
     tried: List[str] = []
     best: Tuple[float, str] = (-1.0, "")
+    figure = "min cosine" if gate.metric == "min_cosine" else f"top-{gate.k} agreement"
     with tempfile.TemporaryDirectory(prefix="towhee_rt-int8-") as workdir:
         prepared = _Prepared(fp32_onnx, Path(workdir))
         for recipe in recipes(op):
             try:
                 path = quantize(recipe, fp32_onnx, calibration, prepared)
                 runner = OnnxRunner(str(path), fmt="onnx_int8")
-                cosine = min_cosine(runner, calibration, expected)
+                got = _outputs(runner, pool)
+                first = judge(gate, got, expected, cal_idx)
             except Exception as exc:  # noqa: BLE001 - e.g. an onnxruntime without the operator
                 tried.append(f"{recipe.name}: {str(exc).splitlines()[0][:200]}")
                 continue
-            best = max(best, (cosine, recipe.name))
-            if cosine < threshold:
-                tried.append(f"{recipe.name}: min cosine {cosine:.4f} on calibration samples")
-                log.info("%s: onnx_int8 recipe %s below the gate (%.4f); trying the next",
-                         op.name, recipe.name, cosine)
+            value = first.min_cosine if gate.metric == "min_cosine" else first.agreement
+            best = max(best, (value, recipe.name))
+            if not first.passed:
+                tried.append(f"{recipe.name}: {figure} {value:.4f} on calibration samples")
+                log.info("%s: onnx_int8 recipe %s below the gate (%s %.4f); trying the next",
+                         op.name, recipe.name, figure, value)
                 continue
-            gate = min_cosine(runner, held_out, [reference.run(batch) for batch in held_out])
-            if gate < threshold:
-                raise FormatError(f"accuracy gate failed: min cosine to fp32 {gate:.4f} < "
-                                  f"{threshold} on {len(held_out)} held-out samples "
-                                  f"({recipe.description})")
-            return Int8Model(path, runner, recipe, gate)
-    lead = (f"best: {best[1]}, min cosine {best[0]:.4f}; " if best[1] else "")
-    raise FormatError(f"accuracy gate failed: no int8 recipe keeps min cosine to fp32 >= "
-                      f"{threshold} ({lead}{'; '.join(tried)})")
+            verdict = judge(gate, got, expected, held_idx)
+            if not verdict.passed:
+                raise FormatError(f"accuracy gate failed: {verdict.text()} ({recipe.description})")
+            return Int8Model(path, runner, recipe, verdict.min_cosine, verdict)
+    lead = (f"best: {best[1]}, {figure} {best[0]:.4f}; " if best[1] else "")
+    raise FormatError(f"accuracy gate failed: no int8 recipe keeps {gate.describe()} "
+                      f"({lead}{'; '.join(tried)})")

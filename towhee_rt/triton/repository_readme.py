@@ -31,7 +31,7 @@ Each operator is its own Python-backend model, chained by the ensemble:
 | model | operator | format | instances | dynamic batching |
 |---|---|---|---|---|
 $rows
-""")
+$refusals""")
 
 
 def render_readme(root: Path) -> str:
@@ -64,8 +64,11 @@ def _section(ensemble: str, models: List[str], configs: Mapping[str, pb.ModelCon
                    f"`{ensemble}/config.pbtxt`): vectors with another fingerprint come from "
                    "other weights or preprocessing and are not comparable.\n"
                    if fingerprint else "")
+    refusals = [f"- **`{m}`: {_refusal(configs[m])}**" for m in models if _refusal(configs[m])]
     return _SECTION.substitute(
         ensemble=ensemble, fingerprint=fingerprint,
+        refusals=("\nAccuracy gate refusals (these models serve the next format of their "
+                  "`format_priority`):\n\n" + "\n".join(refusals) + "\n") if refusals else "",
         rows="\n".join(_row(m, configs[m]) for m in models),
         inputs=_tensors(configs[models[0]].input), outputs=_tensors(configs[models[-1]].output))
 
@@ -79,6 +82,15 @@ def _row(model: str, config: pb.ModelConfig) -> str:
     batching = "on" if parameters.get(PARAM_MERGE_REQUESTS) == "yes" else "off"
     return (f"| `{model}` | `{operator}` | {parameters.get(PARAM_FORMAT) or '-'} | "
             f"{group.count or 1} x {where} | {batching} |")
+
+
+def _refusal(config: pb.ModelConfig) -> str:
+    """The accuracy gate's refusal in a model's format text (``[... REFUSED ...]``), or ''."""
+    text = read_parameters(config).get(PARAM_FORMAT) or ""
+    start = text.find("[")
+    end = text.find("]", start)
+    inside = text[start + 1:end] if 0 <= start < end else ""
+    return inside if " REFUSED by the accuracy gate" in inside else ""
 
 
 def _tensors(tensors) -> str:
