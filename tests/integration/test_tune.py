@@ -15,6 +15,8 @@ from towhee_rt.tune.space import find_pipeline, read_point
 from ..conftest import GOOD_SHAPES
 
 pytestmark = pytest.mark.integration
+#: The search's time budget: the start, a move or two and the confirmation, with reloads.
+BUDGET_S = 60
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +29,8 @@ def tuned(tmp_path_factory):
     repo = towhee.build_model_repo(pipe, root / "repo").path
     before = {name: to_pbtxt(c) for name, c in read_repository(repo).items()}
     lines = []
-    result = tune(repo, out=root / "tuned", time_budget_s=40, window_s=0.5, max_windows=4,
-                  max_point_s=8, max_instances=3, progress=lines.append)
+    result = tune(repo, out=root / "tuned", time_budget_s=BUDGET_S, window_s=1.0,
+                  max_windows=4, max_point_s=10, max_instances=3, progress=lines.append)
     return pipe, repo, before, result, lines, root
 
 
@@ -57,7 +59,8 @@ def test_the_report_names_the_chosen_point(tuned):
     assert report["chosen"]["point"] == result.chosen.to_dict()
     assert report["chosen"]["settings"] == result.chosen_label
     assert len(report["points"]) == len(result.search.trials)
-    assert report["search_seconds"] <= 40 + 5  # the budget covers the search; small overrun
+    # The budget covers the search; a reload slower than foreseen may overrun it a little.
+    assert report["search_seconds"] <= BUDGET_S + 10
     assert report["moves_tried"] >= 1 and f"Tried {report['moves_tried']} move(s)" in \
         report["outcome"]
     assert "sample photos chelsea.jpg, coffee.jpg" in report["inputs"]

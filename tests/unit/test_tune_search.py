@@ -129,3 +129,30 @@ def test_the_result_counts_the_moves_and_says_why_it_stopped():
     out_of_time = hill_climb((0, 0), _grid_moves, _peak, Objective("throughput"),
                              time_left=lambda: False)
     assert out_of_time.moves_tried == [] and "time budget" in out_of_time.stopped
+
+
+def test_no_time_left_for_the_confirmation_keeps_the_start_without_overrunning():
+    measured = []
+
+    def evaluate(point):
+        measured.append(point)
+        return _peak(point)
+
+    result = hill_climb((0, 0), _grid_moves, evaluate, Objective("throughput"),
+                        time_left=lambda: len(measured) < 3, confirm_time_left=lambda: False)
+    assert measured == [(0, 0), (1, 0), (2, 0)]  # no point measured again
+    assert result.best.point == (0, 0) and result.best is result.trials[0]
+    assert "no time was left to measure the chosen point again" in result.stopped
+    assert "repository's own settings are kept" in result.stopped
+
+
+def test_without_time_to_confirm_an_unusable_start_gives_way_to_a_usable_point():
+    def evaluate(point):
+        x, _ = point
+        return _m(0.0) if x == 0 else _m(50.0 + x)  # the start answers nothing
+
+    result = hill_climb((0, 0), _grid_moves, evaluate, Objective("throughput"),
+                        time_left=lambda: True, confirm_time_left=lambda: False)
+    assert result.best.point != (0, 0) and result.best.measurement.items_per_s > 0
+    assert "kept unconfirmed, as the start was not usable" in result.stopped
+    assert not any(t.move.startswith("confirm:") for t in result.trials)

@@ -51,7 +51,10 @@ def fake_server(monkeypatch, time_left):
             return PointMeasurement(10.0 * min(point.concurrency, 8), 10.0, 20.0, 3, True,
                                     0.0, 0, 1.0)
 
-        def time_left(self):
+        def point_s(self):
+            return 1.0
+
+        def time_left(self, points=3):
             return time_left()
 
     monkeypatch.setattr(tuner, "ServedSession", FakeSession)

@@ -38,40 +38,69 @@ class PointEvaluator:
     ``deadline`` (a :func:`time.monotonic` time)."""
 
     def __init__(self, session: ServedSession, *, window_s: float, max_windows: int,
-                 max_point_s: float, deadline: float):
+                 max_point_s: float, deadline: float, reload_guess_s: float = 0.0):
         self.session = session
         self.window_s = window_s
         self.max_windows = max_windows
         self.max_point_s = max_point_s
         self.deadline = deadline
-        #: Seconds each point took, in order.
+        #: What a model reload is expected to take before one was timed (the server's
+        #: start-up, which loads every model, is the tuner's guess).
+        self.reload_guess_s = reload_guess_s
+        #: Seconds each point took, in order (its reload included).
         self.durations: List[float] = []
+        #: Seconds the reload of each point's changed models took (0: nothing changed).
+        self.reload_durations: List[float] = []
         #: Point -> ``reload_s`` and ``other_load_cores`` (the report's extra columns).
         self.extras: Dict[Point, dict] = {}
 
     def evaluate(self, point: Point) -> PointMeasurement:
         """Serve ``point``'s settings and measure them under steady load."""
-        began = time.monotonic()
+        began, reload_s = time.monotonic(), None
         try:
             reload_s = self.session.apply(point)
             with self.session.load(point.concurrency) as load:
-                load.window(self.window_s / 2)  # warm-up: the load settles, not counted
+                self._warm_up(load, point.concurrency)
                 other = machine.OtherLoad(self.session.server.pid)
                 result = measure(lambda: load.window(self.window_s), self.window_s,
                                  self.max_windows,
                                  min(self.deadline, time.monotonic() + self.max_point_s))
                 other_cores = other.cores()
         finally:
-            self.durations.append(time.monotonic() - began)
+            took = time.monotonic() - began
+            self.durations.append(took)
+            # A point whose models failed to load spent its time loading them.
+            self.reload_durations.append(took if reload_s is None else reload_s)
         self.extras[point] = {"reload_s": round(reload_s, 2),
                               "other_load_cores": _round(other_cores)}
         return result
 
-    def time_left(self) -> bool:
-        """Whether a point as long as the longest of the last three still fits, with the two
-        points of the final confirmation after it."""
-        needed = 3 * max(self.durations[-3:], default=self.window_s * 4)
-        return time.monotonic() + needed < self.deadline
+    def _warm_up(self, load, concurrency: int) -> None:
+        """Send load, not counted, for half a window and then until as many requests as are in
+        flight have been answered (a model's first requests after a (re)load can take many
+        windows; counted, they would measure the point at nearly nothing), for at most half
+        of ``max_point_s``."""
+        until = min(self.deadline, time.monotonic() + self.max_point_s / 2)
+        window = load.window(self.window_s / 2)
+        answered = window.requests + window.errors
+        while answered < concurrency and time.monotonic() < until:
+            window = load.window(min(self.window_s / 2, max(0.0, until - time.monotonic())))
+            answered += window.requests + window.errors
+
+    def point_s(self) -> float:
+        """The time the next point is expected to take: its measurement as long as the
+        longest of the last three, plus a reload as long as the longest of the last three
+        (before any was timed: :attr:`reload_guess_s`)."""
+        measured = [d - r for d, r in zip(self.durations, self.reload_durations)]
+        reloads = [r for r in self.reload_durations if r > 0]
+        return (max(measured[-3:], default=self.window_s * 4)
+                + max(reloads[-3:], default=self.reload_guess_s))
+
+    def time_left(self, points: int = 3) -> bool:
+        """Whether ``points`` more points of :meth:`point_s` still fit before the deadline:
+        3 (the default) for a move, which must leave room for the two points of the final
+        confirmation; 2 for the confirmation itself."""
+        return time.monotonic() + points * self.point_s() < self.deadline
 
 
 def progress_line(trial: Trial, pipeline: ServedPipeline, started: float,

@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 PHOTO_SIZES = ((500, 400), (480, 360), (640, 427), (400, 500))
 #: The shipped sample photos (:func:`towhee_rt.samples.path`) an image pipeline is tuned on.
 SAMPLE_PHOTOS = ("chelsea.jpg", "coffee.jpg")
-#: What a text pipeline is tuned on by default: sentences from 2 to about 90 words.
+#: What a text pipeline is tuned on by default: sentences from 2 to about 60 words.
 SAMPLE_SENTENCES = (
     "Hello world.",
     "A cat sleeps on the warm windowsill.",

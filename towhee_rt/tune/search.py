@@ -110,13 +110,18 @@ def hill_climb(start: P, moves: Callable[[P], Sequence[Tuple[str, P]]],
                evaluate: Callable[[P], PointMeasurement], objective: Objective,
                time_left: Callable[[], bool] = lambda: True,
                on_trial: Optional[Callable[[Trial], None]] = None,
-               confirm: bool = True) -> SearchResult:
+               confirm: bool = True,
+               confirm_time_left: Callable[[], bool] = lambda: True) -> SearchResult:
     """Climb from ``start``; ``moves(point)`` gives (description, neighbour) pairs in the order
     to try, ``evaluate(point)`` measures one (an exception marks it failed: its message is
     kept, the search goes on), ``time_left()`` says whether another point fits the budget.
     ``start`` is always measured. ``on_trial`` sees each trial once measured. With
     ``confirm``, a chosen point other than ``start`` is measured again beside ``start`` and
-    kept only if it still wins (see :func:`_confirm`); leave time for two more points."""
+    kept only if it still wins (see :func:`_confirm`); leave time for two more points.
+    ``confirm_time_left()`` says whether they still fit: when they do not (a point took
+    longer than foreseen), the start is kept rather than a point measured only once (the
+    time budget is not overrun to confirm it), unless the start was not feasible and the
+    chosen point is."""
     seen: Dict[P, Trial] = {}
     trials: List[Trial] = []
 
@@ -158,7 +163,17 @@ def hill_climb(start: P, moves: Callable[[P], Sequence[Tuple[str, P]]],
             stopped = ("converged: no move from the chosen point improved it beyond the noise"
                        if any(t.index > 0 for t in trials) else "there was no move to try")
     if confirm and best is not trials[0]:
-        best, verdict = _confirm(trials[0], best, run, objective, on_trial)
+        if confirm_time_left():
+            best, verdict = _confirm(trials[0], best, run, objective, on_trial)
+        elif objective.feasible(best.measurement) and not objective.feasible(
+                trials[0].measurement):
+            verdict = ("no time was left to measure the chosen point again beside the start; "
+                       "it is kept unconfirmed, as the start was not usable (failed requests, "
+                       "none answered, or p99 over the budget)")
+        else:
+            best, verdict = trials[0], ("no time was left to measure the chosen point again "
+                                        "beside the start, so the repository's own settings "
+                                        "are kept (raise the time budget)")
         stopped += f"; {verdict}"
     return SearchResult(trials, best, stopped)
 

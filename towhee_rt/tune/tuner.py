@@ -137,10 +137,19 @@ def _tune(repository, *, out, model, objective, p99_budget_ms, max_instances, co
                  f"budget); objective {objective}, search time budget {time_budget_s:g} s")
         evaluator = PointEvaluator(session, window_s=window_s, max_windows=max_windows,
                                    max_point_s=max_point_s,
-                                   deadline=search_started + time_budget_s)
+                                   deadline=search_started + time_budget_s,
+                                   reload_guess_s=session.startup_s)
+        foreseen = MIN_POINTS * evaluator.point_s()
+        if foreseen > time_budget_s:
+            progress(f"tune: warning: {name('time_budget_s')} {time_budget_s:g} s may be too "
+                     f"small here: with model reloads as long as this server's start-up "
+                     f"({session.startup_s:.1f} s), the start, one move and the confirmation "
+                     f"need about {foreseen:.0f} s; a move is only tried when it and the "
+                     "confirmation fit")
         result = hill_climb(start, space.moves, evaluator.evaluate, goal, evaluator.time_left,
                             lambda trial: progress(progress_line(trial, pipeline, started,
-                                                                 evaluator.extras)))
+                                                                 evaluator.extras)),
+                            confirm_time_left=lambda: evaluator.time_left(points=2))
         search_s = time.monotonic() - search_started
     finally:
         session.close()
@@ -297,8 +306,12 @@ def _why(result: SearchResult, goal: Objective) -> str:
         path = "no move was measured, so the repository's own settings were not compared"
     budget = (f" with p99 within {goal.p99_budget_ms:g} ms" if goal.p99_budget_ms else "")
     if not goal.feasible(best.measurement):
-        budget = (f"; no point tried kept p99 within {goal.p99_budget_ms:g} ms, this one came "
-                  "closest" if goal.p99_budget_ms else "; its requests failed")
+        m = best.measurement
+        budget = (f"; {m.errors} of its requests failed" if m.errors else
+                  "; hardly any request was answered within its windows (the machine or the "
+                  "server too slow for the window: raise --window)" if not m.items_per_s > 0
+                  else f"; no point tried kept p99 within {goal.p99_budget_ms:g} ms, this one "
+                  "came closest")
     return (f"best {goal.name} ({goal.value(best.measurement)}){budget}: {path} "
             f"(a move is kept when it gains more than max({goal.min_gain:.0%}, the points' "
             f"mean window spread)); stopped because {result.stopped}.")
