@@ -93,6 +93,12 @@ class StepTime:
         """Count one call that took ``ns``."""
         self.ns = int(ns if not self.ns else (1 - self.weight) * self.ns + self.weight * ns)
 
+    def decay(self) -> None:
+        """Lower the estimate after a call that computed nothing (every request dropped):
+        an estimate inflated by one slow call must not drop every request for good, since a
+        call that computes nothing measures nothing."""
+        self.ns = int((1 - self.weight) * self.ns)
+
 
 def deadline_column(deadline: int, count: int) -> np.ndarray:
     """The ``towhee_deadline`` tensor of a response of ``count`` items: ``[count, 1]`` int64."""

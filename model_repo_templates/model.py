@@ -133,12 +133,13 @@ class TritonPythonModel:
             plans.append(_Plan(None, list(range(len(items), len(items) + len(mine))), refused,
                                deadline, wants_deadline))
             items.extend(rows[k] for k in mine)
+        computed = bool(items)
         if self.merge_requests:
             results = process_items(self.op, items)
             if items:
                 self.step_time.add(now_ns() - now)
         else:  # one request after the other: each checks its deadline when its turn comes
-            results = [None] * len(items)
+            results, computed = [None] * len(items), False
             for index, plan in enumerate(plans):
                 if plan.error or not plan.positions:
                     continue
@@ -150,10 +151,13 @@ class TritonPythonModel:
                 first, last = plan.positions[0], plan.positions[-1] + 1
                 results[first:last] = process_items(self.op, items[first:last])
                 self.step_time.add(now_ns() - started)
+                computed = True
         expired = sum(1 for plan in plans if plan.error and plan.deadline
                       and plan.error[1] == pb_utils.TritonError.UNAVAILABLE)
         if expired:
             self.drops.add(expired, self.instance)
+            if not computed:
+                self.step_time.decay()
         responses = [self._respond(plan, results) for plan in plans]
         if received > _TRIM_AFTER_BYTES:
             _release_free_memory()
@@ -320,8 +324,9 @@ class _DropCount:
             since = "" if self.reported_at is None else " in the last %.0f s" % (
                 now - self.reported_at)
             pb_utils.Logger.log_warn(
-                "%s: %d requests dropped past their deadline%s, not computed (%d since start); "
-                "their callers had given up: raise the clients' timeout or add capacity"
+                "%s: %d requests dropped past their deadline%s, not computed (%d since start): "
+                "their time had run out, or would have before this step finished them; raise "
+                "the clients' timeout or add capacity"
                 % (instance, self.unreported, since, self.total))
             self.unreported, self.reported_at = 0, now
 

@@ -36,6 +36,8 @@ def test_a_step_time_follows_its_calls():
     assert step.ns == 100
     step.add(300)
     assert step.ns == 200
+    step.decay()  # a call that computed nothing: the estimate comes down, so work resumes
+    assert step.ns == 100
 
 
 def test_the_message_names_the_operator_and_reads_as_a_timeout_to_clients():
