@@ -30,6 +30,8 @@ def module_files(roots: Dict[str, Path]) -> Dict[str, Path]:
     for package, folder in roots.items():
         for path in folder.rglob("*.py"):
             parts = list(path.relative_to(folder).with_suffix("").parts)
+            if any(part.startswith(".") for part in parts):
+                continue  # e.g. bench/.venv-infinity: a peer's own venv, not project source
             if parts[-1] == "__init__":
                 parts.pop()
             modules[".".join([package] + parts)] = path
