@@ -200,10 +200,12 @@ class Sampler:
 
     def cpu_between(self, t0: int, t1: int) -> Dict[str, float]:
         """Cores used over [t0, t1] (monotonic ns): machine, each of ours, foreign."""
+        # The samples inside, and the nearest on either side: a sampler slowed down by a
+        # loaded machine may have none inside a short interval.
         inside = [s for s in self.samples if t0 <= s[0] <= t1]
         before = [s for s in self.samples if s[0] < t0]
-        if before:
-            inside = [before[-1]] + inside
+        after = [s for s in self.samples if s[0] > t1]
+        inside = before[-1:] + inside + after[:1]
         if len(inside) < 2:
             return {}
         a, b = inside[0], inside[-1]
@@ -551,7 +553,10 @@ def run_server(configs: Sequence[RunConfig], args, workdir: Path) -> List[Dict[s
     extra = []
     if args.trace:
         extra += [f"--trace-config=triton,file={trace_file}", "--trace-config=level=TIMESTAMPS",
-                  "--trace-config=rate=1", "--trace-config=count=-1"]
+                  "--trace-config=rate=1", "--trace-config=count=-1",
+                  # flushed every 20 traces (trace.json.0, .1, ...): a stop cut short loses
+                  # only the tail
+                  "--trace-config=log-frequency=20"]
     payloads = items(first.pipeline)
     results = []
     admin_key = "stalls-bench-admin"
@@ -664,12 +669,17 @@ def group_by_server(configs: Sequence[RunConfig]) -> List[List[RunConfig]]:
 def write_report(results: List[Dict[str, Any]], args, out: Path,
                  failures: Sequence[Dict[str, str]] = ()) -> None:
     """``out``.json (everything, timelines included) and ``out``.md (tables and excerpts)."""
-    info = machine_info()
-    doc = {"machine": info, "args": {k: v for k, v in vars(args).items() if k != "func"},
-           "gap_s": args.gap, "runs": results, "failed_servers": list(failures)}
+    if args.report_from:
+        doc = json.loads(Path(args.report_from).read_text())
+        info, command = doc["machine"], doc.get("command", "")
+    else:
+        info, command = machine_info(), " ".join(sys.argv[1:])
+        doc = {"machine": info, "command": command,
+               "args": {k: v for k, v in vars(args).items() if k != "func"},
+               "gap_s": args.gap, "runs": results, "failed_servers": list(failures)}
     out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
     lines = [f"# Stalls under steady load ({info['date']})", "",
-             f"`python -m bench.stalls {' '.join(sys.argv[1:])}`; {info['cpu']}, "
+             f"`python -m bench.stalls {command}`; {info['cpu']}, "
              f"{info['cores']} cores; a stall: no completion for > {args.gap * 1000:.0f} ms "
              "with requests in flight. CPU in cores (machine / ours by process / foreign).", "",
              "| run | items/s | p50 ms | p99 ms | max ms | p99/p50 | >1 s | stalls "
@@ -694,7 +704,13 @@ def write_report(results: List[Dict[str, Any]], args, out: Path,
                      f"{r['shm_mib_after']}")
         for model, st in r["stats"].items():
             lines.append(f"- `{model}`: {st}")
-        for st in r["stalls"][:5]:
+        kinds: Dict[str, int] = {}
+        for st in r["stalls"]:
+            kinds[st["kind"]] = kinds.get(st["kind"], 0) + 1
+        lines.append(f"Stalls: {len(r['stalls'])} {kinds or ''}; the longest "
+                     f"{min(3, len(r['stalls']))} (all in the JSON):")
+        shown_dump = False
+        for st in sorted(r["stalls"], key=lambda st: -st["ms"])[:3]:
             t0 = r["t0_ns"]
             lines.append(f"- stall at {(st['start_ns'] - t0) / 1e6:.0f} ms for {st['ms']} ms, "
                          f"{st['in_flight']} in flight (their latencies "
@@ -702,12 +718,15 @@ def write_report(results: List[Dict[str, Any]], args, out: Path,
             for d in st.get("dumps", [])[:1]:
                 lines.append(f"  - watchdog at +{d['since_last_completion_ms']} ms: threads "
                              f"{d['threads']}, loadavg {d['loadavg']}")
+                if shown_dump:
+                    continue
+                shown_dump = True
                 for label, text in list(d["py_spy"].items())[:3]:
-                    body = "\n".join("    " + ln for ln in text.strip().splitlines()[:14])
+                    body = "\n".join("    " + ln for ln in text.strip().splitlines()[3:12])
                     lines.append(f"  - py-spy {label}:\n\n```\n{body}\n```")
             for g in st.get("gc", [])[:6]:
                 lines.append(f"  - stub GC: {g}")
-            for tl in st.get("trace", [])[:8]:
+            for tl in st.get("trace", [])[:6]:
                 lines.append(f"  - trace: {tl}")
         lines.append("")
     if args.notes and Path(args.notes).exists():
@@ -739,7 +758,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--out", default=str(RESULTS_DIR / "stalls"))
     ap.add_argument("--notes", default=str(RESULTS_DIR / "stalls.findings.md"),
                     help="markdown appended to the report as its findings")
+    ap.add_argument("--report-from", default=None,
+                    help="write --out's report again from a JSON this script wrote (e.g. after "
+                         "editing the findings), without running anything")
     args = ap.parse_args(argv)
+    if args.report_from:
+        doc = json.loads(Path(args.report_from).read_text())
+        args.gap = doc.get("gap_s", args.gap)
+        write_report(doc["runs"], args, Path(args.out), doc.get("failed_servers", []))
+        print(f"wrote {args.out}.md / .json")
+        return 0
     if args.duration > 600 or args.duration <= 0:
         ap.error("--duration must be in (0, 600] seconds")
     if not Path(args.pyspy).exists():
