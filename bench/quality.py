@@ -395,8 +395,11 @@ def markdown(results: Dict[str, Any]) -> str:
                      f"{_f(row, 'imagenet_top1_agreement')} | "
                      f"{_f(row, 'calibration_min_cosine')} | {gate} | {speed} | {ratio} |")
     if skipped:
-        lines += ["", f"Not applicable to this CNN (no MatMul/Gemm weights): "
-                      f"{', '.join(skipped)}."]
+        lines += ["", "Not applicable to this CNN: " + "; ".join(
+            f"{label} ({img['rows'][label]['not_applicable']})" for label in skipped) + "."]
+    lines += ["", "Speed columns: each file measured for about 4 s in turn while other jobs "
+              "shared the 2 cores, so ratios across rows are rough; docs/formats.md has "
+              "interleaved figures."]
     for row in img["rows"].values():
         if row.get("gate_choice"):
             lines += ["", f"Gate's choice: `{row['gate_choice']}`"]

@@ -166,8 +166,8 @@ def _quantize_static(source: Path, target: Path, calibration: Sequence[ModelBatc
 
     On EfficientNet-Lite0's ImageNet weights (issue 20; the 12 test photos, min cosine to fp32)
     uint8 activations reach 0.870 with the 'same'-padding arithmetic quantized and 0.972 without;
-    symmetric int8 activations 0.977 but run at half the speed (one thread: 113 vs 55 img/s,
-    fp32 35). ORT's Entropy/Percentile calibration, CalibMovingAverage, reduce_range, mirrored
+    symmetric int8 activations 0.977 but run at half the speed (one thread, batch 8,
+    interleaved, other load on the 2 cores: 74 vs 39 img/s, fp32 42). ORT's Entropy/Percentile calibration, CalibMovingAverage, reduce_range, mirrored
     copies of the calibration images and excluding whole groups (first/last, depthwise Convs)
     were not better (bench/results/quality.md, docs/formats.md)."""
     import onnx
