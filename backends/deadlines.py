@@ -35,6 +35,9 @@ NO_DEADLINE = 0
 #: for its deadline says them too, so that clients treat both alike (towhee_rt's client:
 #: a deadline answer, not an error of the items).
 TRITON_TIMEOUT_WORDS = "Request timeout expired"
+#: What every deadline drop says after the operator's name; clients read it as "the caller's
+#: time is up" (not "busy": another replica cannot finish it in time either).
+DEADLINE_WORDS = "deadline exceeded"
 
 
 def now_ns() -> int:
@@ -78,8 +81,8 @@ def expired_message(operator: str, overdue: float, expected_ms: float = 0.0) -> 
     else:
         why = ("the request had %.0f ms left, less than this step takes (about %.0f ms)"
                % (-overdue, expected_ms))
-    return ("operator %s: deadline exceeded: %s, so it was not computed (%s; raise the client's "
-            "timeout= or lower the load)" % (operator, why, TRITON_TIMEOUT_WORDS))
+    return ("operator %s: %s: %s, so it was not computed (%s; raise the client's "
+            "timeout= or lower the load)" % (operator, DEADLINE_WORDS, why, TRITON_TIMEOUT_WORDS))
 
 
 class StepTime:

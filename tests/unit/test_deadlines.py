@@ -41,13 +41,14 @@ def test_a_step_time_follows_its_calls():
 
 
 def test_the_message_names_the_operator_and_reads_as_a_timeout_to_clients():
-    from towhee_rt.client.failures import BUSY, classify_error
+    from towhee_rt.client.failures import TIMEOUT, classify_error
 
     message = d.expired_message("image_embedding.timm", 12.3)
     assert message.startswith("operator image_embedding.timm: deadline exceeded")
     assert "12 ms" in message
     early = d.expired_message("image_embedding.timm", -4.0, 30.0)
     assert "had 4 ms left, less than this step takes (about 30 ms)" in early
-    # Triton's own words for a queue timeout: the client reads it as the deadline (not a
-    # failure of the items), exactly as it reads Triton's rejection.
-    assert classify_error(RuntimeError(message)) == BUSY
+    # The client reads it as its own deadline (not a failure of the items, and not "busy":
+    # another replica could not finish it in time either), for both kinds of drop.
+    assert classify_error(RuntimeError(message)) == TIMEOUT
+    assert classify_error(RuntimeError(early)) == TIMEOUT

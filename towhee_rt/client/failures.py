@@ -11,6 +11,7 @@ import errno
 import re
 from typing import Optional
 
+from ..backends.deadlines import DEADLINE_WORDS
 from ..errors import ClientError, DeadlineExceededError, ItemError, ServerBusyError
 from ..triton.flags import API_KEY_HEADER, GRPC_HEADER_PREFIX
 
@@ -40,7 +41,8 @@ def classify_error(exc: BaseException) -> str:
     :data:`BUSY`: a model's queue policy turned the request away: queue full, or the request
     waited past its queue timeout (gRPC UNAVAILABLE / HTTP 503 with Triton's words).
     :data:`TIMEOUT`: no answer within the client's deadline (gRPC DEADLINE_EXCEEDED, a socket
-    timeout over HTTP). :data:`UNAVAILABLE`: the server cannot be reached or the connection was
+    timeout over HTTP), or a step dropped the request because the time the client gave it is
+    up or too short for the step (``backends/deadlines.py``: sending it again cannot help). :data:`UNAVAILABLE`: the server cannot be reached or the connection was
     lost (any other gRPC UNAVAILABLE or HTTP 503, refused/reset/closed connections), or the
     model is being reloaded after its stub died.
     :data:`OTHER`: anything else, e.g. the items' own failures or an invalid request.
@@ -49,6 +51,8 @@ def classify_error(exc: BaseException) -> str:
     status = _status(exc)
     if _RESTRICTED.search(text):
         return REFUSED
+    if DEADLINE_WORDS in text:
+        return TIMEOUT
     if _QUEUE_FULL in text or _QUEUE_TIMEOUT in text:
         return BUSY
     if status == "StatusCode.DEADLINE_EXCEEDED" or isinstance(exc, TimeoutError):
