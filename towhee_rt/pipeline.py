@@ -173,13 +173,24 @@ class Pipeline:
         ``'package'``, ``'local-dir'``, ``'checkpoint'``, ``'random'``), the ``file`` a
         repository ships with its ``sha256``, the ``format`` and the ``preprocess`` config. The
         same entry is in each model's ``config.pbtxt`` (``towhee_params``' ``lock``) and the repository's
-        README.
+        README. Where a lossy format (``onnx_int8``) was tried, ``accuracy_gate`` says the
+        gate's verdict: its figures when it passed, ``'onnx_int8 REFUSED by the accuracy
+        gate: ...'`` when it served another format instead (not part of the lock: it does not
+        change the fingerprint).
 
         >>> pipe.model_card()['1:image_embedding.timm']['revision']   # doctest: +SKIP
         'a1b2c3...'
         """
-        return {f"{s.index}:{s.name}": json.loads(json.dumps(s.params["lock"]))
-                for s in self.build().steps if s.format and s.params.get("lock")}
+        card = {}
+        for step in self.build().steps:
+            if not (step.format and step.params.get("lock")):
+                continue
+            entry = json.loads(json.dumps(step.params["lock"]))
+            verdict = step.format.refusal() or step.format.gate
+            if verdict:
+                entry["accuracy_gate"] = verdict
+            card[f"{step.index}:{step.name}"] = entry
+        return card
 
     @property
     def fingerprint(self) -> str:

@@ -1,6 +1,7 @@
 """The accuracy gate (issue 20): the neighbour metric, the option's validation, real-weight
 verdicts (a good int8 recipe passes, a degraded one is refused) and a loud refusal."""
 import argparse
+import importlib.util
 import json
 
 import numpy as np
@@ -178,6 +179,12 @@ def test_a_refusal_is_loud_in_the_summary_the_cli_and_the_readme(good_dir, tmp_p
     model = tmp_path / "repo" / "pipeline_1_image_embedding_timm" / "config.pbtxt"
     params = json.loads(tc.read_parameters(tc.parse_pbtxt(model.read_text()))["towhee_params"])
     assert params["format"] == "onnx"
+    spec = importlib.util.spec_from_file_location("pipes_for_card", module)
+    pipes = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pipes)
+    card = pipes.pipe.model_card()["1:image_embedding.timm"]
+    assert card["format"] == "onnx"
+    assert card["accuracy_gate"].startswith("onnx_int8 REFUSED by the accuracy gate")
 
 
 @needs_lite0
@@ -194,6 +201,8 @@ def test_real_weights_pipeline_with_the_neighbour_gate_serves_int8_and_says_why(
     choice = pipe.format_choice(1)
     assert choice.format == "onnx_int8" and choice.refusal() is None
     assert "accuracy gate passed: top-5 neighbour agreement with fp32" in choice.summary()
+    assert "passed: top-5 neighbour agreement" in \
+        pipe.model_card()["1:image_embedding.timm"]["accuracy_gate"]
     repo = towhee.build_model_repo(pipe, tmp_path / "repo")
     assert "accuracy gate passed: top-5 neighbour agreement" in \
         (repo.path / "README.md").read_text()
