@@ -13,8 +13,8 @@ Each stall is printed with what was going on:
 * thread states of tritonserver and the stubs, and ``py-spy dump`` of every stub, taken by a
   watchdog as soon as no completion has arrived for ``--gap`` seconds (py-spy: optional,
   ``pip install py-spy``).
-* with ``--trace``: Triton's trace (``--trace-config level=TIMESTAMPS``) of the requests in flight
-  during the stall, per step: queue, compute start/end.
+* Triton's trace (``--trace-config level=TIMESTAMPS``; off with ``--no-trace``) of the
+  requests in flight during the stall, per step: queue, compute start/end.
 
 Triton's statistics (queue vs compute ns per model) are read before and after each run.
 
@@ -466,16 +466,23 @@ class RunConfig:
     #: "default", or "freeze": an experiment patched into the repository's model.py copies
     #: (gc.collect() + gc.freeze() after initialize), see :func:`patch_stubs`.
     stub_gc: str = "default"
+    #: An experiment: the model step's dynamic batcher gets ``preferred_batch_size: N`` (written
+    #: into the temporary repository's config.pbtxt), so an instance that frees up takes N
+    #: queued requests instead of all of them. None: as built.
+    preferred_batch: Optional[int] = None
 
     @property
     def server_key(self):
-        return (self.pipeline, self.dynamic_batching, self.min_side, self.stub_gc)
+        return (self.pipeline, self.dynamic_batching, self.min_side, self.stub_gc,
+                self.preferred_batch)
 
     def label(self) -> str:
         return (f"{self.pipeline} {self.protocol} {self.concurrency} in flight, "
                 f"batching {'on' if self.dynamic_batching else 'off'}"
                 + (f", min_side={self.min_side}" if self.min_side else "")
-                + (f", stub gc={self.stub_gc}" if self.stub_gc != "default" else ""))
+                + (f", stub gc={self.stub_gc}" if self.stub_gc != "default" else "")
+                + (f", model step preferred_batch_size={self.preferred_batch}"
+                   if self.preferred_batch else ""))
 
 
 #: Appended to each model.py copy of the (temporary) repository: every collection of generation
@@ -528,6 +535,20 @@ def patch_stubs(repo: Path, stub_gc: str) -> None:
         model_py.write_text(text)
 
 
+def patch_preferred_batch(repo: Path, size: int) -> str:
+    """Give the last step's dynamic batcher ``preferred_batch_size: size`` in the temporary
+    repository ``repo`` (an experiment); returns the model patched."""
+    configs = sorted(p for p in repo.glob("*/config.pbtxt") if "ensemble_scheduling"
+                     not in p.read_text())
+    target = configs[-1]  # steps are named <pipeline>_<index>_...: the last is the model
+    text = target.read_text()
+    if "dynamic_batching {" not in text:
+        raise RuntimeError(f"{target}: no dynamic_batching block to patch")
+    target.write_text(text.replace("dynamic_batching {",
+                                   f"dynamic_batching {{\n  preferred_batch_size: {size}", 1))
+    return target.parent.name
+
+
 def read_gc_log(path: Path) -> List[Tuple[int, int, float, int, int]]:
     """(pid, start_ns, ms, generation, collected) of each logged collection."""
     out = []
@@ -549,6 +570,8 @@ def run_server(configs: Sequence[RunConfig], args, workdir: Path) -> List[Dict[s
     repo = towhee.build_model_repo(pipe, workdir / "repo", overwrite=True)
     gc_log = workdir / "gc.log"
     patch_stubs(Path(repo.path), first.stub_gc)
+    if first.preferred_batch:
+        patch_preferred_batch(Path(repo.path), first.preferred_batch)
     trace_file = workdir / "trace.json"
     extra = []
     if args.trace:
@@ -637,6 +660,8 @@ def _line(res: Dict[str, Any]) -> str:
 #: What ``--compare`` runs each point under: the stubs' garbage collection as it is, and
 #: frozen after the model loads (an experiment patched into the repository's copies).
 VARIANTS = {"none": ("default",), "gc": ("default", "freeze")}
+#: ``--compare batch``: each point as built, and with the model step's preferred batch size 1.
+BATCH_VARIANTS = (None, 1)
 
 
 def matrix_configs(variants: Sequence[str]) -> List[RunConfig]:
@@ -649,13 +674,14 @@ def matrix_configs(variants: Sequence[str]) -> List[RunConfig]:
 
 def target_configs(pipelines: Sequence[str], variants: Sequence[str],
                    concurrency: Sequence[int] = (), protocols: Sequence[str] = ("grpc",),
-                   batching: Sequence[bool] = (False,)) -> List[RunConfig]:
+                   batching: Sequence[bool] = (False,),
+                   preferred: Sequence[Optional[int]] = (None,)) -> List[RunConfig]:
     """Each pipeline at its throughput point (or at each of ``concurrency``), gRPC unless
     ``protocols`` says otherwise, with the defaults (dynamic batching off) unless ``batching``
     says otherwise."""
-    return [RunConfig(p, n, proto, b, stub_gc=g)
-            for p in pipelines for g in variants for b in batching for proto in protocols
-            for n in (concurrency or (THROUGHPUT_POINT[p],))]
+    return [RunConfig(p, n, proto, b, stub_gc=g, preferred_batch=pb)
+            for p in pipelines for g in variants for pb in preferred for b in batching
+            for proto in protocols for n in (concurrency or (THROUGHPUT_POINT[p],))]
 
 
 def group_by_server(configs: Sequence[RunConfig]) -> List[List[RunConfig]]:
@@ -677,21 +703,22 @@ def write_report(results: List[Dict[str, Any]], args, out: Path,
         doc = {"machine": info, "command": command,
                "args": {k: v for k, v in vars(args).items() if k != "func"},
                "gap_s": args.gap, "runs": results, "failed_servers": list(failures)}
-    out.with_suffix(".json").write_text(json.dumps(doc, indent=1, default=str))
+    Path(f"{out}.json").write_text(json.dumps(doc, indent=1, default=str))
     lines = [f"# Stalls under steady load ({info['date']})", "",
              f"`python -m bench.stalls {command}`; {info['cpu']}, "
              f"{info['cores']} cores; a stall: no completion for > {args.gap * 1000:.0f} ms "
              "with requests in flight. CPU in cores (machine / ours by process / foreign).", "",
              "| run | items/s | p50 ms | p99 ms | max ms | p99/p50 | >1 s | stalls "
-             "(real / starved) | stub gen-2 GCs (max ms) | loadavg |",
+             "(real / starved / busy) | stub gen-2 GCs (max ms) | loadavg |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         s = r["summary"]
         real = sum(1 for st in r["stalls"] if st["kind"].startswith("real"))
         starved = sum(1 for st in r["stalls"] if st["kind"].startswith("CPU"))
+        busy = sum(1 for st in r["stalls"] if st["kind"].startswith("busy"))
         lines.append(f"| {r['label']} | {s['items_per_s']} | {s['p50_ms']} | {s['p99_ms']} | "
                      f"{s['max_ms']} | {s['p99_over_p50']} | {s['over_1s']} | "
-                     f"{len(r['stalls'])} ({real} / {starved}) | {r['gc']['gen2_count']} "
+                     f"{len(r['stalls'])} ({real} / {starved} / {busy}) | {r['gc']['gen2_count']} "
                      f"({r['gc']['gen2_max_ms']}) | {r['loadavg_before']} |")
     for f in failures:
         lines.append(f"| {f['label']} | server failed: {f['error'][:300]} |")
@@ -731,7 +758,7 @@ def write_report(results: List[Dict[str, Any]], args, out: Path,
         lines.append("")
     if args.notes and Path(args.notes).exists():
         lines += ["## Findings", "", Path(args.notes).read_text()]
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    Path(f"{out}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -749,10 +776,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                          "point)")
     ap.add_argument("--protocols", default="grpc", help="grpc, http or grpc,http")
     ap.add_argument("--batching", default="off", help="dynamic batching: off, on or off,on")
-    ap.add_argument("--compare", choices=sorted(VARIANTS), default="none",
+    ap.add_argument("--compare", choices=sorted(VARIANTS) + ["batch"], default="none",
                     help="gc: each point with the stubs' garbage collection as it is and frozen "
-                         "after the model loads (patched into the temporary repository)")
-    ap.add_argument("--trace", action="store_true", help="Triton trace (TIMESTAMPS, every request)")
+                         "after the model loads; batch: as built and with the model step's "
+                         "preferred_batch_size 1 (both patched into the temporary repository)")
+    ap.add_argument("--trace", action=argparse.BooleanOptionalAction, default=True,
+                    help="Triton's trace of every request (level TIMESTAMPS); on by default")
     ap.add_argument("--pyspy", default=shutil.which("py-spy") or
                     str(Path(sys.executable).parent / "py-spy"))
     ap.add_argument("--out", default=str(RESULTS_DIR / "stalls"))
@@ -773,12 +802,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not Path(args.pyspy).exists():
         print("py-spy not found: stalls are reported without stack dumps", file=sys.stderr)
         args.pyspy = None
-    variants = VARIANTS[args.compare]
+    variants = VARIANTS.get(args.compare, VARIANTS["none"])
+    preferred = BATCH_VARIANTS if args.compare == "batch" else (None,)
     configs = (matrix_configs(variants) if args.matrix else
                target_configs([p for p in args.pipelines.split(",") if p], variants,
                               [int(n) for n in args.concurrency.split(",") if n],
                               [p for p in args.protocols.split(",") if p],
-                              [b == "on" for b in args.batching.split(",") if b]))
+                              [b == "on" for b in args.batching.split(",") if b], preferred))
     results: List[Dict[str, Any]] = []
     failures: List[Dict[str, str]] = []
     for group in group_by_server(configs):

@@ -90,3 +90,19 @@ def test_gc_patch_logs_full_collections_and_freezes(tmp_path, monkeypatch):
         gc.callbacks[:] = [cb for cb in gc.callbacks
                            if getattr(cb, "__name__", "") != "_stalls_gc_callback"]
         gc.unfreeze()
+
+
+def test_preferred_batch_patch_touches_the_model_step_only(tmp_path):
+    """The batching experiment writes preferred_batch_size into the last step's batcher, and
+    leaves the ensemble and the other steps as they were."""
+    steps = {"pipeline": "ensemble_scheduling {\n}\n",
+             "pipeline_0_decode": "dynamic_batching {\n  max_queue_size: 64\n}\n",
+             "pipeline_1_embed": "dynamic_batching {\n  max_queue_size: 64\n}\n"}
+    for name, text in steps.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text(text)
+    assert stalls.patch_preferred_batch(tmp_path, 1) == "pipeline_1_embed"
+    assert (tmp_path / "pipeline_1_embed" / "config.pbtxt").read_text() == \
+        "dynamic_batching {\n  preferred_batch_size: 1\n  max_queue_size: 64\n}\n"
+    for name in ("pipeline", "pipeline_0_decode"):
+        assert (tmp_path / name / "config.pbtxt").read_text() == steps[name]
