@@ -108,3 +108,19 @@ def test_remote_uses_the_recorded_concurrency_unless_told_otherwise(server):
     # 4 in flight: each request waits for ~3 others (~0.3 s); one at a time: none waits.
     assert told_four > 4 * SLOW_S > 4 * recorded_one
     assert untuned > 4 * SLOW_S
+
+
+@pytest.mark.timeout(60)
+def test_the_openai_gateway_keeps_the_recorded_concurrency_unless_told_otherwise(server):
+    from towhee_rt.gateway.backend import PipelineBackend
+
+    def concurrency_of(model_name, **kwargs):
+        backend = PipelineBackend(server.grpc_url, model_name, input_kind="text", **kwargs)
+        try:
+            return backend.concurrency
+        finally:
+            backend.close()
+
+    assert concurrency_of("tuned2") == 2
+    assert concurrency_of("tuned2", concurrency=3) == 3
+    assert concurrency_of("pipeline") == DEFAULT_CONCURRENCY

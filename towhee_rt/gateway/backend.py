@@ -19,12 +19,14 @@ class PipelineBackend:
 
     ``api_key`` is sent to Triton (the server's inference key); ``timeout`` bounds each request
     to Triton, retries included; ``concurrency`` is the number of requests one call keeps in
-    flight when its items need several. ``input_kind`` overrides what the model's config says
+    flight when its items need several (``None``: the client's, i.e. what ``towhee-rt tune``
+    recorded in the served pipeline, else 4). ``input_kind`` overrides what the model's config says
     (``'text'``, ``'image'``): repositories built before towhee_rt recorded it say nothing.
     """
 
     def __init__(self, grpc_url: str, model_name: str = "pipeline", *,
-                 api_key: Optional[str] = None, timeout: float = 60.0, concurrency: int = 4,
+                 api_key: Optional[str] = None, timeout: float = 60.0,
+                 concurrency: Optional[int] = None,
                  input_kind: Optional[str] = None, client: Any = None):
         if client is None:
             from ..client import Client
@@ -33,8 +35,8 @@ class PipelineBackend:
                             api_key=api_key)
         self.client = client
         self.model_name = model_name
-        self.concurrency = concurrency
-        served = client.served
+        served = client.served  # reads the model: the client's concurrency is known after it
+        self.concurrency: int = concurrency or client.concurrency
         self.input_kind = input_kind or served.kind
         if self.input_kind is None:
             raise ConfigError(

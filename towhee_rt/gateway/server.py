@@ -113,7 +113,7 @@ class Gateway:
 
 def start_gateway(grpc_url: str, *, model_name: str = "pipeline", host: str = "127.0.0.1",
                   port: int = 0, api_key: Optional[str] = None, timeout: float = 60.0,
-                  concurrency: int = 4, max_items: int = DEFAULT_MAX_ITEMS,
+                  concurrency: Optional[int] = None, max_items: int = DEFAULT_MAX_ITEMS,
                   max_body_bytes: Optional[int] = None,
                   max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS,
                   token_counter: Optional[TokenCounter] = None,
@@ -136,7 +136,8 @@ def start_gateway(grpc_url: str, *, model_name: str = "pipeline", host: str = "1
     read it from ``.port``). ``api_key``: the server's key: clients must send it as
     ``Authorization: Bearer <key>``, and it is sent to Triton as its inference key.
     ``timeout``: seconds each request to Triton may take, retries included (504 after it).
-    ``concurrency``: requests to Triton one large embeddings request keeps in flight.
+    ``concurrency``: requests to Triton one large embeddings request keeps in flight (default:
+    what ``towhee-rt tune`` recorded in the served pipeline, else 4).
     ``max_items``: inputs per embeddings request (2048, as OpenAI). ``max_body_bytes``: the
     largest body (default: the pipeline's ``max_request_bytes``). ``max_concurrent_requests``:
     embeddings requests answered at once (429 above). ``token_counter``: counts ``usage``
@@ -152,6 +153,8 @@ def start_gateway(grpc_url: str, *, model_name: str = "pipeline", host: str = "1
         raise ConfigError(f"port must be an integer in 0..65535 (0: a free port), got {port!r}")
     for name, value in (("concurrency", concurrency), ("max_items", max_items),
                         ("max_concurrent_requests", max_concurrent_requests)):
+        if name == "concurrency" and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{name} must be a positive integer, got {value!r}")
     require("starlette")
