@@ -92,6 +92,9 @@ def test_every_model_has_a_bounded_queue_and_merges_requests_only_when_batching(
         assert (policy.max_queue_size, policy.default_timeout_microseconds) == (64, 5_000_000)
         assert policy.allow_timeout_override and policy.timeout_action == policy.REJECT
         assert tc.read_parameters(config)["towhee_merge_requests"] == merge
+        # Not merging: one request per execution, so its answer is not held for the others'.
+        assert list(config.dynamic_batching.preferred_batch_size) == \
+            ([1] if merge == "no" else [4, 8])
     decode = dataclasses.replace(DECODE, config=OpConfig(max_queue_size=3,
                                                          queue_timeout_ms=250))
     policy = tc.operator_model_config(decode).dynamic_batching.default_queue_policy

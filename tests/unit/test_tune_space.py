@@ -80,6 +80,8 @@ def test_a_point_is_written_into_the_configs_and_reads_back(configs):
     assert embed.dynamic_batching.default_queue_policy.max_queue_size == 64  # queue kept
     decode = tc.read_parameters(written[DECODE_NAME])
     assert decode["towhee_merge_requests"] == "yes"
+    # Batching turned on: the not-merging size 1 does not stay (it would stop every batch).
+    assert list(written[DECODE_NAME].dynamic_batching.preferred_batch_size) == []
     assert written["pipeline"].max_batch_size == 8  # <= every step's, as Triton requires
 
 
@@ -91,7 +93,7 @@ def test_batching_off_and_automatic_threads_are_written_as_the_builder_does(conf
     embed = written[EMBED_NAME]
     assert tc.read_parameters(embed)["towhee_merge_requests"] == "no"
     assert embed.dynamic_batching.max_queue_delay_microseconds == 0
-    assert list(embed.dynamic_batching.preferred_batch_size) == []
+    assert list(embed.dynamic_batching.preferred_batch_size) == [1]  # one request per execution
     assert "num_threads" not in json.loads(tc.read_parameters(embed)["towhee_params"])
     # What the builder writes for the same settings (instance_count 2, no dynamic batching).
     built = tc.operator_model_config(dataclasses.replace(EMBED, config=OpConfig(instance_count=2)))

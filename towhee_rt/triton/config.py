@@ -195,8 +195,12 @@ def set_batching(config: pb.ModelConfig, max_batch_size: int,
                  batching: Optional[DynamicBatching]) -> None:
     """Write an operator model's batching: ``max_batch_size``, and with ``batching`` the
     scheduler's queue delay and preferred sizes plus ``towhee_merge_requests`` "yes" (the
-    requests handed over together run as one operator batch); without, no delay, no preferred
-    sizes and "no" (they run one after the other). The builder and the tuner both write it."""
+    requests handed over together run as one operator batch); without, no delay, preferred
+    size 1 and "no": each execution gets one request, so each answer leaves as soon as it is
+    computed. (Handing a free instance every queued request, as Triton does without a
+    preferred size, ran them one after the other and sent all the answers together at the end:
+    requests finished in clusters 0.5 s apart, bench/results/stalls.batch.md.) The builder and
+    the tuner both write it."""
     config.max_batch_size = max_batch_size
     scheduler = config.dynamic_batching
     del scheduler.preferred_batch_size[:]
@@ -205,6 +209,8 @@ def set_batching(config: pb.ModelConfig, max_batch_size: int,
         scheduler.preferred_batch_size.extend(batching.preferred_batch_size)
     else:
         scheduler.max_queue_delay_microseconds = 0
+        if max_batch_size > 0:
+            scheduler.preferred_batch_size.append(1)
     config.parameters[PARAM_MERGE_REQUESTS].string_value = "yes" if batching else "no"
 
 

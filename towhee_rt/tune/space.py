@@ -200,8 +200,11 @@ def _write_step(config: pb.ModelConfig, settings: StepSettings) -> None:
     else:
         params["num_threads"] = settings.threads
     config.parameters[PARAM_PARAMS].string_value = json.dumps(params, sort_keys=True)
+    # The user's preferred sizes carry over; a step that did not merge requests has only the
+    # one-request-per-execution size (1), which would stop the batching this point turns on.
+    merging = config.parameters[PARAM_MERGE_REQUESTS].string_value == "yes"
     preferred = tuple(size for size in config.dynamic_batching.preferred_batch_size
-                      if size <= settings.max_batch)
+                      if size <= settings.max_batch) if merging else ()
     set_batching(config, settings.max_batch,
                  DynamicBatching(settings.max_batch, preferred, settings.queue_delay_us)
                  if settings.batching else None)
