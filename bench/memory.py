@@ -41,6 +41,7 @@ def _variants() -> Dict[str, Dict[str, str]]:
         "arena_max_2": {"MALLOC_ARENA_MAX": "2"},
         "mmap_threshold_128k": {"MALLOC_MMAP_THRESHOLD_": "131072"},
         "trim_threshold_128k": {"MALLOC_TRIM_THRESHOLD_": "131072"},
+        "mmap_trim_1m": {"MALLOC_MMAP_THRESHOLD_": "1048576", "MALLOC_TRIM_THRESHOLD_": "1048576"},
         "arena2_mmap128k_trim128k": {"MALLOC_ARENA_MAX": "2", "MALLOC_MMAP_THRESHOLD_": "131072",
                                      "MALLOC_TRIM_THRESHOLD_": "131072"},
     }

@@ -8,7 +8,8 @@ Expected to fail until the reference cycle is broken (bench/results/memory.md): 
 exception, returned by ``backends/batching.py`` with its traceback, reaches through the frames'
 ``f_back`` to the adapter's ``execute`` frame, whose results hold the request's decoded images;
 the cycle waits for Python's cyclic collector, which an idle stub seldom runs. Measured here:
-+85 and +121 MiB; +0 MiB with the traceback dropped in a patched copy of the repository.
++45 to +121 MiB in three runs; +0 MiB with the traceback dropped in a patched copy of the
+repository.
 """
 from __future__ import annotations
 
