@@ -5,6 +5,7 @@ stacking per-item values into the batch arrays Triton sends.
 """
 from __future__ import annotations
 
+import traceback
 from typing import Any, List, Sequence, Tuple
 
 import numpy as np
@@ -55,3 +56,27 @@ def _single(op: Operator, item: Tuple[Any, ...]) -> Any:
         return _run(op, [item])[0]
     except Exception as exc:  # noqa: BLE001 - reported per item
         return exc
+
+
+def detach_tracebacks(outcomes: List[Any]) -> List[Any]:
+    """``outcomes`` (from :func:`process_items`) with each exception's traceback turned into
+    text (its ``traceback_text`` attribute) and dropped, along its ``__cause__``/``__context__``
+    chain; returns the same list.
+
+    A traceback holds the frames it passed through, and through their ``f_back`` the caller
+    that holds ``outcomes``, with every other item's result: a reference cycle that keeps a
+    request's decoded images alive until Python's cyclic collector runs, which an idle server
+    process seldom does (+45 to +121 MiB in a decode stub under a bounded load with bad images,
+    bench/results/memory.md). Long-lived servers call this; a local run keeps the tracebacks
+    for debugging.
+    """
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not hasattr(outcome, "traceback_text"):
+            outcome.traceback_text = "".join(traceback.format_exception(
+                type(outcome), outcome, outcome.__traceback__)).rstrip()
+            seen, exc = set(), outcome
+            while exc is not None and id(exc) not in seen:
+                seen.add(id(exc))
+                exc.__traceback__ = None
+                exc = exc.__cause__ or exc.__context__
+    return outcomes

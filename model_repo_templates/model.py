@@ -45,7 +45,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 # installed under the same names.
 sys.path[:] = [_HERE] + [path for path in sys.path if path != _HERE]
 
-from towhee_ops.batching import process_items, stack_items  # noqa: E402
+from towhee_ops.batching import detach_tracebacks, process_items, stack_items  # noqa: E402
 from towhee_ops.cpu import cpu_threads_per_instance  # noqa: E402
 from towhee_ops.deadlines import (DEADLINE_TENSOR, StepTime, deadline_column,  # noqa: E402
                                   deadline_from_budget, deadline_of, expired_message, now_ns,
@@ -135,7 +135,7 @@ class TritonPythonModel:
             items.extend(rows[k] for k in mine)
         computed = bool(items)
         if self.merge_requests:
-            results = process_items(self.op, items)
+            results = detach_tracebacks(process_items(self.op, items))
             if items:
                 self.step_time.add(now_ns() - now)
         else:  # one request after the other: each checks its deadline when its turn comes
@@ -149,7 +149,8 @@ class TritonPythonModel:
                     plans[index] = plan._replace(error=self._expired(late))
                     continue
                 first, last = plan.positions[0], plan.positions[-1] + 1
-                results[first:last] = process_items(self.op, items[first:last])
+                results[first:last] = detach_tracebacks(process_items(self.op,
+                                                                      items[first:last]))
                 self.step_time.add(now_ns() - started)
                 computed = True
         expired = sum(1 for plan in plans if plan.error and plan.deadline
@@ -238,9 +239,9 @@ class TritonPythonModel:
         if failure.kind != "internal":
             return failure
         reference = uuid.uuid4().hex[:12]
-        details = traceback.format_exception(type(exc), exc, exc.__traceback__)
-        pb_utils.Logger.log_error("%s: internal error %s: %s" % (
-            self.name, reference, "".join(details).rstrip()))
+        details = getattr(exc, "traceback_text", None) or "".join(
+            traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
+        pb_utils.Logger.log_error("%s: internal error %s: %s" % (self.name, reference, details))
         return ItemFailure(index, self.name, "internal",
                            "internal error (%s) in the operator; the server log has the details "
                            "under reference %s" % (type(exc).__name__, reference))

@@ -4,12 +4,12 @@ The decode-only pipeline (``cv2_rgb``) is served with the launch's defaults
 (``launch_plan.ALLOCATOR_ENV``); 8 clients send the shared good images (one of 1920x1280) and
 the bad ones, 600 requests in all, after 60 that warm it up.
 
-Expected to fail until the reference cycle is broken (bench/results/memory.md): an item's
-exception, returned by ``backends/batching.py`` with its traceback, reaches through the frames'
-``f_back`` to the adapter's ``execute`` frame, whose results hold the request's decoded images;
-the cycle waits for Python's cyclic collector, which an idle stub seldom runs. Measured here:
-+45 to +121 MiB in three runs; +0 MiB with the traceback dropped in a patched copy of the
-repository.
+The reference cycle this bounds (bench/results/memory.md): an item's exception, returned by
+``backends/batching.py`` with its traceback, reaches through the frames' ``f_back`` to the
+adapter's ``execute`` frame, whose results hold the request's decoded images; the cycle waits
+for Python's cyclic collector, which an idle stub seldom runs. Measured here: +45 to +121 MiB in
+three runs with it, +0 MiB with the adapter detaching the tracebacks
+(``batching.detach_tracebacks``), as it now does.
 """
 from __future__ import annotations
 
@@ -95,8 +95,5 @@ def growth_mib(tmp_path_factory):
     return growth
 
 
-@pytest.mark.xfail(strict=True, reason="a failed item's traceback keeps its request's decoded "
-                   "images in a reference cycle (backends/batching.py, model.py): remove this "
-                   "mark with the fix")
 def test_decode_stub_memory_stays_flat_under_a_bounded_load(growth_mib):
     assert growth_mib["stub"] < BOUND_MIB, growth_mib

@@ -1,11 +1,14 @@
 """The operator base: batch processing with per-item failure isolation, and stacking."""
+import gc
+import weakref
+
 import numpy as np
 import pytest
 
 from towhee_rt.backends.operator_base import (Operator, OperatorInputError, OperatorLimitError,
                                               OperatorParamError, Param, TensorSpec, positive)
 from towhee_rt.backends.wire import ItemFailure, decode_failures, encode_failures
-from towhee_rt.backends.batching import process_items, stack_items
+from towhee_rt.backends.batching import detach_tracebacks, process_items, stack_items
 
 
 class Reciprocal(Operator):
@@ -38,6 +41,37 @@ def test_one_bad_item_is_isolated_and_others_survive():
     assert out[0] == (1.0,) and out[2] == (0.25,)
     assert isinstance(out[1], OperatorInputError)
     assert op.calls == [3, 1, 1, 1]  # the batch, then each item alone
+
+
+class _Held:
+    """Stands for a request's decoded images, held by the caller of ``process_items``."""
+
+
+def _serve_once(detach):
+    held = _Held()
+    outcomes = process_items(Reciprocal(), [(1.0,), (0.0,)])
+    if detach:
+        detach_tracebacks(outcomes)
+    return weakref.ref(held), outcomes
+
+
+def test_detached_failures_do_not_keep_the_callers_data_alive():
+    """A failed item's traceback reaches the caller's frame through ``f_back``: without the
+    cyclic collector, the caller's data lives as long as the failure (bench/results/memory.md).
+    Detached, it goes with the frame; the failure keeps its traceback as text."""
+    gc.disable()
+    try:
+        kept, outcomes = _serve_once(detach=False)
+        assert kept() is not None  # the cycle the servers avoid
+        freed, detached = _serve_once(detach=True)
+        assert freed() is None
+    finally:
+        gc.enable()
+    failure = detached[1]
+    assert isinstance(failure, OperatorInputError) and failure.__traceback__ is None
+    assert "in _single" in failure.traceback_text
+    assert failure.traceback_text.endswith("OperatorInputError: x must be non-zero")
+    assert detached[0] == (1.0,)
 
 
 def test_single_item_failure_is_not_retried():
