@@ -38,3 +38,20 @@ def test_resized_jpegs_shrink_the_shorter_side_only_downwards():
 def test_fused_model_source_compiles_and_does_not_import_towhee_rt():
     compile(fusion_study.FUSED_MODEL_PY, "model.py", "exec")
     assert "import towhee_rt" not in fusion_study.FUSED_MODEL_PY
+
+
+def _point(ips, p50, p99, cpu):
+    return {"items_per_s": ips, "p50_ms": p50, "p99_ms": p99, "cpu_ms_per_item": {"total": cpu}}
+
+
+def test_summarize_takes_medians_and_both_ratios():
+    points = [_point(40.0, 100, 200, 30.0), _point(50.0, 90, 150, 40.0),
+              _point(45.0, 95, 300, 35.0)]
+    s = fusion_study.summarize(points, ceiling_items_per_s=80.0, cores=2)
+    assert s["items_per_s_median"] == 45.0 and s["rounds"] == 3
+    assert s["p50_ms_median"] == 95.0 and s["p99_ms_median"] == 200.0
+    assert s["ratio_to_ceiling"] == pytest.approx(45.0 / 80.0, abs=1e-3)
+    # 2 cores / 35 ms per item = 57.14 items/s if CPU-bound; / 80 = 0.714
+    assert s["cpu_bound_ratio_to_ceiling"] == pytest.approx(0.714, abs=1e-3)
+    with pytest.raises(ValueError):
+        fusion_study.summarize([], 80.0, 2)
