@@ -256,7 +256,9 @@ class TritonPythonModel:
 
     def finalize(self):
         self.op = None
-        self.drops.report_total(self.instance)
+        drops = getattr(self, "drops", None)  # absent when initialize() did not get that far
+        if drops is not None:
+            drops.report_total(self.instance)
 
     def _read_input(self, request, spec):
         tensor = pb_utils.get_input_tensor_by_name(request, spec.name)

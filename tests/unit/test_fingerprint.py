@@ -101,6 +101,7 @@ class _FakeClient:
         self.fingerprint = fingerprint
         self.served = ServedInput("text")
         self.max_batch_size = 8
+        self.concurrency = 4
 
 
 @pytest.mark.parametrize("fingerprint", ["0123456789abcdef", None])
