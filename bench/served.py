@@ -70,8 +70,9 @@ def _priority_pipeline(pipeline: str, config: ServedConfig, decode_config, model
     import towhee_rt as towhee
 
     priority = list(config.format_priority)
+    gate = {"accuracy_gate": dict(config.accuracy_gate)} if config.accuracy_gate else {}
     builder = towhee.dummy_input().pipeline_config(
-        format_priority=priority, calibration_data=calibration_items(pipeline))
+        format_priority=priority, calibration_data=calibration_items(pipeline), **gate)
     pipe = add_operators(builder, pipeline, decode_config, model_config,
                          dict(config.decode_params), **params).as_function()
     choice = pipe.format_choice(len(pipe.steps) - 1)
@@ -196,6 +197,13 @@ LITE0_INT8_FAST = ServedConfig(
     format_priority=("onnx_int8", "onnx"), decode_instances=2,
     decode_params=(("min_side", 256), ("resize_crop", LITE0_RESIZE_CROP)),
     model_params=(("preprocess", "cv2"),))
+#: The same with the search-neighbour accuracy gate (issue 20, docs/formats.md), which passes
+#: Lite0's static int8 where the default min-cosine gate refuses it.
+LITE0_INT8_NEIGHBOUR_GATE = dataclasses.replace(
+    LITE0_INT8_FAST, label=LITE0_INT8_FAST.label.replace(
+        "format_priority=['onnx_int8','onnx']", "format_priority=['onnx_int8','onnx'], "
+        "accuracy_gate=topk_agreement k=5 min=0.9"),
+    accuracy_gate=(("metric", "topk_agreement"), ("k", 5), ("min", 0.9)))
 #: The same decode and preprocessing in fp32: what int8 adds, apart from the fast image path.
 LITE0_FP32_FAST = ServedConfig(
     "fp32 + decode min_side=256, resize_crop, preprocess='cv2', 2 decode + 2 model instances "
@@ -205,13 +213,15 @@ LITE0_FP32_FAST = ServedConfig(
 
 def int8_rows(pipeline: str, quick: bool = False) -> List[ServedConfig]:
     """The served int8 settings of ``pipeline`` (the first is the recommended one)."""
-    return [LITE0_INT8_FAST] if pipeline == "lite0" else int8_configs(pipeline, quick)
+    if pipeline == "lite0":
+        return [LITE0_INT8_FAST, LITE0_INT8_NEIGHBOUR_GATE]
+    return int8_configs(pipeline, quick)
 
 
 def served_configs(pipeline: str, quick: bool = False) -> List[ServedConfig]:
     """The server settings measured for ``pipeline``: fp32, then int8."""
     if pipeline == "lite0":  # issue 20: HF-style vs served fp32 vs served int8-fast
-        return [RECOMMENDED] + ([] if quick else [LITE0_FP32_FAST]) + [LITE0_INT8_FAST]
+        return [RECOMMENDED] + ([] if quick else [LITE0_FP32_FAST]) + int8_rows(pipeline)
     if quick:
         return [RECOMMENDED, ONE_INSTANCE] + int8_configs(pipeline, quick)
     fast_prep = []

@@ -32,6 +32,9 @@ class ServedConfig:
     #: "onnx")``: the build serves the first format that passes its checks (the int8 gate), and
     #: the rows say which one it was. Empty: ``[format]`` alone, anything else is an error.
     format_priority: Tuple[str, ...] = ()
+    #: ``pipeline_config(accuracy_gate=...)`` as key/value pairs (with ``format_priority``),
+    #: e.g. ``(("metric", "topk_agreement"), ("k", 5), ("min", 0.9))``; empty: the default gate.
+    accuracy_gate: Tuple[Tuple[str, Any], ...] = ()
 
     def describe(self) -> Dict[str, Any]:
         out = {"model_instances": self.model_instances or "default",
@@ -46,4 +49,6 @@ class ServedConfig:
             out["server_env"] = dict(self.server_env)
         if self.format_priority:
             out["format_priority"] = list(self.format_priority)
+        if self.accuracy_gate:
+            out["accuracy_gate"] = dict(self.accuracy_gate)
         return out

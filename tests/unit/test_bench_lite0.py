@@ -29,10 +29,16 @@ def test_hf_baseline_and_towhee_rt_embed_lite0_with_the_same_real_weights():
 
 
 def test_lite0_rows_are_hf_served_fp32_and_the_readme_int8_setting():
-    from bench.served import LITE0_INT8_FAST, RECOMMENDED, int8_rows, served_configs
+    from bench.served import (LITE0_INT8_FAST, LITE0_INT8_NEIGHBOUR_GATE, RECOMMENDED,
+                              int8_rows, served_configs)
 
-    assert served_configs("lite0", quick=True) == [RECOMMENDED, LITE0_INT8_FAST]
-    assert int8_rows("lite0") == [LITE0_INT8_FAST]
+    int8 = [LITE0_INT8_FAST, LITE0_INT8_NEIGHBOUR_GATE]
+    assert served_configs("lite0", quick=True) == [RECOMMENDED] + int8
+    assert int8_rows("lite0") == int8
+    neighbour = LITE0_INT8_NEIGHBOUR_GATE.describe()
+    assert neighbour["accuracy_gate"] == {"metric": "topk_agreement", "k": 5, "min": 0.9}
+    assert {k: v for k, v in neighbour.items() if k != "accuracy_gate"} == \
+        LITE0_INT8_FAST.describe()  # the same setting, judged by the neighbour gate
     described = LITE0_INT8_FAST.describe()
     assert described["format_priority"] == ["onnx_int8", "onnx"]
     assert described["decode_params"] == {"min_side": 256, "resize_crop": [256, 224, 224]}
