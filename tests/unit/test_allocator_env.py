@@ -10,9 +10,11 @@ import textwrap
 import pytest
 
 from towhee_rt.errors import ServerError
-from towhee_rt.triton import docker, launch_plan
+from towhee_rt.triton import launch_plan
 from towhee_rt.triton.launch_plan import (ALLOCATOR_ENV, ALLOCATOR_SWITCH, allocator_env,
                                           host_plan, server_environment)
+
+from .entrypoint_stand_in import rendered_entrypoint
 
 PORTS = {"gRPC": 18001, "HTTP": 18000, "metrics": 18002}
 KEYS = {"api_key": None, "admin_key": "admin-key-for-the-test"}
@@ -85,15 +87,7 @@ _PRINT_ENV = textwrap.dedent("""\
 
 @pytest.fixture(scope="module")
 def entrypoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("entrypoint")
-    script = root / docker.ENTRYPOINT_NAME
-    script.write_text(docker.render_entrypoint("pipeline"))
-    docker.write_supervisor(root)
-    fake = root / "bin" / "tritonserver"
-    fake.parent.mkdir()
-    fake.write_text(_PRINT_ENV)
-    fake.chmod(0o755)
-    return script, f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return rendered_entrypoint(tmp_path_factory.mktemp("entrypoint"), _PRINT_ENV)
 
 
 def _container_env(entrypoint, **given):

@@ -15,6 +15,8 @@ import towhee_rt as towhee
 from towhee_rt.triton import docker, procs
 from towhee_rt.triton.flags import CONTAINER_REPOSITORY, container_command, server_flags
 
+from .entrypoint_stand_in import rendered_entrypoint
+
 
 # ---------------------------------------------------------------- the entrypoint script
 BASH = shutil.which("bash")
@@ -31,15 +33,7 @@ _FAKE_TRITONSERVER = textwrap.dedent("""\
 def entrypoint(tmp_path_factory):
     """The rendered script with the supervisor beside it, and a PATH whose tritonserver prints
     its arguments."""
-    root = tmp_path_factory.mktemp("entrypoint")
-    script = root / docker.ENTRYPOINT_NAME
-    script.write_text(docker.render_entrypoint("pipeline"))
-    docker.write_supervisor(root)
-    fake = root / "bin" / "tritonserver"
-    fake.parent.mkdir()
-    fake.write_text(_FAKE_TRITONSERVER)
-    fake.chmod(0o755)
-    return script, f"{fake.parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    return rendered_entrypoint(tmp_path_factory.mktemp("entrypoint"), _FAKE_TRITONSERVER)
 
 
 def _run_entrypoint(entrypoint, env, *args):
