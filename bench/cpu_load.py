@@ -28,6 +28,18 @@ def process_label(pid: int) -> str:
     return os.path.basename(argv[0]) if argv else f"pid {pid}"
 
 
+def server_process_label(pid: int, server_pid: int, per_model: bool = False) -> str:
+    """A process of the served tree: ``tritonserver``, ``stub <instance>`` (``per_model``:
+    ``stub <model>``, so that a model's instances add up), else ``pid N``. A stub killed and
+    started again keeps its label."""
+    if pid == server_pid:
+        return "tritonserver"
+    stub = procs.parse_stub(pid, procs.cmdline(pid))
+    if stub is None:
+        return f"pid {pid}"
+    return f"stub {stub.model if per_model else stub.instance}"
+
+
 class CpuSplit:
     """CPU used by each process of the benchmark's tree over a window, in cores."""
 

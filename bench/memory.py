@@ -26,6 +26,7 @@ from typing import Any, Dict, List
 from towhee_rt.triton import procs
 
 from .common import IMAGES_DIR, RESULTS_DIR, image_files, machine_info, machine_line
+from .cpu_load import server_process_label
 
 BAD_DIR = IMAGES_DIR.parent / "bad"
 SAMPLE_S = 1.0
@@ -72,18 +73,11 @@ def _items() -> List[bytes]:
     return good + bad
 
 
-def _label(pid: int, server_pid: int) -> str:
-    if pid == server_pid:
-        return "tritonserver"
-    stub = procs.parse_stub(pid, procs.cmdline(pid))
-    return f"stub {stub.model}" if stub else f"pid {pid}"
-
-
 def sample(server_pid: int) -> Dict[str, float]:
     """RssAnon (MiB) of tritonserver and each stub, by label (two instances of a model add)."""
     out: Dict[str, float] = {}
     for member in procs.group_members(server_pid):
-        label = _label(member.pid, server_pid)
+        label = server_process_label(member.pid, server_pid, per_model=True)
         out[label] = out.get(label, 0.0) + procs.resident_kib(member.pid)[0] / 1024
     return out
 
@@ -209,7 +203,7 @@ def run(seconds: float, inflight: int, names: List[str], requests: int = 0) -> D
                 served_env = _served_env(server.pid)
                 result = load_and_sample(server.grpc_url, server.pid, items, seconds, inflight,
                                          requests)
-                result["smaps"] = {_label(m.pid, server.pid): smaps_breakdown(m.pid)
+                result["smaps"] = {server_process_label(m.pid, server.pid, per_model=True): smaps_breakdown(m.pid)
                                    for m in procs.group_members(server.pid)}
             result.update(variant=name, loadavg=uptime,
                           env=served_env,

@@ -33,6 +33,7 @@ import numpy as np
 from towhee_rt.triton import procs
 
 from .common import RESULTS_DIR, build_pipeline, image_files, machine_info, machine_line
+from .cpu_load import server_process_label
 
 BAD_DIR = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "images" / "bad"
 BAD_FILES = ("empty.jpg", "not_an_image.jpg", "truncated.jpg", "bomb_50000x50000.png")
@@ -93,19 +94,12 @@ def _client_loop(url: str, items: List[Any], references: List[Optional[np.ndarra
                        outcome=_classify(outcome, references[index]), burst=burst)
 
 
-def _process_label(pid: int, server_pid: int) -> str:
-    if pid == server_pid:
-        return "tritonserver"
-    stub = procs.parse_stub(pid, procs.cmdline(pid))
-    return f"stub {stub.instance}" if stub else f"pid {pid}"
-
-
 def _sample(server_pid: int) -> Dict[str, Any]:
     """Anonymous RSS of tritonserver and its stubs (in all, and per process: a stub killed and
     started again keeps its instance's label), and the size of our /dev/shm regions."""
     per_process: Dict[str, float] = {}
     for member in procs.group_members(server_pid):
-        label = _process_label(member.pid, server_pid)
+        label = server_process_label(member.pid, server_pid)
         per_process[label] = per_process.get(label, 0.0) + \
             procs.resident_kib(member.pid)[0] / 1024
     shm = 0
