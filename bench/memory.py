@@ -203,8 +203,9 @@ def run(seconds: float, inflight: int, names: List[str], requests: int = 0) -> D
                 served_env = _served_env(server.pid)
                 result = load_and_sample(server.grpc_url, server.pid, items, seconds, inflight,
                                          requests)
-                result["smaps"] = {server_process_label(m.pid, server.pid, per_model=True): smaps_breakdown(m.pid)
-                                   for m in procs.group_members(server.pid)}
+                result["smaps"] = {
+                    server_process_label(m.pid, server.pid, per_model=True):
+                        smaps_breakdown(m.pid) for m in procs.group_members(server.pid)}
             result.update(variant=name, loadavg=uptime,
                           env=served_env,
                           growth=growth(result["samples"]))
