@@ -1,8 +1,9 @@
-"""Pure helpers of bench/fusion_study.py (issue 23 item 2): figures against hand computations."""
+"""Pure helpers of bench/fusion_study.py and bench/fusion_shapes.py (issue 23 item 2): figures
+against hand computations."""
 import numpy as np
 import pytest
 
-from bench import fusion_study
+from bench import fusion_shapes, fusion_study
 
 
 def test_cpu_seconds_per_item_converts_cores_over_the_window():
@@ -36,8 +37,8 @@ def test_resized_jpegs_shrink_the_shorter_side_only_downwards():
 
 
 def test_fused_model_source_compiles_and_does_not_import_towhee_rt():
-    compile(fusion_study.FUSED_MODEL_PY, "model.py", "exec")
-    assert "import towhee_rt" not in fusion_study.FUSED_MODEL_PY
+    compile(fusion_shapes.FUSED_MODEL_PY, "model.py", "exec")
+    assert "import towhee_rt" not in fusion_shapes.FUSED_MODEL_PY
 
 
 def _point(ips, p50, p99, cpu):
