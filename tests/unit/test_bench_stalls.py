@@ -10,7 +10,8 @@ import importlib.util
 import pytest
 
 from bench import stalls
-from bench.stalls import Request, classify, find_stalls, summarize
+from bench.stalls import classify, find_stalls, summarize
+from bench.stalls_probe import Request
 
 MS = 1_000_000
 
