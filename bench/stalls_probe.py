@@ -19,6 +19,8 @@ import numpy as np
 
 from towhee_rt.triton import procs
 
+from .cpu_load import server_process_label
+
 SAMPLE_S = 0.05
 #: Watchdog dumps (thread states, py-spy) per run, at most.
 MAX_DUMPS = 20
@@ -50,12 +52,7 @@ def _thread_states(pid: int) -> Dict[str, int]:
 
 
 def _label(pid: int, server_pid: int) -> str:
-    if pid == os.getpid():
-        return "client"
-    if pid == server_pid:
-        return "tritonserver"
-    stub = procs.parse_stub(pid, procs.cmdline(pid))
-    return f"stub {stub.instance}" if stub is not None else f"pid {pid}"
+    return "client" if pid == os.getpid() else server_process_label(pid, server_pid)
 
 
 class Sampler:
