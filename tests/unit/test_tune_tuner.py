@@ -10,7 +10,7 @@ from towhee_rt.errors import ConfigError
 from towhee_rt.triton.config import read_repository, write_config
 from towhee_rt.tune import cli as tune_cli
 from towhee_rt.tune import tuner
-from towhee_rt.tune.evaluator import min_budget_s, point_min_s
+from towhee_rt.tune.evaluator import budget_point_cap, min_budget_s, point_min_s
 from towhee_rt.tune.window import PointMeasurement
 
 from towhee_rt.tune.space import record_concurrency, recorded_concurrency
@@ -65,6 +65,17 @@ def test_the_least_budget_comes_from_the_window_and_the_confirmation():
     assert point_min_s(2.0, 8) == 7.0  # a warm-up half-window, 3 windows that agree
     assert min_budget_s(2.0, 8) == 28.0  # start, one move, the two confirmation points
     assert min_budget_s(0.5, 2) == 5.0
+
+
+def test_a_small_budget_caps_each_point_so_that_moves_still_fit():
+    # 60 s with 4 s reloads: five points (start, two moves, the confirmation's two) of 8.8 s
+    # each and four reloads; on a noisy machine an unsettled point would take 8 windows (~17 s)
+    # and leave no room for a move.
+    assert budget_point_cap(60.0, 2.0, 8, 4.0) == pytest.approx(8.8)
+    # The default budget leaves the default 40 s per point as it is.
+    assert min(40.0, budget_point_cap(300.0, 2.0, 8, 4.0)) == 40.0
+    # Never below a warm-up and three windows, however slow the reloads.
+    assert budget_point_cap(28.0, 2.0, 8, 10.0) == point_min_s(2.0, 8)
 
 
 def test_a_budget_too_small_to_conclude_is_refused_naming_the_keyword_or_flag(repo, capsys):

@@ -18,6 +18,9 @@ from .window import AGREEING_WINDOWS, PointMeasurement, measure
 #: Points a search must measure to conclude anything: the start, one move, and the two
 #: points of the final confirmation (the start and the chosen one again).
 MIN_POINTS = 4
+#: Points a time budget is shared among when it caps each point's measurement: the start, two
+#: moves and the two points of the confirmation (see :func:`budget_point_cap`).
+BUDGET_POINTS = MIN_POINTS + 1
 
 
 def point_min_s(window_s: float, max_windows: int) -> float:
@@ -30,6 +33,21 @@ def min_budget_s(window_s: float, max_windows: int) -> float:
     """The smallest search time budget that can conclude: :data:`MIN_POINTS` points of
     :func:`point_min_s` each."""
     return MIN_POINTS * point_min_s(window_s, max_windows)
+
+
+def budget_point_cap(time_budget_s: float, window_s: float, max_windows: int,
+                     reload_s: float) -> float:
+    """The most one point may spend measuring so that ``time_budget_s`` holds
+    :data:`BUDGET_POINTS` points, each but the first after a model reload of ``reload_s``;
+    never less than :func:`point_min_s`.
+
+    Without this cap a point that never settles (windows on a busy or noisy machine disagree
+    by more than 10%) runs to its window limit, and a small budget is spent on the start
+    alone: a point capped here is reported as not stable, and the search's noise margin (the
+    points' window spread) and the final confirmation keep such points from deciding alone.
+    """
+    share = (time_budget_s - (BUDGET_POINTS - 1) * reload_s) / BUDGET_POINTS
+    return max(point_min_s(window_s, max_windows), share)
 
 
 class PointEvaluator:

@@ -17,7 +17,8 @@ from ..errors import ConfigError
 from ..triton.config import read_parameters, read_repository, write_config
 from . import inputs as sample_inputs
 from . import machine, report
-from .evaluator import MIN_POINTS, PointEvaluator, min_budget_s, progress_line
+from .evaluator import (MIN_POINTS, PointEvaluator, budget_point_cap, min_budget_s,
+                        progress_line)
 from .search import Objective, SearchResult, hill_climb
 from .session import ServedSession, session_dir
 from .window import AGREEING_WINDOWS
@@ -135,6 +136,8 @@ def _tune(repository, *, out, model, objective, p99_budget_ms, max_instances, co
         search_started = time.monotonic()
         progress(f"tune: server ready in {session.startup_s:.1f} s (not counted in the "
                  f"budget); objective {objective}, search time budget {time_budget_s:g} s")
+        max_point_s = min(max_point_s, budget_point_cap(time_budget_s, window_s, max_windows,
+                                                        session.startup_s))
         evaluator = PointEvaluator(session, window_s=window_s, max_windows=max_windows,
                                    max_point_s=max_point_s,
                                    deadline=search_started + time_budget_s,
