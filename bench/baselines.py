@@ -6,7 +6,8 @@
   ImageNet weights (``bench/real_weights.py``) and timm's transform, sentence-transformers
   MiniLM with ``SentenceTransformer.encode`` one sentence at a time).
 * :func:`onnx_ceiling` — ONNX Runtime on already-decoded, already-preprocessed tensors, the
-  best of several batch sizes, 2 intra-op threads: what the model alone can do here.
+  best of several batch sizes, 2 intra-op threads: what the model alone can do here, and the
+  process CPU time it takes per item.
 """
 from __future__ import annotations
 
@@ -113,7 +114,12 @@ def onnx_ceiling(pipeline: str, pipe, model_file: str, items: Sequence[Any],
                  batch_sizes: Sequence[int] = CEILING_BATCHES, threads: int = 2,
                  min_seconds: float = 1.5, system: str = "ceiling: ONNX Runtime alone"
                  ) -> Tuple[ResultRow, List[ResultRow]]:
-    """The best batch size of ONNX Runtime alone on preprocessed inputs, and every size tried."""
+    """The best batch size of ONNX Runtime alone on preprocessed inputs, and every size tried.
+
+    Each row's ``settings['cpu_ms_per_item']`` is the CPU time of this process (every
+    ONNX Runtime thread, spinning included: ``time.process_time``) per item over its loop: what
+    the model step alone costs, for the served rows' CPU budget (``bench/cpu_budget.py``).
+    """
     session = ort_session(model_file, threads)
     names = [i.name for i in session.get_inputs()]
     tried = []
@@ -123,16 +129,18 @@ def onnx_ceiling(pipeline: str, pipe, model_file: str, items: Sequence[Any],
         feeds = [f for f in feeds if len(next(iter(f.values()))) == size] or feeds
         session.run(None, feeds[0])  # warm-up
         count, latencies, load = 0, [], ForeignLoad()
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         while count == 0 or time.perf_counter() - start < min_seconds:
             for feed in feeds:  # whole passes over the items, at least min_seconds
                 t0 = time.perf_counter()
                 session.run(None, feed)
                 latencies.append(time.perf_counter() - t0)
                 count += len(next(iter(feed.values())))
+        cpu_ms = (time.process_time() - cpu_start) * 1000.0 / count
         tried.append(ResultRow(system, pipeline, count,
                                  time.perf_counter() - start, latencies, items_per_request=size,
-                                 settings={"batch_size": size, "intra_op_threads": threads},
+                                 settings={"batch_size": size, "intra_op_threads": threads,
+                                           "cpu_ms_per_item": round(cpu_ms, 3)},
                                  foreign_cores=load.cores()))
     best = max(tried, key=lambda m: m.items_per_s)
     return best, tried

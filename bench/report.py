@@ -128,7 +128,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
            summary_table(results)]
     target_lines = issue_targets.markdown(issue_targets.all_targets(results))
     if target_lines:
-        out += ["", "Targets of issue 15 (ratios within this run):", target_lines]
+        out += ["", "Targets of issues 15 and 23 (ratios within this run; CPU ms per item from "
+                "each point's CPU split, bench/cpu_budget.py):", target_lines]
     tuned = {p: r["tuned"] for p, r in results["pipelines"].items() if r.get("tuned")}
     if tuned:
         out += ["", "Tuner runs (towhee_rt.tune on the int8 repository; wall time includes "
