@@ -9,8 +9,9 @@ that ran out of time, fails each of its items alike.
 """
 from __future__ import annotations
 
+import queue
 import threading
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 from ..backends.operator_base import OperatorInputError
@@ -35,20 +36,52 @@ def run_concurrently(run: Callable[[List[int]], List[Pair]], batches: List[List[
                      concurrency: int, stop: threading.Event) -> Iterator[Pair]:
     """Yield the pairs of ``run(batch)`` for every batch as they arrive, ``concurrency``
     batches at once (in this thread when one at a time). The first exception sets ``stop``
-    (requests under way stop retrying), cancels the batches not started and is raised."""
+    (requests under way stop retrying), cancels the batches not started and is raised.
+
+    ``concurrency`` worker threads each take the next batch not started until none is left,
+    and hand their pairs over one queue: no future, lock and waiter per batch (with one item
+    per request, those cost about as much CPU as the client's own work on the request).
+    """
     if concurrency == 1 or len(batches) <= 1:
         for batch in batches:
             yield from run(batch)
         return
-    with ThreadPoolExecutor(min(concurrency, len(batches)),
-                            thread_name_prefix="towhee_rt-client") as pool:
-        futures = [pool.submit(run, batch) for batch in batches]
+    workers = min(concurrency, len(batches))
+    pending = iter(batches)
+    taking = threading.Lock()
+    done: "queue.SimpleQueue[Tuple[bool, Any]]" = queue.SimpleQueue()
+
+    def work() -> None:
         try:
-            for future in as_completed(futures):
-                yield from future.result()
+            while not cancelled.is_set():
+                with taking:
+                    batch = next(pending, None)
+                if batch is None:
+                    break
+                done.put((True, run(batch)))
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread
+            done.put((False, exc))
+        finally:
+            done.put((True, None))  # this worker has ended
+
+    cancelled = threading.Event()  # set on the first failure: no other batch starts
+    with ThreadPoolExecutor(workers, thread_name_prefix="towhee_rt-client") as pool:
+        for _ in range(workers):
+            pool.submit(work)
+        try:
+            running = workers
+            while running:
+                ok, value = done.get()
+                if not ok:
+                    raise value
+                if value is None:
+                    running -= 1
+                else:
+                    yield from value
         except BaseException:  # e.g. a refused key: do not send the other batches
             stop.set()
-            pool.shutdown(wait=True, cancel_futures=True)
+            cancelled.set()
+            pool.shutdown(wait=True)
             raise
 
 
