@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One command for issue 5's comparison: set up .venv, make sure the bench extras are there,
 # then run every system on this machine and write bench/results/ (see bench/README.md).
-#   bash bench/run.sh                      # full run (< 15 min on 2 cores)
+#   bash bench/run.sh                      # full run (about 35 min on 2 cores, quality suite included)
 #   bash bench/run.sh --quick              # a smoke run (~3 min)
 #   bash bench/run.sh --pipelines resnet50 # one pipeline
 # It runs the quality suite first (python -m bench.quality, ~5 min; --quick: ~1.5 min).
