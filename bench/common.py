@@ -153,6 +153,16 @@ def onnx_model_file(pipe, fmt: str = "onnx") -> str:
     return choice.model_file
 
 
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """The smallest row-wise cosine between two ``[N, D]`` arrays (or lists of ``N`` vectors)
+    of the same shape: how far served vectors are from a reference."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"expected two [N, D] arrays of one shape, got {a.shape} and {b.shape}")
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return float(cos.min())
+
+
 # ---------------------------------------------------------------------------------- timing
 @dataclasses.dataclass
 class ResultRow:

@@ -74,15 +74,21 @@ class CpuBudget:
                          if g not in leave_out)
 
 
+def ms_per_item(cpu_split: Dict[str, float], items_per_s: float) -> Dict[str, float]:
+    """CPU milliseconds per item of each process of a ``cpu_split`` (cores used) at
+    ``items_per_s``."""
+    return {label: used * 1000.0 / items_per_s for label, used in cpu_split.items()}
+
+
 def budget(row: Dict[str, Any], cores: int) -> Optional[CpuBudget]:
     """The :class:`CpuBudget` of a row, or None without a ``cpu_split`` or a rate."""
     split, rate = row.get("cpu_split") or {}, row.get("items_per_s") or 0.0
     if not split or rate <= 0:
         return None
     ms: Dict[str, float] = {}
-    for label, used in split.items():
+    for label, label_ms in ms_per_item(split, rate).items():
         group = group_of(label)
-        ms[group] = ms.get(group, 0.0) + used * 1000.0 / rate
+        ms[group] = ms.get(group, 0.0) + label_ms
     ordered = {g: ms[g] for g in GROUPS if ms.get(g, 0.0) > 0}
     return CpuBudget(ordered, cores, sum(split.values()), row.get("foreign_cores") or 0.0)
 

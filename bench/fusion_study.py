@@ -38,7 +38,9 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
-from .common import RESULTS_DIR, ResultRow, items_for, machine_info, machine_line, timed_client
+from . import cpu_budget
+from .common import (RESULTS_DIR, ResultRow, items_for, machine_info, machine_line,
+                     min_cosine, timed_client)
 from .fusion_shapes import fused_repo, items_for_resized, resized_jpegs
 
 PIPELINE = "resnet50"
@@ -52,21 +54,10 @@ def cpu_seconds_per_item(cpu_split: Dict[str, float], seconds: float, items: int
                          ) -> Dict[str, float]:
     """``CpuSplit`` cores over a window of ``seconds`` -> CPU milliseconds per item, by process,
     with a ``total``."""
-    if items <= 0:
-        raise ValueError("items must be > 0")
-    out = {label: round(cores * seconds / items * 1000.0, 2) for label, cores in cpu_split.items()}
-    out["total"] = round(sum(cores for cores in cpu_split.values()) * seconds / items * 1000.0, 2)
-    return out
-
-
-def min_cosine(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> float:
-    """The smallest row-wise cosine between two equally long lists of vectors."""
-    a = np.asarray(np.stack(a), dtype=np.float64)
-    b = np.asarray(np.stack(b), dtype=np.float64)
-    if a.shape != b.shape:
-        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(cos.min())
+    if items <= 0 or seconds <= 0:
+        raise ValueError("items and seconds must be > 0")
+    ms = cpu_budget.ms_per_item(cpu_split, items / seconds)
+    return {**{label: round(v, 2) for label, v in ms.items()}, "total": round(sum(ms.values()), 2)}
 
 
 def load_now() -> Dict[str, Any]:
@@ -219,15 +210,15 @@ def run(requests: int, concurrency: int, fused_instances: Sequence[int], workdir
         for label, (server, client, timer) in served.items():
             if label == ensemble:
                 continue
-            cos = min_cosine(list(np.stack(client.infer(parity, mode="async_infer",
-                                                        concurrency=4))), list(reference))
+            cos = min_cosine(np.stack(client.infer(parity, mode="async_infer", concurrency=4)),
+                             reference)
             out["parity"][label] = round(cos, 6)
             if cos < MIN_COSINE:
                 raise RuntimeError(f"{label}: vectors differ from the ensemble's (min cosine "
                                    f"{cos} < {MIN_COSINE})")
         c_vectors = served[ensemble][1].infer(resized_parity, mode="async_infer", concurrency=4)
         out["parity"][resized_label + " (not gated)"] = round(
-            min_cosine(list(np.stack(c_vectors)), list(reference)), 6)
+            min_cosine(np.stack(c_vectors), reference), 6)
         print(f"parity (min cosine to the ensemble): {out['parity']}", flush=True)
         plan = [(label, label, items) for label, _ in repos] + [
             (resized_label, ensemble, resized)]

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
-from .common import ResultRow
+from .common import ResultRow, min_cosine
 from .cpu_load import CpuSplit, ForeignLoad
 
 #: The most bytes read from one response (an embedding is a few KiB of JSON).
@@ -120,15 +120,6 @@ def measure_http(system: str, pipeline: str, client: HttpJsonClient, items: Sequ
     return ResultRow(system, pipeline, len(items), seconds, latencies,
                      settings={"concurrency": concurrency, **(settings or {})},
                      foreign_cores=load.cores(), cpu_split=split.cores())
-
-
-def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """The smallest row-wise cosine between two ``[N, D]`` arrays of the same shape."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape or a.ndim != 2:
-        raise ValueError(f"expected two [N, D] arrays of one shape, got {a.shape} and {b.shape}")
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(cos.min())
 
 
 def fp32_reference(pipeline: str, items: Sequence[Any]) -> Tuple[List[Any], np.ndarray, str]:

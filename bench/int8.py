@@ -20,6 +20,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from .common import min_cosine
 from .served_config import ServedConfig
 
 #: JPEGs at least twice this on their shorter side are decoded at 1/2, 1/4 or 1/8 scale; both
@@ -94,12 +95,6 @@ def is_int8(config: ServedConfig) -> bool:
     return config.format == "onnx_int8"
 
 
-def _min_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-    return float(cos.min())
-
-
 def served_accuracy(pipeline: str, client, items: List[Any]) -> Dict[str, Any]:
     """Min cosine of the served embeddings to the fp32 reference (see the module docstring)."""
     if pipeline == "minilm":
@@ -122,5 +117,5 @@ def served_accuracy(pipeline: str, client, items: List[Any]) -> Dict[str, Any]:
     between = (unit @ unit.T)[~np.eye(len(unit), dtype=bool)]
     # The scale for the figure above: random-weight image models map different images to
     # vectors only ~0.07 of cosine apart, so 1 - min_cosine is best read against that.
-    return {"min_cosine": round(_min_cosine(served, reference), 4), "reference": what,
+    return {"min_cosine": round(min_cosine(served, reference), 4), "reference": what,
             "items": len(inputs), "mean_cosine_between_items": round(float(between.mean()), 4)}

@@ -17,6 +17,7 @@ def result_line(res: Dict[str, Any]) -> str:
             f"(p99/p50 {s['p99_over_p50']}, >1s {s['over_1s']}, failed {s['failed']}); "
             f"cpu {res['cpu']}; load {res['loadavg_before']}")
 
+
 def write_report(results: List[Dict[str, Any]], args, out: Path,
                  failures: Sequence[Dict[str, str]] = ()) -> None:
     """``out``.json (everything, timelines included) and ``out``.md (tables and excerpts)."""

@@ -53,7 +53,7 @@ def run_concurrently(run: Callable[[List[int]], List[Pair]], batches: List[List[
 
     def work() -> None:
         try:
-            while not cancelled.is_set():
+            while not stop.is_set():  # set on the first failure: no other batch starts
                 with taking:
                     batch = next(pending, None)
                 if batch is None:
@@ -64,7 +64,6 @@ def run_concurrently(run: Callable[[List[int]], List[Pair]], batches: List[List[
         finally:
             done.put((True, None))  # this worker has ended
 
-    cancelled = threading.Event()  # set on the first failure: no other batch starts
     with ThreadPoolExecutor(workers, thread_name_prefix="towhee_rt-client") as pool:
         for _ in range(workers):
             pool.submit(work)
@@ -80,7 +79,6 @@ def run_concurrently(run: Callable[[List[int]], List[Pair]], batches: List[List[
                     yield from value
         except BaseException:  # e.g. a refused key: do not send the other batches
             stop.set()
-            cancelled.set()
             pool.shutdown(wait=True)
             raise
 
